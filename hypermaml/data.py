@@ -1,0 +1,442 @@
+"""Few-shot data kept as one uint8 tensor on the training device, and episode sampling.
+
+A split is decoded and resized once (then cached on disk as a `.pt` file), so that
+training draws episodes with pure torch indexing ops and a seeded `torch.Generator`:
+no per-image Python, PIL or host synchronisation in the training loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+DATASETS = ("omniglot", "miniimagenet", "cub")
+IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84, "cub": 84}
+CHANNELS = {"omniglot": 1, "miniimagenet": 3, "cub": 3}
+SPLITS = ("train", "val", "test")
+
+# Bump when the layout or preprocessing of a cache file changes, so stale caches rebuild.
+CACHE_FORMAT_VERSION = 1
+
+OMNIGLOT_SETS = ("images_background", "images_evaluation")
+OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
+OMNIGLOT_CHARACTERS = 1623
+OMNIGLOT_DRAWINGS = 20
+OMNIGLOT_SPLITS_DIR = Path(__file__).parent / "splits" / "omniglot"
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class DataError(ValueError):
+    """A problem with the data a user can fix (missing root, missing files, bad split).
+
+    The message is one line naming the path and what to do.
+    """
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensor fields cannot be compared with ==
+class FewShotSplit:
+    images: torch.Tensor  # uint8 [M, C, H, W], class-contiguous
+    class_offsets: torch.Tensor  # int64 [n_classes], first image of each class in `images`
+    class_counts: torch.Tensor  # int64 [n_classes], images of each class
+    class_names: tuple[str, ...]
+    name: str = "given"  # only used in messages, e.g. "omniglot/train"
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 [M, C, H, W], got {self.images.dtype} {list(self.images.shape)}")
+        n_classes = len(self.class_names)
+        for field_name in ("class_offsets", "class_counts"):
+            tensor = getattr(self, field_name)
+            if tensor.dtype != torch.int64 or tuple(tensor.shape) != (n_classes,):
+                raise ValueError(f"{field_name} must be int64 [{n_classes}], got {tensor.dtype} {list(tensor.shape)}")
+        if n_classes == 0:
+            raise ValueError(f"the {self.name} split has no classes")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def min_count(self) -> int:
+        return int(self.class_counts.min())
+
+    def to(self, device: torch.device | str) -> FewShotSplit:
+        return dataclasses.replace(
+            self,
+            images=self.images.to(device),
+            class_offsets=self.class_offsets.to(device),
+            class_counts=self.class_counts.to(device),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Episodes:
+    x_support: torch.Tensor  # float32 [T, N*K, C, H, W] in [0, 1]
+    y_support: torch.Tensor  # int64 [T, N*K], class-major: [0]*K + [1]*K + ...
+    x_query: torch.Tensor  # float32 [T, N*Q, C, H, W]
+    y_query: torch.Tensor  # int64 [T, N*Q], class-major
+
+    @property
+    def tasks(self) -> int:
+        return self.x_support.shape[0]
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot Q-query tasks from a split, on the split's device."""
+
+    def __init__(self, split: FewShotSplit, way: int, shot: int, query: int):
+        for arg_name, value in (("way", way), ("shot", shot), ("query", query)):
+            if value < 1:
+                raise ValueError(f"{arg_name} must be at least 1, got {value}")
+        if way > split.n_classes:
+            raise ValueError(f"way {way} exceeds the {split.n_classes} classes of the {split.name} split")
+        if shot + query > split.min_count:
+            raise ValueError(
+                f"shot+query = {shot + query} exceeds the {split.min_count} images per class "
+                f"of the {split.name} split (its smallest class)"
+            )
+        self.split = split
+        self.way = way
+        self.shot = shot
+        self.query = query
+        # A Python int read once here, so that sample() never syncs with the device.
+        self._max_count = int(split.class_counts.max())
+
+    def sample(self, tasks: int, generator: torch.Generator) -> Episodes:
+        split = self.split
+        device = split.images.device
+        per_class = self.shot + self.query
+
+        # Top-`way` of iid uniform scores = a uniform random subset in uniform random order.
+        class_scores = torch.rand(tasks, split.n_classes, generator=generator, device=device)
+        classes = class_scores.topk(self.way, dim=1).indices  # [T, N]
+
+        # Same trick per class over image positions; positions beyond the class's count get
+        # score -1 so they never win (the constructor ensures per_class <= every count).
+        counts = split.class_counts[classes]  # [T, N]
+        position_scores = torch.rand(tasks, self.way, self._max_count, generator=generator, device=device)
+        positions_out_of_range = torch.arange(self._max_count, device=device) >= counts.unsqueeze(-1)
+        position_scores = position_scores.masked_fill(positions_out_of_range, -1.0)
+        positions = position_scores.topk(per_class, dim=-1).indices  # [T, N, K+Q]
+        image_index = split.class_offsets[classes].unsqueeze(-1) + positions
+
+        support_index = image_index[:, :, : self.shot].reshape(tasks, -1)  # class-major
+        query_index = image_index[:, :, self.shot :].reshape(tasks, -1)
+        labels = torch.arange(self.way, device=device)
+        return Episodes(
+            x_support=self._images_as_float(support_index),
+            y_support=labels.repeat_interleave(self.shot).repeat(tasks, 1),
+            x_query=self._images_as_float(query_index),
+            y_query=labels.repeat_interleave(self.query).repeat(tasks, 1),
+        )
+
+    def _images_as_float(self, index: torch.Tensor) -> torch.Tensor:
+        images = self.split.images[index.reshape(-1)]
+        return (images.float() / 255).reshape(*index.shape, *images.shape[1:])
+
+
+def fixed_episodes(sampler: EpisodeSampler, episodes: int, seed: int, chunk: int) -> Iterator[Episodes]:
+    """The fixed evaluation episodes for `seed`, in chunks of `chunk` tasks.
+
+    Uses its own generator, so the result does not depend on any other RNG state. The
+    episodes depend on `chunk` too (the random draws are shaped per chunk).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    generator = torch.Generator(device=sampler.split.images.device)
+    generator.manual_seed(seed)
+    done = 0
+    while done < episodes:
+        tasks = min(chunk, episodes - done)
+        yield sampler.sample(tasks, generator)
+        done += tasks
+
+
+def load_split(
+    dataset: str,
+    split: str,
+    data_root: str | Path,
+    cache_dir: str | Path | None = None,
+    download: bool = False,
+) -> FewShotSplit:
+    """Load one split of a dataset as a CPU FewShotSplit, building the disk cache if needed."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    data_root = Path(data_root).expanduser()
+    if download and dataset == "omniglot":
+        data_root.mkdir(parents=True, exist_ok=True)
+    if not data_root.is_dir():
+        raise DataError(f"data root {data_root} does not exist; point --data-root at the {dataset} data folder")
+    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    if dataset == "omniglot":
+        return _load_omniglot_split(split, data_root, cache_dir, download)
+    return _load_image_folder_split(dataset, split, data_root, cache_dir)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HYPERMAML_CACHE") or Path.home() / ".cache" / "hypermaml")
+
+
+# ---------------------------------------------------------------- Omniglot
+
+
+def _load_omniglot_split(split: str, data_root: Path, cache_dir: Path, download: bool) -> FewShotSplit:
+    characters, names = _omniglot_characters(data_root, cache_dir, download)
+    character_index = {name: i for i, name in enumerate(names)}
+
+    split_file = OMNIGLOT_SPLITS_DIR / f"{split}.txt"
+    lines = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    indices, quarter_turns = [], []
+    for line in lines:
+        character, _, rotation = line.rpartition("/")
+        if character not in character_index or rotation not in ("rot000", "rot090", "rot180", "rot270"):
+            raise DataError(f"{split_file} line {line!r} is not <known character>/rotDDD; check the Omniglot data in {data_root}")
+        indices.append(character_index[character])
+        quarter_turns.append(int(rotation[3:]) // 90)
+
+    images = characters[torch.tensor(indices)]  # [n_classes, 20, 28, 28]
+    quarter_turns = torch.tensor(quarter_turns)
+    for k in (1, 2, 3):
+        chosen = quarter_turns == k
+        # torch.rot90 over (H, W) with k > 0 turns counter-clockwise, like PIL's
+        # Image.rotate(degrees) used by CloserLookFewShot. Rotating after the resize equals
+        # rotating before it: the image is square and the resize kernel is symmetric.
+        images[chosen] = torch.rot90(images[chosen], k=k, dims=(-2, -1))
+
+    n_classes = len(lines)
+    return FewShotSplit(
+        images=images.reshape(n_classes * OMNIGLOT_DRAWINGS, 1, *images.shape[-2:]).contiguous(),
+        class_offsets=torch.arange(n_classes, dtype=torch.int64) * OMNIGLOT_DRAWINGS,
+        class_counts=torch.full((n_classes,), OMNIGLOT_DRAWINGS, dtype=torch.int64),
+        class_names=tuple(lines),
+        name=f"omniglot/{split}",
+    )
+
+
+def _omniglot_characters(data_root: Path, cache_dir: Path, download: bool) -> tuple[torch.Tensor, list[str]]:
+    """All 1623 characters as uint8 [1623, 20, 28, 28] (strokes 255) and their sorted names."""
+    cache_file = cache_dir / f"omniglot_{IMAGE_SIZE['omniglot']}.pt"
+    cached = _read_cache(cache_file)
+    if cached is not None:
+        return cached["images"], cached["names"]
+    characters, names = _decode_omniglot(_omniglot_sources(data_root, download), data_root)
+    _write_cache({"images": characters, "names": names}, cache_file)
+    return characters, names
+
+
+def _omniglot_sources(data_root: Path, download: bool) -> dict[str, Path]:
+    """The zip or folder of each Omniglot image set, downloading missing zips if asked to."""
+    sources = _find_omniglot_sources(data_root)
+    missing = [name for name in OMNIGLOT_SETS if name not in sources]
+    if missing and download:
+        from torchvision.datasets.utils import download_url  # only needed here
+
+        for name in missing:
+            download_url(f"{OMNIGLOT_URL}/{name}.zip", root=str(data_root), filename=f"{name}.zip")
+        sources = _find_omniglot_sources(data_root)
+        missing = [name for name in OMNIGLOT_SETS if name not in sources]
+    if missing:
+        wanted = " and ".join(f"{name}.zip" for name in missing)
+        raise DataError(f"Omniglot not found in {data_root}: missing {wanted} (or the extracted folders); pass --download to fetch them")
+    return sources
+
+
+def _decode_omniglot(sources: dict[str, Path], data_root: Path) -> tuple[torch.Tensor, list[str]]:
+    pngs_by_character: dict[str, list[tuple[str, bytes]]] = {}
+    for source in sources.values():
+        for character, file_name, png in _read_omniglot_pngs(source):
+            pngs_by_character.setdefault(character, []).append((file_name, png))
+    names = sorted(pngs_by_character)
+    if len(names) != OMNIGLOT_CHARACTERS or any(len(pngs_by_character[n]) != OMNIGLOT_DRAWINGS for n in names):
+        raise DataError(
+            f"Omniglot in {data_root} is incomplete: expected {OMNIGLOT_CHARACTERS} characters with "
+            f"{OMNIGLOT_DRAWINGS} PNGs each, found {len(names)} characters; re-fetch it with --download into an empty folder"
+        )
+
+    size = IMAGE_SIZE["omniglot"]
+    characters = torch.empty(len(names), OMNIGLOT_DRAWINGS, size, size, dtype=torch.uint8)
+    for i, name in enumerate(names):
+        drawings = np.stack([_decode_gray(png) for _, png in sorted(pngs_by_character[name])])
+        # The PNGs are black strokes on white; we want bright strokes on black. Inverting in
+        # numpy: a small torch elementwise op can cost ~50x more in thread-pool overhead.
+        strokes_bright = torch.from_numpy(255 - drawings).unsqueeze(1)
+        characters[i] = F.resize(strokes_bright, [size, size], antialias=True).squeeze(1)
+    return characters, names
+
+
+def _find_omniglot_sources(data_root: Path) -> dict[str, Path]:
+    """For each image set, the first zip or extracted folder found under the accepted layouts."""
+    sources = {}
+    for base in (data_root, data_root / "omniglot", data_root / "omniglot-py"):
+        for name in OMNIGLOT_SETS:
+            if name in sources:
+                continue
+            if (base / name).is_dir():
+                sources[name] = base / name
+            elif (base / f"{name}.zip").is_file():
+                sources[name] = base / f"{name}.zip"
+    return sources
+
+
+def _read_omniglot_pngs(source: Path) -> Iterator[tuple[str, str, bytes]]:
+    """Yields ("Alphabet/characterNN", file name, PNG bytes) from a zip or extracted folder."""
+    if source.is_dir():
+        for path in source.rglob("*.png"):
+            yield f"{path.parent.parent.name}/{path.parent.name}", path.name, path.read_bytes()
+        return
+    try:
+        with zipfile.ZipFile(source) as archive:
+            for entry in archive.namelist():
+                parts = entry.split("/")
+                if len(parts) >= 3 and parts[-1].endswith(".png"):
+                    yield f"{parts[-3]}/{parts[-2]}", parts[-1], archive.read(entry)
+    except zipfile.BadZipFile as error:
+        raise DataError(f"{source} is not a readable zip ({error}); delete it and pass --download") from error
+
+
+# ---------------------------------------------------------------- image folders (miniImageNet, CUB)
+
+
+def _load_image_folder_split(dataset: str, split: str, data_root: Path, cache_dir: Path) -> FewShotSplit:
+    if dataset == "miniimagenet":
+        class_files = _miniimagenet_class_files(split, data_root)
+    else:
+        class_files = _cub_class_files(split, data_root)
+
+    # The key changes with the data root and with the exact file list, so a cache built from
+    # other data is never reused.
+    listing = "\n".join(f"{name}\t{path}" for name, paths in class_files for path in paths)
+    key = hashlib.sha256(f"{data_root.resolve()}\n{listing}".encode()).hexdigest()
+    size = IMAGE_SIZE[dataset]
+    cache_file = cache_dir / f"{dataset}_{split}_{size}.pt"
+    cached = _read_cache(cache_file)
+    if cached is not None and cached.get("key") == key:
+        images = cached["images"]
+    else:
+        paths = [path for _, class_paths in class_files for path in class_paths]
+        missing = [path for path in paths if not path.is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} listed images are missing, e.g. {missing[0]}; restore them or fix the split list")
+        images = torch.stack([_decode_and_crop(path, size) for path in paths])
+        _write_cache({"images": images, "key": key}, cache_file)
+
+    class_counts = torch.tensor([len(paths) for _, paths in class_files], dtype=torch.int64)
+    return FewShotSplit(
+        images=images,
+        class_offsets=torch.cumsum(class_counts, 0) - class_counts,
+        class_counts=class_counts,
+        class_names=tuple(name for name, _ in class_files),
+        name=f"{dataset}/{split}",
+    )
+
+
+def _miniimagenet_class_files(split: str, data_root: Path) -> list[tuple[str, list[Path]]]:
+    """Ravi-Larochelle layout: <root>/<split>.csv rows `filename,label`, classes in first-seen order."""
+    csv_file = data_root / f"{split}.csv"
+    if not csv_file.is_file():
+        raise DataError(f"{csv_file} not found; miniImageNet needs the Ravi-Larochelle train/val/test.csv in --data-root (no automatic download)")
+    files_by_label: dict[str, list[str]] = {}
+    with csv_file.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            files_by_label.setdefault(row["label"], []).append(row["filename"])
+    if not files_by_label:
+        raise DataError(f"{csv_file} lists no images; expected a header `filename,label` and one row per image")
+
+    first_label = next(iter(files_by_label))
+    first_file = files_by_label[first_label][0]
+    if (data_root / "images" / first_file).is_file():
+        return [(label, [data_root / "images" / f for f in files]) for label, files in files_by_label.items()]
+    if (data_root / first_label / first_file).is_file():
+        return [(label, [data_root / label / f for f in files]) for label, files in files_by_label.items()]
+    raise DataError(
+        f"image {first_file} from {csv_file} is neither in {data_root / 'images'} nor in {data_root / first_label}; put the images there"
+    )
+
+
+def _cub_class_files(split: str, data_root: Path) -> list[tuple[str, list[Path]]]:
+    """Class folders under <root>/images/ or <root>/; split by <root>/<split>.txt or the 100/50/50 rule."""
+    image_root = data_root / "images" if (data_root / "images").is_dir() else data_root
+    all_classes = sorted(path.name for path in image_root.iterdir() if path.is_dir())
+    split_file = data_root / f"{split}.txt"
+    if split_file.is_file():
+        classes = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        unknown = [name for name in classes if name not in all_classes]
+        if unknown:
+            raise DataError(f"{split_file} names class folder {unknown[0]!r} missing from {image_root}; fix the list or the folders")
+    else:
+        # The usual CUB few-shot split (CloserLookFewShot): 100 train / 50 val / 50 test.
+        keep = {"train": lambda i: i % 2 == 0, "val": lambda i: i % 4 == 1, "test": lambda i: i % 4 == 3}[split]
+        classes = [name for i, name in enumerate(all_classes) if keep(i)]
+    class_files = []
+    for name in classes:
+        files = sorted(p for p in (image_root / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {image_root / name} has no .jpg/.jpeg/.png images; add them or remove the folder")
+        class_files.append((name, files))
+    if not class_files:
+        raise DataError(f"no class folders for the {split} split in {image_root}; point --data-root at the CUB folder")
+    return class_files
+
+
+# Decoding uses Pillow (a torchvision dependency): torchvision.io's decoders are deprecated
+# since torchvision 0.29. It runs once per image, only while building a cache.
+
+
+def _decode_gray(png: bytes) -> np.ndarray:
+    """uint8 [H, W] from encoded image bytes (1-bit PNGs become 0/255)."""
+    with Image.open(io.BytesIO(png)) as image:
+        return np.array(image.convert("L"))
+
+
+def _decode_and_crop(path: Path, size: int) -> torch.Tensor:
+    """uint8 [3, size, size]: shorter side resized to `size`, then the centre crop."""
+    with Image.open(path) as image:
+        rgb = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+    resized = F.resize(rgb, [size], antialias=True)
+    return F.center_crop(resized, [size, size])
+
+
+# ---------------------------------------------------------------- cache files
+
+
+def _read_cache(path: Path) -> dict | None:
+    """The cached dict, or None if absent, unreadable or of another format version."""
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+        return None  # a damaged cache is rebuilt, not fatal
+    if not isinstance(cached, dict) or cached.get("format_version") != CACHE_FORMAT_VERSION:
+        return None
+    return cached
+
+
+def _write_cache(contents: dict, path: Path) -> None:
+    """Write atomically: a crash mid-write never leaves a truncated cache behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save({**contents, "format_version": CACHE_FORMAT_VERSION}, temp_name)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise

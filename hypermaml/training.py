@@ -1,0 +1,278 @@
+"""`fit` (meta-training with per-epoch validation, checkpoints, exact resume) and `evaluate`."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .algorithms import HyperMAML, MAML, build_learner
+from .config import ConfigError, RunConfig, from_flat, to_flat
+from .data import CHANNELS, IMAGE_SIZE, EpisodeSampler, Episodes, FewShotSplit, fixed_episodes, load_split
+
+CHECKPOINT_FORMAT = 1
+LAST, BEST = "last.pt", "best.pt"
+# Settings that may differ when resuming: where things are, not what is computed.
+RESUMABLE_CHANGES = {"data_root", "cache_dir", "download", "epochs"}
+# Tasks vectorized per pass on CPU when task_chunk = 0. Batching more tasks gains nothing on a
+# compute-bound CPU and loses cache locality (see benchmarks/throughput.py); on a GPU all at once.
+CPU_TASK_CHUNK = 1
+
+Report = Callable[[dict[str, Any]], None]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float  # mean query accuracy over the episodes
+    ci95: float  # 1.96 * std / sqrt(episodes)
+    ms_per_task: float  # adaptation + query prediction time per episode
+    episodes: int
+    per_episode: torch.Tensor = field(repr=False)  # [episodes] accuracies, on the CPU
+
+
+@dataclass
+class FitResult:
+    learner: MAML | HyperMAML  # weights of the last epoch
+    best_state: dict[str, torch.Tensor]  # weights of the epoch with the best validation accuracy
+    best_val_acc: float
+    best_epoch: int  # 1-based
+    history: list[dict[str, float]]
+    train_seconds: float  # meta-training time, validation excluded
+    train_episodes_per_s: float
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+    return device
+
+
+def task_chunk_size(config: RunConfig, device: torch.device) -> int:
+    if config.train.task_chunk:
+        return config.train.task_chunk
+    return config.train.meta_batch if device.type == "cuda" else CPU_TASK_CHUNK
+
+
+def load_data(config: RunConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, FewShotSplit]:
+    """Load the splits (CPU) and check that the episode shape fits each of them."""
+    t = config.train
+    data = {}
+    for split in splits:
+        data[split] = load_split(t.dataset, split, t.data_root, t.cache_dir or None, download=t.download)
+        make_sampler(config, data[split], split)
+    return data
+
+
+def make_sampler(config: RunConfig, split_data: FewShotSplit, split: str) -> EpisodeSampler:
+    t = config.train
+    try:
+        return EpisodeSampler(split_data, t.way, t.shot, t.query)
+    except ValueError as error:
+        raise ConfigError(f"{t.dataset} {split} split: {error}") from None
+
+
+def chunks(episodes: Episodes, size: int) -> Iterator[Episodes]:
+    for start in range(0, episodes.tasks, size):
+        part = slice(start, start + size)
+        yield Episodes(episodes.x_support[part], episodes.y_support[part], episodes.x_query[part], episodes.y_query[part])
+
+
+def new_learner(config: RunConfig, device: torch.device | str = "cpu") -> MAML | HyperMAML:
+    """A freshly initialized learner; its init depends on config.train.seed only (no global RNG)."""
+    dataset = config.train.dataset
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        learner = build_learner(config, CHANNELS[dataset], IMAGE_SIZE[dataset])
+    learner.run_config = config
+    return learner.to(device)
+
+
+def evaluate(
+    learner: MAML | HyperMAML,
+    split: str = "test",
+    episodes: int = 600,
+    seed: int | None = None,
+    data: FewShotSplit | None = None,
+) -> EvalResult:
+    """Accuracy ± 95% CI on a fixed, seeded set of episodes of `split` (the test-time path).
+
+    `seed` defaults to the run's eval_seed, so every run of a study sees the same episodes.
+    """
+    config: RunConfig = learner.run_config
+    device = next(learner.parameters()).device
+    if data is None:
+        data = load_data(config, (split,))[split]
+    sampler = make_sampler(config, data.to(device), split)
+    seed = config.train.eval_seed if seed is None else seed
+    accuracies, seconds = [], 0.0
+    with torch.no_grad():
+        for ep in fixed_episodes(sampler, episodes, seed, task_chunk_size(config, device)):
+            _sync(device)
+            start = time.perf_counter()
+            logits = learner.query_logits(ep)
+            _sync(device)
+            seconds += time.perf_counter() - start
+            accuracies.append((logits.argmax(-1) == ep.y_query).float().mean(1))
+    per_episode = torch.cat(accuracies).cpu()
+    ci95 = 1.96 * per_episode.std().item() / math.sqrt(episodes) if episodes > 1 else float("nan")
+    return EvalResult(per_episode.mean().item(), ci95, 1000 * seconds / episodes, episodes, per_episode)
+
+
+def fit(
+    config: RunConfig,
+    report: Report | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    data: dict[str, FewShotSplit] | None = None,
+) -> FitResult:
+    """Meta-train for epochs x steps_per_epoch meta-batches, validating after every epoch.
+
+    After each epoch: `report(metrics)` is called (after that epoch's checkpoint is written) with
+    epoch, train_loss, train_acc, val_acc, val_ci95, episodes_per_s, epoch_s, best_val_acc and, for
+    HyperMAML, hn_weight. `checkpoint_dir` gets last.pt (atomically, every epoch) and best.pt.
+    `resume_from` (a checkpoint file, or a folder holding last.pt) continues exactly where it stopped.
+    """
+    config.validate()
+    t = config.train
+    device = resolve_device(t.device)
+    data = data if data is not None else load_data(config, ("train", "val"))
+    train_sampler = make_sampler(config, data["train"].to(device), "train")
+    val_data = data["val"].to(device)
+    learner = new_learner(config, device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=t.outer_lr)
+    generator = torch.Generator(device).manual_seed(t.seed)
+    chunk = task_chunk_size(config, device)
+    history: list[dict[str, float]] = []
+    best_val_acc, best_epoch, best_state = -1.0, 0, {}
+    start_epoch = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        _check_resumable(config, state["config"])
+        learner.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["train_generator"])
+        history, start_epoch = list(state["history"]), state["epoch"]
+        best_val_acc, best_epoch = state["best_val_acc"], state["best_epoch"]
+        best_state = state.get("best_model", learner.state_dict())
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+
+    train_seconds = sum(h["train_s"] for h in history)
+    for epoch in range(start_epoch, t.epochs):
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct_sum = torch.zeros((), device=device)
+        for _ in range(t.steps_per_epoch):
+            episodes = train_sampler.sample(t.meta_batch, generator)
+            optimizer.zero_grad(set_to_none=True)
+            for part in chunks(episodes, chunk):
+                loss, accuracy = learner.meta_loss(part, epoch)
+                (loss * (part.tasks / episodes.tasks)).backward()
+                loss_sum += loss.detach() * part.tasks
+                correct_sum += accuracy.sum()
+            optimizer.step()
+        n_train = t.steps_per_epoch * t.meta_batch
+        train_loss = (loss_sum / n_train).item()  # the one host sync of the epoch
+        train_s = time.perf_counter() - epoch_start
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: train loss is {train_loss}")
+        val = evaluate(learner, "val", t.val_episodes, t.eval_seed, data=val_data)
+        improved = val.accuracy > best_val_acc
+        if improved:
+            best_val_acc, best_epoch = val.accuracy, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+        train_seconds += train_s
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_acc": (correct_sum / n_train).item(),
+            "val_acc": val.accuracy,
+            "val_ci95": val.ci95,
+            "best_val_acc": best_val_acc,
+            "episodes_per_s": n_train / train_s,
+            "train_s": train_s,
+            "epoch_s": time.perf_counter() - epoch_start,
+        }
+        if isinstance(learner, HyperMAML):
+            metrics["hn_weight"] = 1.0 - learner.cfg.maml_weight(epoch)
+        history.append(metrics)
+        if checkpoint_dir is not None:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "config": to_flat(config),
+                "epoch": epoch + 1,
+                "model": learner.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "train_generator": generator.get_state(),
+                "history": history,
+                "best_val_acc": best_val_acc,
+                "best_epoch": best_epoch,
+                "best_model": best_state,
+            }
+            save_checkpoint(state, checkpoint_dir / LAST)
+            if improved:
+                save_checkpoint({"format": CHECKPOINT_FORMAT, "config": to_flat(config), "epoch": epoch + 1,
+                                 "model": best_state, "val_acc": best_val_acc}, checkpoint_dir / BEST)
+        if report is not None:
+            report(dict(metrics))
+    total_train_episodes = t.epochs * t.steps_per_epoch * t.meta_batch
+    return FitResult(
+        learner=learner,
+        best_state=best_state,
+        best_val_acc=best_val_acc,
+        best_epoch=best_epoch,
+        history=history,
+        train_seconds=train_seconds,
+        train_episodes_per_s=total_train_episodes / train_seconds if train_seconds > 0 else float("nan"),
+    )
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write atomically: a reader sees the old checkpoint or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not a hypermaml checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def load_learner(path: str | Path, device: str = "cpu") -> MAML | HyperMAML:
+    """The learner stored in a checkpoint (best.pt or last.pt), with its RunConfig attached."""
+    state = load_checkpoint(path)
+    config = from_flat({**state["config"], "device": device})
+    learner = new_learner(config, resolve_device(device))
+    learner.load_state_dict(state["model"])
+    return learner
+
+
+def _check_resumable(config: RunConfig, saved: dict[str, Any]) -> None:
+    current = to_flat(config)
+    changed = sorted(k for k in set(current) | set(saved) if k not in RESUMABLE_CHANGES and current.get(k) != saved.get(k))
+    if changed:
+        raise ConfigError(f"cannot resume: the checkpoint was made with different {', '.join(changed)}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
