@@ -23,6 +23,9 @@ RESUMABLE_CHANGES = {"data_root", "cache_dir", "download", "epochs"}
 # Tasks vectorized per pass on CPU when task_chunk = 0. Batching more tasks gains nothing on a
 # compute-bound CPU and loses cache locality (see benchmarks/throughput.py); on a GPU all at once.
 CPU_TASK_CHUNK = 1
+# Evaluation episodes are drawn in blocks of this many, whatever the learner's task_chunk: the
+# episode set then depends on (split, shape, seed) only, so two learners see the same episodes.
+EVAL_BLOCK = 50
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -117,13 +120,14 @@ def evaluate(
     seed = config.train.eval_seed if seed is None else seed
     accuracies, seconds = [], 0.0
     with torch.no_grad():
-        for ep in fixed_episodes(sampler, episodes, seed, task_chunk_size(config, device)):
-            _sync(device)
-            start = time.perf_counter()
-            logits = learner.query_logits(ep)
-            _sync(device)
-            seconds += time.perf_counter() - start
-            accuracies.append((logits.argmax(-1) == ep.y_query).float().mean(1))
+        for block in fixed_episodes(sampler, episodes, seed, EVAL_BLOCK):
+            for ep in chunks(block, task_chunk_size(config, device)):
+                _sync(device)
+                start = time.perf_counter()
+                logits = learner.query_logits(ep)
+                _sync(device)
+                seconds += time.perf_counter() - start
+                accuracies.append((logits.argmax(-1) == ep.y_query).float().mean(1))
     per_episode = torch.cat(accuracies).cpu()
     ci95 = 1.96 * per_episode.std().item() / math.sqrt(episodes) if episodes > 1 else float("nan")
     return EvalResult(per_episode.mean().item(), ci95, 1000 * seconds / episodes, episodes, per_episode)

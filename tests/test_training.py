@@ -78,6 +78,10 @@ def test_evaluate_uses_a_fixed_episode_set_and_reports_a_95_ci(omniglot_root, da
     assert torch.equal(a.per_episode, b.per_episode)
     assert a.ci95 == pytest.approx(1.96 * a.per_episode.std().item() / math.sqrt(30))
     assert a.ms_per_task > 0 and a.episodes == 30
+    # the episode set does not depend on how many tasks the learner vectorizes per pass
+    chunked = RunConfig(TrainConfig(**{**learner.run_config.train.__dict__, "task_chunk": 7}), learner.run_config.algo)
+    learner.run_config = chunked
+    assert torch.equal(evaluate(learner, "test", 30, data=data["test"]).per_episode, a.per_episode)
     c = evaluate(learner, "test", 30, seed=123, data=data["test"])
     assert not torch.equal(a.per_episode, c.per_episode)
 

@@ -1,0 +1,1 @@
+"""Ray Tune + Optuna studies of HyperMAML vs MAML."""

@@ -1,0 +1,246 @@
+"""Run a study: one Ray Tune experiment per algorithm, then the test-set head-to-head."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from hypermaml import evaluate, fit, from_flat, load_learner
+from hypermaml.training import load_data
+
+from . import report
+from .spaces import SpaceFn
+from .spec import StudySpec
+from .tracking import StudyTracker, trial_dirname, trial_id_of
+
+METRIC, MODE = "best_val_acc", "max"
+# Every epoch reports a checkpoint by design (exact retries); Tune's warning that this snapshots
+# experiment state often is noise at our report rate (one per epoch, seconds apart).
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+DONE_MARKER = "done.json"
+
+
+# ---- what runs inside a trial ---------------------------------------------------------------------
+
+def trial_space(space: SpaceFn, fixed: dict[str, Any], episodes_per_epoch: int, trial: optuna.Trial) -> dict[str, Any]:
+    """The define-by-run function Tune's OptunaSearch calls: the algorithm's space, plus the study's
+    fixed settings returned as constants, plus steps_per_epoch derived from the sampled meta-batch."""
+    constants = space(trial) or {}
+    meta_batch = trial.params.get("meta_batch", constants.get("meta_batch", fixed["meta_batch"]))
+    return {**fixed, **constants, "steps_per_epoch": max(1, episodes_per_epoch // meta_batch)}
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: meta-train one configuration, report every epoch with a checkpoint."""
+    run_config = from_flat(config)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))  # the trial's CPUs, no oversubscription
+    work = Path(tempfile.mkdtemp(prefix="hpo-trial-"))
+    try:
+        resume_from = None
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:  # a retry after a failure, or a restored study
+            with checkpoint.as_directory() as stored:
+                for item in Path(stored).iterdir():
+                    shutil.copy2(item, work / item.name)
+            resume_from = work / "last.pt"
+
+        def report_epoch(metrics: dict[str, float]) -> None:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
+
+        fit(run_config, report=report_epoch, checkpoint_dir=work, resume_from=resume_from)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---- the driver --------------------------------------------------------------------------------------
+
+def make_sampler(searcher: str, seed: int) -> optuna.samplers.BaseSampler:
+    if searcher == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if searcher == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if searcher == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if searcher == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    return optuna.samplers.QMCSampler(seed=seed)
+
+
+def optuna_storage_url(spec: StudySpec) -> str:
+    """SQLite beside the Ray results (optuna-dashboard opens it); in the cwd when results are remote."""
+    if "://" in spec.storage_path:
+        return f"sqlite:///{Path.cwd() / (spec.name + '-optuna.db')}"
+    Path(spec.study_dir).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(spec.study_dir) / 'optuna.db'}"
+
+
+def _tuner(spec: StudySpec, algorithm: str, space: SpaceFn, tracker: StudyTracker) -> tune.Tuner:
+    trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    experiment = f"{spec.study_dir}/{algorithm}"
+    callbacks = [tracker.trial_callback(algorithm, spec.epochs)]
+    if tune.Tuner.can_restore(experiment):
+        # Continue an interrupted study: finished trials stay, unfinished ones resume from their checkpoints.
+        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    storage = optuna.storages.RDBStorage(optuna_storage_url(spec))
+    searcher = OptunaSearch(
+        space=_bind(space, spec.fixed_settings(algorithm), spec.episodes_per_epoch),
+        metric=METRIC, mode=MODE, sampler=make_sampler(spec.searcher, spec.seed),
+        study_name=f"{spec.name}-{algorithm}", storage=storage,
+    )
+    scheduler = None
+    if spec.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.epochs, grace_period=spec.grace_period,
+                                  reduction_factor=spec.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=spec.trials,
+            max_concurrent_trials=spec.max_concurrent, reuse_actors=True, trial_dirname_creator=trial_dirname,
+            time_budget_s=spec.time_budget_s / len(spec.algorithms) if spec.time_budget_s else None,
+        ),
+        run_config=tune.RunConfig(
+            name=algorithm, storage_path=spec.study_dir, callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+
+
+def _bind(space: SpaceFn, fixed: dict[str, Any], episodes_per_epoch: int):
+    return partial(trial_space, space, fixed, episodes_per_epoch)
+
+
+@dataclass
+class AlgorithmRun:
+    algorithm: str
+    results: tune.ResultGrid
+    seconds: float
+
+
+def run_study(spec: StudySpec, spaces: dict[str, SpaceFn]) -> report.Comparison:
+    tracker = StudyTracker(spec)
+    tracker.start_study()
+    init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if spec.address:
+        init_kwargs["address"] = spec.address
+    ray.init(**init_kwargs)
+    try:
+        runs = []
+        for algorithm in spec.algorithms:
+            start = time.perf_counter()
+            tuner = _tuner(spec, algorithm, spaces[algorithm], tracker)
+            results = tuner.fit()
+            tracker.reconcile(algorithm, results)
+            runs.append(AlgorithmRun(algorithm, results, time.perf_counter() - start))
+        comparison, curves, best_checkpoints = head_to_head(spec, runs)
+        out = Path(tempfile.mkdtemp(prefix="hpo-summary-"))
+        try:
+            files, notes = _write_summary(spec, comparison, curves, out)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            tracker.log_summary(comparison, files, best_checkpoints, notes)
+            table = (out / "summary.md").read_text()
+            if not spec.storage_path.startswith(("s3://", "gs://", "gcs://")):
+                shutil.copy2(out / "summary.md", Path(spec.study_dir) / "summary.md")
+                shutil.copy2(out / "summary.csv", Path(spec.study_dir) / "summary.csv")
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        tracker.finish_study("FINISHED")
+        print(table)
+        return comparison
+    except BaseException:
+        tracker.finish_study("FAILED")
+        raise
+    finally:
+        ray.shutdown()
+
+
+def head_to_head(spec: StudySpec, runs: list[AlgorithmRun]):
+    """Best trial of each algorithm (by best validation accuracy) on the same test episodes, R repeats."""
+    outcomes, curves, best_checkpoints = [], {}, {}
+    for run in runs:
+        finished = [r for r in run.results if r.error is None and r.metrics and METRIC in r.metrics]
+        if not finished:
+            raise RuntimeError(f"no trial of {run.algorithm} reported a validation accuracy; see {spec.study_dir}")
+        curves[run.algorithm] = [list(r.metrics_dataframe["val_acc"]) for r in finished if r.metrics_dataframe is not None]
+        best = max(finished, key=lambda r: r.metrics[METRIC])
+        with best.checkpoint.as_directory() as stored:
+            best_path = Path(tempfile.mkdtemp(prefix="hpo-best-")) / f"{run.algorithm}_best.pt"
+            shutil.copy2(Path(stored) / "best.pt", best_path)
+        best_checkpoints[run.algorithm] = best_path
+        learner = load_learner(best_path, device=spec.device)
+        test_data = load_data(learner.run_config, ("test",))["test"]
+        evals = [evaluate(learner, "test", spec.test_episodes, seed=spec.seed + r, data=test_data) for r in range(spec.test_repeats)]
+        counts = _trial_counts(run.results, spec.epochs)
+        train_seconds = lambda r: float(r.metrics_dataframe["train_s"].sum()) if r.metrics_dataframe is not None else 0.0  # noqa: E731
+        outcomes.append(report.AlgorithmOutcome(
+            algorithm=run.algorithm,
+            trial_id=trial_id_of(best.path),
+            val_acc=float(best.metrics[METRIC]),
+            repeat_test_accs=[e.accuracy for e in evals],
+            episode_accs=np.concatenate([e.per_episode.numpy() for e in evals]),
+            adapt_ms_per_task=float(np.mean([e.ms_per_task for e in evals])),
+            parameters=sum(p.numel() for p in learner.parameters()),
+            train_seconds=train_seconds(best),
+            study_seconds=sum(train_seconds(r) for r in finished),
+            trial_counts=counts,
+            hyperparameters=_tuned(best.config, spec.fixed_settings(run.algorithm)),
+        ))
+    return report.compare(outcomes), curves, best_checkpoints
+
+
+def _tuned(config: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sorted(config.items()) if k not in fixed and k != "steps_per_epoch"}
+
+
+def _trial_counts(results: tune.ResultGrid, epochs: int) -> dict[str, int]:
+    counts = {"completed": 0, "early_stopped": 0, "failed": 0}
+    for r in results:
+        if r.error is not None:
+            counts["failed"] += 1
+        elif r.metrics and r.metrics.get("epoch", 0) < epochs:
+            counts["early_stopped"] += 1
+        else:
+            counts["completed"] += 1
+    return counts
+
+
+def _write_summary(spec: StudySpec, comparison: report.Comparison, curves, out: Path):
+    files = {
+        "summary.md": out / "summary.md",
+        "summary.csv": out / "summary.csv",
+        "spec.json": out / "spec.json",
+    }
+    files["summary.md"].write_text(report.summary_markdown(comparison, spec.budget()))
+    files["summary.csv"].write_text(report.summary_csv(comparison))
+    files["spec.json"].write_text(json.dumps(spec.to_dict(), indent=2))
+    plots = out / "plots"
+    plots.mkdir()
+    report.plot_validation_curves(curves, plots / "validation_curves.png")
+    report.plot_best_vs_best(comparison, plots / "best_vs_best.png")
+    notes = []
+    storage = optuna.storages.RDBStorage(optuna_storage_url(spec))
+    for algorithm in spec.algorithms:
+        study = optuna.load_study(study_name=f"{spec.name}-{algorithm}", storage=storage)
+        _, study_notes = report.plot_optuna_study(study, plots, algorithm)
+        notes += study_notes
+    return [files["summary.md"], files["summary.csv"], files["spec.json"], plots], notes
+

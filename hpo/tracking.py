@@ -1,0 +1,295 @@
+"""MLflow bookkeeping of a study, done on the driver.
+
+One experiment per study; a parent run holding the resolved spec; one nested run per Ray trial
+(full config as params, per-epoch metrics, tags, final status); a nested "summary" run with the
+comparison table, plots and the best checkpoint of each algorithm.
+
+Runs are found again by tags (study, role, Ray trial id), so re-running or resuming a study adds
+no duplicates. If MLflow cannot be reached, the study goes on: a one-line warning is printed and
+the results stay in Ray's storage.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from .spec import StudySpec
+
+LOGGED_METRICS = ("train_loss", "train_acc", "val_acc", "val_ci95", "best_val_acc", "episodes_per_s", "epoch_s", "hn_weight")
+STUDY_TAG, ROLE_TAG, TRIAL_TAG = "hpo.study", "hpo.role", "ray.trial_id"
+
+# A tracking server that disappears mid-study must not stall the driver for minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def reachable(uri: str) -> str | None:
+    """None if MLflow at `uri` looks usable, else the reason."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+                return None if response.status == 200 else f"HTTP {response.status}"
+        except OSError as error:
+            return str(getattr(error, "reason", error))
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        return None if folder.is_dir() and os.access(folder, os.W_OK) else f"{folder} is not a writable folder"
+    return None
+
+
+class _Ledger:
+    """The MLflow side of a study, reduced to plain picklable values; the client is made lazily."""
+
+    def __init__(self, tracking_uri: str, study: str, storage_hint: str):
+        self.tracking_uri, self.study, self.storage_hint = tracking_uri, study, storage_hint
+        self.enabled = True
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def disable(self, reason: str) -> None:
+        if self.enabled:
+            print(f"warning: MLflow at {self.tracking_uri} is unavailable ({reason}); the study continues and its "
+                  f"results stay in Ray's storage at {self.storage_hint}", file=sys.stderr, flush=True)
+        self.enabled = False
+
+    def find_runs(self, **tags: str) -> list:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=10000)
+
+
+def _guarded(method):
+    """MLflow trouble warns once and switches tracking off; it never stops the study."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        ledger: _Ledger = self.ledger
+        if not ledger.enabled:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any tracking failure is reported, then tracking stops
+            ledger.disable(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            return None
+
+    return wrapper
+
+
+class StudyTracker:
+    def __init__(self, spec: StudySpec):
+        self.spec = spec
+        self.ledger = _Ledger(spec.tracking_uri, spec.name, spec.study_dir)
+        reason = reachable(spec.tracking_uri)
+        if reason:
+            self.ledger.disable(reason)
+
+    @_guarded
+    def start_study(self) -> None:
+        ledger, client = self.ledger, self.ledger.client
+        experiment = client.get_experiment_by_name(self.spec.name)
+        if experiment is None:
+            ledger.experiment_id = client.create_experiment(self.spec.name, artifact_location=_artifact_location(self.spec))
+        else:
+            ledger.experiment_id = experiment.experiment_id
+        existing = ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "study"})
+        if existing:
+            ledger.parent_run_id = existing[0].info.run_id
+            client.update_run(ledger.parent_run_id, status="RUNNING")
+            return
+        run = client.create_run(ledger.experiment_id, run_name=f"study {self.spec.name}",
+                                tags={STUDY_TAG: self.spec.name, ROLE_TAG: "study", "git_commit": git_commit(),
+                                      "dataset": self.spec.dataset, "way": str(self.spec.way), "shot": str(self.spec.shot)})
+        ledger.parent_run_id = run.info.run_id
+        params = [Param(k, _param_value(v)) for k, v in self.spec.to_dict().items()]
+        client.log_batch(ledger.parent_run_id, params=params)
+
+    def trial_callback(self, algorithm: str, epochs: int) -> "TrialRuns":
+        return TrialRuns(self.ledger, algorithm, epochs, self.spec, git_commit())
+
+    @_guarded
+    def reconcile(self, algorithm: str, results) -> None:
+        """Trial runs whose Ray trial no longer exists (created just before a driver crash, then
+        replaced on restore) are soft-deleted, so the store holds exactly the study's trials."""
+        kept = {trial_id_of(r.path) for r in results if r.path}
+        for run in self.ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "trial", "algorithm": algorithm}):
+            if run.data.tags.get(TRIAL_TAG) not in kept:
+                self.ledger.client.set_tag(run.info.run_id, "hpo.orphan", "true")
+                self.ledger.client.delete_run(run.info.run_id)
+
+    @_guarded
+    def log_summary(self, comparison, files: list[Path], best_checkpoints: dict[str, Path], notes: list[str]) -> None:
+        ledger, client = self.ledger, self.ledger.client
+        for old in ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "summary"}):
+            client.delete_run(old.info.run_id)  # a re-run of the summary replaces the previous one
+        tags = {STUDY_TAG: self.spec.name, ROLE_TAG: "summary", "mlflow.parentRunId": ledger.parent_run_id,
+                "git_commit": git_commit()}
+        if comparison.test:
+            tags["verdict"] = comparison.test["verdict"]
+            tags["mlflow.note.content"] = comparison.test["verdict"]
+        run_id = client.create_run(ledger.experiment_id, run_name="summary: head-to-head", tags=tags).info.run_id
+        now = int(time.time() * 1000)
+        metrics = []
+        for row in comparison.rows:
+            for key in ("test_acc", "test_ci95", "val_acc", "adapt_ms_per_task", "parameters", "train_seconds"):
+                metrics.append(Metric(f"{row['algorithm']}.{key}", float(row[key]), now, 0))
+        if comparison.test:
+            metrics += [Metric("mean_difference", float(comparison.test["mean_difference"]), now, 0),
+                        Metric("wilcoxon_p", float(comparison.test["wilcoxon_p"]), now, 0)]
+        client.log_batch(run_id, metrics=metrics)
+        for path in files:
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), path.name)
+            else:
+                client.log_artifact(run_id, str(path))
+        for algorithm, path in best_checkpoints.items():
+            client.log_artifact(run_id, str(path), "best_checkpoints")
+        if notes:
+            client.set_tag(run_id, "notes", " | ".join(notes)[:5000])
+        client.set_terminated(run_id, "FINISHED")
+        client.log_batch(ledger.parent_run_id, metrics=metrics)
+        client.log_artifact(ledger.parent_run_id, str(files[0]))
+
+    @_guarded
+    def finish_study(self, status: str) -> None:
+        if self.ledger.parent_run_id:
+            self.ledger.client.set_terminated(self.ledger.parent_run_id, status)
+
+
+class TrialRuns(tune.Callback):
+    """Tune callback: one nested MLflow run per trial, kept in step with the trial's life."""
+
+    def __init__(self, ledger: _Ledger, algorithm: str, epochs: int, spec: StudySpec, commit: str):
+        self.ledger, self.algorithm, self.epochs, self.commit = ledger, algorithm, epochs, commit
+        self.scheduler, self.time_budget_s = spec.scheduler, spec.time_budget_s / max(1, len(spec.algorithms))
+        self.common_tags = {"algorithm": algorithm, "dataset": spec.dataset, "way": str(spec.way), "shot": str(spec.shot)}
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._last_epoch: dict[str, int] = {}
+        self._started = time.time()
+
+    def __getstate__(self):
+        return {**self.__dict__, "_runs": {}, "_last_epoch": {}}
+
+    def setup(self, **info):
+        self._started = time.time()
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        ledger = self.ledger
+        found = ledger.find_runs(**{STUDY_TAG: ledger.study, ROLE_TAG: "trial", TRIAL_TAG: trial.trial_id})
+        if found:  # a resumed study or a retried trial: keep logging into the same run
+            run_id = found[0].info.run_id
+            history = ledger.client.get_metric_history(run_id, "val_acc")
+            self._last_epoch[trial.trial_id] = max((m.step for m in history), default=0)
+            ledger.client.update_run(run_id, status="RUNNING")
+        else:
+            tags = {**self.common_tags, STUDY_TAG: ledger.study, ROLE_TAG: "trial", TRIAL_TAG: trial.trial_id,
+                    "mlflow.parentRunId": ledger.parent_run_id, "git_commit": self.commit}
+            run_id = ledger.client.create_run(ledger.experiment_id, run_name=f"{self.algorithm} {trial.trial_id}", tags=tags).info.run_id
+            params = [Param(k, _param_value(v)) for k, v in sorted(trial.config.items())]
+            ledger.client.log_batch(run_id, params=params)
+            self._last_epoch[trial.trial_id] = 0
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    @_guarded
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_id(trial)
+
+    @_guarded
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_id(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        if epoch <= self._last_epoch.get(trial.trial_id, 0):
+            return  # already logged before a restore: no duplicate steps
+        self._last_epoch[trial.trial_id] = epoch
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(result[k]), now, epoch) for k in LOGGED_METRICS if k in result]
+        tags = [RunTag("node", str(result.get("node_ip", "unknown"))), RunTag("hostname", str(result.get("hostname", "unknown")))]
+        self.ledger.client.log_batch(run_id, metrics=metrics, tags=tags)
+
+    @_guarded
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        retries = int(self.ledger.client.get_run(run_id).data.tags.get("retries", "0")) + 1
+        self.ledger.client.set_tag(run_id, "retries", str(retries))
+        self.ledger.client.set_tag(run_id, "last_error", _error_line(trial))
+
+    @_guarded
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        epoch = int((trial.last_result or {}).get("epoch", 0))
+        if epoch >= self.epochs:
+            self.ledger.client.set_terminated(run_id, "FINISHED")
+            return
+        over_budget = self.time_budget_s and time.time() - self._started >= self.time_budget_s
+        stopped_by = "time_budget" if over_budget else ("ASHA" if self.scheduler == "asha" else "stopped")
+        self.ledger.client.set_tag(run_id, "stopped_by", stopped_by)
+        self.ledger.client.set_tag(run_id, "stopped_at_epoch", str(epoch))
+        self.ledger.client.set_terminated(run_id, "KILLED")
+
+    @_guarded
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        self.ledger.client.set_tag(run_id, "error", _error_line(trial))
+        if trial.error_file and Path(trial.error_file).is_file():
+            self.ledger.client.log_artifact(run_id, trial.error_file)
+        self.ledger.client.set_terminated(run_id, "FAILED")
+
+
+def trial_dirname(trial) -> str:
+    """Trial folders named by trial id, so a result's folder tells which trial (and run) it is."""
+    return f"trial_{trial.trial_id}"
+
+
+def trial_id_of(path: str) -> str:
+    return Path(path).name.removeprefix("trial_")
+
+
+def _error_line(trial) -> str:
+    """The exception line of a trial's error (the last non-empty line of Tune's error file)."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+        if lines:
+            return lines[-1][:5000]
+    return "unknown error (no error file)"
+
+
+def _param_value(value: Any) -> str:
+    return str(value)[:6000]
+
+
+def _artifact_location(spec: StudySpec) -> str | None:
+    """Beside the SQLite store (not the cwd of whoever created the experiment); servers choose their own."""
+    if spec.tracking_uri.startswith("sqlite:///"):
+        return (Path(spec.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts" / spec.name).as_uri()
+    return None

@@ -1,0 +1,24 @@
+"""MAML search space: the inner loop (steps, learning rate, order, adapted parameters) and the
+outer loop (Adam learning rate, tasks per meta-batch).
+
+The ranges contain the published Omniglot settings (1 inner step; inner lr 0.4 in Finn et al.,
+0.1 in the reference code) and extend well beyond them (more steps, smaller and larger learning
+rates), because those were tuned for other training budgets than ours. Learning rates are searched on a log scale: their
+effect is multiplicative. Adapting only the head ("head") is the cheap variant that HyperMAML
+also uses, so the study can tell whether adapting the whole backbone is what makes MAML good.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+
+def space(trial: optuna.Trial, epochs: int) -> None:
+    # `epochs` is unused: no MAML setting depends on the training length. It is kept so that
+    # every built-in space has the same signature.
+    trial.suggest_int("inner_steps", 1, 10)
+    trial.suggest_float("inner_lr", 1e-3, 0.5, log=True)
+    trial.suggest_categorical("first_order", [False, True])
+    trial.suggest_categorical("inner_params", ["all", "head"])
+    trial.suggest_float("outer_lr", 1e-4, 1e-2, log=True)
+    trial.suggest_categorical("meta_batch", [4, 8, 16, 32])

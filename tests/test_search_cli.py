@@ -1,0 +1,76 @@
+"""`python -m hpo.search` input checks: each bad input is one error line and exit 2, before Ray starts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def search(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "hpo.search", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_dry_run_prints_the_resolved_study_and_a_sample_of_each_space(omniglot_root, tmp_path):
+    proc = search("--preset", "smoke", "--data-root", str(omniglot_root), "--storage-path", str(tmp_path / "ray"),
+                  "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--name", "dry", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["study"]["trials"] == 4 and out["study"]["name"] == "dry"
+    assert out["study"]["algorithms"] == ["maml", "hypermaml"]
+    assert "inner_lr" in out["space_samples"]["maml"] and "hn_hidden" in out["space_samples"]["hypermaml"]
+    assert out["budget"]["trials per algorithm"] == 4
+    assert not (tmp_path / "ray" / "dry").exists() and not (tmp_path / "m.db").exists()  # started nothing
+
+
+def test_data_root_from_the_environment(omniglot_root, tmp_path):
+    import os
+    env = {**os.environ, "HYPERMAML_DATA_ROOT": str(omniglot_root)}
+    proc = subprocess.run([sys.executable, "-m", "hpo.search", "--preset", "smoke", "--dry-run", "--storage-path", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["study"]["data_root"] == str(omniglot_root)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--algorithms", "protonet"], "invalid choice: 'protonet'"),
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--way", "700"], "way 700 exceeds the 688 classes"),
+    (["--shot", "10", "--query", "15"], "shot + query = 25 exceeds the 20 images per Omniglot class"),
+    (["--space", "maml=/nonexistent/space.py"], "/nonexistent/space.py"),
+    (["--space", "typo.yaml"], "say which algorithm"),
+    (["--trials", "0"], "--trials must be at least 1"),
+])
+def test_bad_input_fails_fast_with_one_line(omniglot_root, tmp_path, args, message):
+    proc = search("--preset", "smoke", "--data-root", str(omniglot_root), "--storage-path", str(tmp_path / "ray"),
+                  "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "ray").exists() or not any((tmp_path / "ray").iterdir())
+
+
+def test_unreadable_or_malformed_spaces(omniglot_root, tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("params:\n  inner_lr: {type: float, low: 0.5, high: 0.1}\n")
+    typo = tmp_path / "typo.py"
+    typo.write_text("def space(trial):\n    trial.suggest_int('hn_size', 64, 128)\n")
+    for spec, message in ((f"maml={bad_yaml}", "inner_lr"), (f"hypermaml={typo}", "hn_size")):
+        proc = search("--preset", "smoke", "--data-root", str(omniglot_root), "--storage-path", str(tmp_path / "ray"), "--space", spec)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_missing_data_unwritable_storage_and_nothing_to_resume(omniglot_root, tmp_path):
+    proc = search("--preset", "smoke", "--data-root", str(tmp_path / "nowhere"), "--storage-path", str(tmp_path / "ray"))
+    assert proc.returncode == 2 and "nowhere" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    proc = search("--preset", "smoke", "--data-root", str(omniglot_root), "--storage-path", str(a_file / "ray"))
+    assert proc.returncode == 2 and "not writable" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = search("--preset", "smoke", "--data-root", str(omniglot_root), "--storage-path", str(tmp_path / "ray"),
+                  "--name", "never-ran", "--resume")
+    assert proc.returncode == 2 and "no study 'never-ran'" in proc.stderr
