@@ -22,7 +22,7 @@ LAST, BEST = "last.pt", "best.pt"
 RESUMABLE_CHANGES = {"data_root", "cache_dir", "download", "epochs"}
 # Tasks vectorized per pass on CPU when task_chunk = 0. Batching more tasks gains nothing on a
 # compute-bound CPU and loses cache locality (see benchmarks/throughput.py); on a GPU all at once.
-CPU_TASK_CHUNK = 1
+CPU_TASK_CHUNK = 4
 # Evaluation episodes are drawn in blocks of this many, whatever the learner's task_chunk: the
 # episode set then depends on (split, shape, seed) only, so two learners see the same episodes.
 EVAL_BLOCK = 50
