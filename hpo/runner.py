@@ -61,8 +61,10 @@ def train_trial(config: dict[str, Any]) -> None:
                     shutil.copy2(item, work / item.name)
             resume_from = work / "last.pt"
 
+        node_id = ray.get_runtime_context().get_node_id()  # nodes of one machine share an IP; ids differ
+
         def report_epoch(metrics: dict[str, float]) -> None:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
+            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(work))
 
         fit(run_config, report=report_epoch, checkpoint_dir=work, resume_from=resume_from)
     finally:

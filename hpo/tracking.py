@@ -233,7 +233,9 @@ class TrialRuns(tune.Callback):
         self._last_epoch[trial.trial_id] = epoch
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), now, epoch) for k in LOGGED_METRICS if k in result]
-        tags = [RunTag("node", str(result.get("node_ip", "unknown"))), RunTag("hostname", str(result.get("hostname", "unknown")))]
+        node_ip, node_id = result.get("node_ip", "unknown"), str(result.get("node_id", "unknown"))
+        tags = [RunTag("node", f"{node_ip}/{node_id[:12]}"), RunTag("node_id", node_id),
+                RunTag("hostname", str(result.get("hostname", "unknown")))]
         self.ledger.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     @_guarded
