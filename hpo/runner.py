@@ -98,8 +98,9 @@ def _tuner(spec: StudySpec, algorithm: str, space: SpaceFn, tracker: StudyTracke
     experiment = f"{spec.study_dir}/{algorithm}"
     callbacks = [tracker.trial_callback(algorithm, spec.epochs)]
     if tune.Tuner.can_restore(experiment):
-        # Continue an interrupted study: finished trials stay, unfinished ones resume from their checkpoints.
-        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        # Continue an interrupted study: finished trials stay, unfinished ones (RUNNING when the driver
+        # died) resume from their checkpoints; trials that failed on their own stay failed.
+        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
     storage = optuna.storages.RDBStorage(optuna_storage_url(spec))
     searcher = OptunaSearch(
         space=_bind(space, spec.fixed_settings(algorithm), spec.episodes_per_epoch),
@@ -152,10 +153,14 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn]) -> report.Comparison:
             results = tuner.fit()
             tracker.reconcile(algorithm, results)
             runs.append(AlgorithmRun(algorithm, results, time.perf_counter() - start))
+        test_start = time.perf_counter()
         comparison, curves, best_checkpoints = head_to_head(spec, runs)
+        timing = {"tuning_seconds": {r.algorithm: r.seconds for r in runs}, "head_to_head_seconds": time.perf_counter() - test_start}
         out = Path(tempfile.mkdtemp(prefix="hpo-summary-"))
         try:
+            (out / "timing.json").write_text(json.dumps(timing, indent=2))
             files, notes = _write_summary(spec, comparison, curves, out)
+            files.append(out / "timing.json")
             for note in notes:
                 print(f"note: {note}", file=sys.stderr)
             tracker.log_summary(comparison, files, best_checkpoints, notes)
@@ -163,6 +168,7 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn]) -> report.Comparison:
             if not spec.storage_path.startswith(("s3://", "gs://", "gcs://")):
                 shutil.copy2(out / "summary.md", Path(spec.study_dir) / "summary.md")
                 shutil.copy2(out / "summary.csv", Path(spec.study_dir) / "summary.csv")
+                shutil.copy2(out / "timing.json", Path(spec.study_dir) / "timing.json")
         finally:
             shutil.rmtree(out, ignore_errors=True)
         tracker.finish_study("FINISHED")

@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-DATASETS = ("omniglot", "miniimagenet", "cub")
+from .config import DATASETS, OMNIGLOT_IMAGES_PER_CLASS  # one source for both
+
 IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84, "cub": 84}
 CHANNELS = {"omniglot": 1, "miniimagenet": 3, "cub": 3}
 SPLITS = ("train", "val", "test")
@@ -35,7 +36,7 @@ CACHE_FORMAT_VERSION = 1
 OMNIGLOT_SETS = ("images_background", "images_evaluation")
 OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 OMNIGLOT_CHARACTERS = 1623
-OMNIGLOT_DRAWINGS = 20
+OMNIGLOT_DRAWINGS = OMNIGLOT_IMAGES_PER_CLASS
 OMNIGLOT_SPLITS_DIR = Path(__file__).parent / "splits" / "omniglot"
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
