@@ -132,7 +132,10 @@ def _paired_test(baseline: AlgorithmOutcome, challenger: AlgorithmOutcome, alpha
 def summary_markdown(comparison: Comparison, budget: dict[str, Any]) -> str:
     """The report a reader opens first: budget, table, verdict, best hyperparameters."""
     algorithms = " vs ".join(outcome.algorithm for outcome in comparison.outcomes)
-    lines = [f"# Tuned best-vs-best comparison: {algorithms}", "", "## Budget", ""]
+    lines = [f"# Tuned best-vs-best comparison: {algorithms}", ""]
+    if comparison.test is not None:  # the answer first: it is what a collapsed view shows
+        lines += [f"**{comparison.test['verdict']}**", ""]
+    lines += ["## Budget", ""]
     lines += [f"- {name}: {value}" for name, value in budget.items()] or ["- (not given)"]
 
     lines += ["", "## Test results of each algorithm's best trial", ""]

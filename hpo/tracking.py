@@ -28,6 +28,7 @@ from .spec import StudySpec
 
 LOGGED_METRICS = ("train_loss", "train_acc", "val_acc", "val_ci95", "best_val_acc", "episodes_per_s", "epoch_s", "hn_weight")
 STUDY_TAG, ROLE_TAG, TRIAL_TAG = "hpo.study", "hpo.role", "ray.trial_id"
+MAX_NOTE = 7500  # MLflow caps tag values at 8000 characters
 
 # A tracking server that disappears mid-study must not stall the driver for minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -119,6 +120,9 @@ class StudyTracker:
             ledger.experiment_id = client.create_experiment(self.spec.name, artifact_location=_artifact_location(self.spec))
         else:
             ledger.experiment_id = experiment.experiment_id
+        # MLflow 3's UI opens an untagged experiment in its GenAI (traces) view; this tag makes it open
+        # the runs table, where the study's parent, trial and summary runs are.
+        client.set_experiment_tag(ledger.experiment_id, "mlflow.experimentKind", "custom_model_development")
         existing = ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "study"})
         if existing:
             ledger.parent_run_id = existing[0].info.run_id
@@ -151,9 +155,11 @@ class StudyTracker:
             client.delete_run(old.info.run_id)  # a re-run of the summary replaces the previous one
         tags = {STUDY_TAG: self.spec.name, ROLE_TAG: "summary", "mlflow.parentRunId": ledger.parent_run_id,
                 "git_commit": git_commit()}
+        # The run description (rendered as Markdown on the run's page) is the summary table itself.
+        summary_md = files[0].read_text()[:MAX_NOTE]
+        tags["mlflow.note.content"] = summary_md
         if comparison.test:
             tags["verdict"] = comparison.test["verdict"]
-            tags["mlflow.note.content"] = comparison.test["verdict"]
         run_id = client.create_run(ledger.experiment_id, run_name="summary: head-to-head", tags=tags).info.run_id
         now = int(time.time() * 1000)
         metrics = []
@@ -175,7 +181,11 @@ class StudyTracker:
             client.set_tag(run_id, "notes", " | ".join(notes)[:5000])
         client.set_terminated(run_id, "FINISHED")
         client.log_batch(ledger.parent_run_id, metrics=metrics)
+        client.set_tag(ledger.parent_run_id, "mlflow.note.content", summary_md)
+        if comparison.test:
+            client.set_tag(ledger.parent_run_id, "verdict", comparison.test["verdict"])
         client.log_artifact(ledger.parent_run_id, str(files[0]))
+        client.log_artifacts(ledger.parent_run_id, str(next(p for p in files if p.is_dir())), "plots")
 
     @_guarded
     def finish_study(self, status: str) -> None:
