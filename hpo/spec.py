@@ -32,8 +32,8 @@ class StudySpec:
     shot: int = 1
     query: int = 15
     algorithms: tuple[str, ...] = ALGORITHMS
-    trials: int = 6  # per algorithm
-    epochs: int = 4  # per trial (ASHA's max_t)
+    trials: int = 12  # per algorithm
+    epochs: int = 5  # per trial (ASHA's max_t)
     episodes_per_epoch: int = 200
     meta_batch: int = 8  # used when a space does not tune it
     val_episodes: int = 100
@@ -97,7 +97,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(trials=4, epochs=3, episodes_per_epoch=24, meta_batch=4, query=5, val_episodes=40, test_episodes=60,
                   test_repeats=3),
     # This laptop-class machine, 2 CPU cores: about 20-30 minutes (see README).
-    "default": dict(trials=6, epochs=4, episodes_per_epoch=200, meta_batch=8, val_episodes=100, test_episodes=600,
+    "default": dict(trials=12, epochs=5, episodes_per_epoch=200, meta_batch=8, val_episodes=100, test_episodes=600,
                     test_repeats=3, time_budget_s=1500),
     # The literature's scale, for a GPU cluster.
     "paper": dict(trials=50, epochs=40, episodes_per_epoch=3200, meta_batch=32, val_episodes=600, test_episodes=600,
