@@ -25,7 +25,7 @@ from hypermaml import evaluate, fit, from_flat, load_learner
 from hypermaml.training import load_data
 
 from . import report
-from .spaces import SpaceFn
+from .spaces import FIXED_SETTINGS, SpaceFn
 from .spec import StudySpec
 from .tracking import StudyTracker, trial_dirname, trial_id_of
 
@@ -42,8 +42,12 @@ def trial_space(space: SpaceFn, fixed: dict[str, Any], episodes_per_epoch: int, 
     """The define-by-run function Tune's OptunaSearch calls: the algorithm's space, plus the study's
     fixed settings returned as constants, plus steps_per_epoch derived from the sampled meta-batch."""
     constants = space(trial) or {}
-    meta_batch = trial.params.get("meta_batch", constants.get("meta_batch", fixed["meta_batch"]))
-    return {**fixed, **constants, "steps_per_epoch": max(1, episodes_per_epoch // meta_batch)}
+    # OptunaSearch merges {**sampled, **returned}: a study default returned here would silently
+    # replace the value the space sampled (e.g. meta_batch), so only unsampled defaults are returned.
+    defaults = {k: v for k, v in fixed.items() if k not in trial.params and k not in constants}
+    settings = {**defaults, **constants}
+    meta_batch = trial.params["meta_batch"] if "meta_batch" in trial.params else settings["meta_batch"]
+    return {**settings, "steps_per_epoch": max(1, episodes_per_epoch // meta_batch)}
 
 
 def train_trial(config: dict[str, Any]) -> None:
@@ -141,10 +145,9 @@ class AlgorithmRun:
 def run_study(spec: StudySpec, spaces: dict[str, SpaceFn]) -> report.Comparison:
     tracker = StudyTracker(spec)
     tracker.start_study()
-    init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if spec.address:
-        init_kwargs["address"] = spec.address
-    ray.init(**init_kwargs)
+    # No address: a fresh local instance, never a cluster that `ray start` happened to leave on this
+    # machine. In a Ray job, RAY_ADDRESS (hence --address) points at the job's cluster.
+    ray.init(address=spec.address or "local", include_dashboard=False if not spec.address else None)
     try:
         runs = []
         for algorithm in spec.algorithms:
@@ -165,7 +168,7 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn]) -> report.Comparison:
                 print(f"note: {note}", file=sys.stderr)
             tracker.log_summary(comparison, files, best_checkpoints, notes)
             table = (out / "summary.md").read_text()
-            if not spec.storage_path.startswith(("s3://", "gs://", "gcs://")):
+            if "://" not in spec.storage_path:  # a local folder; a URI (s3://, gs://, file://...) is not a Path
                 shutil.copy2(out / "summary.md", Path(spec.study_dir) / "summary.md")
                 shutil.copy2(out / "summary.csv", Path(spec.study_dir) / "summary.csv")
                 shutil.copy2(out / "timing.json", Path(spec.study_dir) / "timing.json")
@@ -181,9 +184,31 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn]) -> report.Comparison:
         ray.shutdown()
 
 
+@ray.remote
+def _test_best(checkpoint: bytes, device: str, episodes: int, seeds: list[int], cpus: float) -> dict[str, Any]:
+    """Test a best checkpoint on each seed's fixed episodes. A Ray task with a trial's resources, so
+    on a cluster it runs where the trials ran (a GPU worker), not on the CPU-only head."""
+    torch.set_num_threads(max(1, int(cpus)))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "best.pt"
+        path.write_bytes(checkpoint)
+        learner = load_learner(path, device=device)
+    test_data = load_data(learner.run_config, ("test",))["test"]
+    evals = [evaluate(learner, "test", episodes, seed=seed, data=test_data) for seed in seeds]
+    return {
+        "accuracies": [e.accuracy for e in evals],
+        "episode_accs": np.concatenate([e.per_episode.numpy() for e in evals]),
+        "ms_per_task": float(np.mean([e.ms_per_task for e in evals])),
+        "parameters": sum(p.numel() for p in learner.parameters()),
+    }
+
+
 def head_to_head(spec: StudySpec, runs: list[AlgorithmRun]):
-    """Best trial of each algorithm (by best validation accuracy) on the same test episodes, R repeats."""
-    outcomes, curves, best_checkpoints = [], {}, {}
+    """Best trial of each algorithm (by best validation accuracy) on the same test episodes, R repeats.
+    The algorithms are tested concurrently, each with a trial's resources."""
+    curves, best_checkpoints, pending = {}, {}, []
+    test_task = _test_best.options(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial)
+    seeds = [spec.seed + r for r in range(spec.test_repeats)]
     for run in runs:
         finished = [r for r in run.results if r.error is None and r.metrics and METRIC in r.metrics]
         if not finished:
@@ -194,29 +219,34 @@ def head_to_head(spec: StudySpec, runs: list[AlgorithmRun]):
             best_path = Path(tempfile.mkdtemp(prefix="hpo-best-")) / f"{run.algorithm}_best.pt"
             shutil.copy2(Path(stored) / "best.pt", best_path)
         best_checkpoints[run.algorithm] = best_path
-        learner = load_learner(best_path, device=spec.device)
-        test_data = load_data(learner.run_config, ("test",))["test"]
-        evals = [evaluate(learner, "test", spec.test_episodes, seed=spec.seed + r, data=test_data) for r in range(spec.test_repeats)]
-        counts = _trial_counts(run.results, spec.epochs)
-        train_seconds = lambda r: float(r.metrics_dataframe["train_s"].sum()) if r.metrics_dataframe is not None else 0.0  # noqa: E731
+        future = test_task.remote(best_path.read_bytes(), spec.device, spec.test_episodes, seeds, spec.cpus_per_trial)
+        pending.append((run, finished, best, future))
+
+    def train_seconds(result) -> float:
+        return float(result.metrics_dataframe["train_s"].sum()) if result.metrics_dataframe is not None else 0.0
+
+    outcomes = []
+    for run, finished, best, future in pending:
+        tested = ray.get(future)
         outcomes.append(report.AlgorithmOutcome(
             algorithm=run.algorithm,
             trial_id=trial_id_of(best.path),
             val_acc=float(best.metrics[METRIC]),
-            repeat_test_accs=[e.accuracy for e in evals],
-            episode_accs=np.concatenate([e.per_episode.numpy() for e in evals]),
-            adapt_ms_per_task=float(np.mean([e.ms_per_task for e in evals])),
-            parameters=sum(p.numel() for p in learner.parameters()),
+            repeat_test_accs=tested["accuracies"],
+            episode_accs=tested["episode_accs"],
+            adapt_ms_per_task=tested["ms_per_task"],
+            parameters=tested["parameters"],
             train_seconds=train_seconds(best),
             study_seconds=sum(train_seconds(r) for r in finished),
-            trial_counts=counts,
-            hyperparameters=_tuned(best.config, spec.fixed_settings(run.algorithm)),
+            trial_counts=_trial_counts(run.results, spec.epochs),
+            hyperparameters=_tuned(best.config),
         ))
     return report.compare(outcomes), curves, best_checkpoints
 
 
-def _tuned(config: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in sorted(config.items()) if k not in fixed and k != "steps_per_epoch"}
+def _tuned(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a space chose (sampled or constant), not the ones the study fixes."""
+    return {k: v for k, v in sorted(config.items()) if k not in FIXED_SETTINGS}
 
 
 def _trial_counts(results: tune.ResultGrid, epochs: int) -> dict[str, int]:

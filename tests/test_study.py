@@ -62,6 +62,8 @@ def test_mlflow_has_parent_nested_trials_and_summary(smoke):
         assert {"dataset", "way", "shot", "ray.trial_id", "node", "git_commit"} <= set(tags)
         assert tags["dataset"] == "omniglot" and tags["way"] == "5" and tags["shot"] == "1"
         assert params["algorithm"] == tags["algorithm"] and params["epochs"] == "3"  # the full config as params
+        # the sampled meta-batch is the one trained with, and an epoch is the same 24 episodes for all
+        assert int(params["steps_per_epoch"]) == max(1, 24 // int(params["meta_batch"]))
         history = client.get_metric_history(run.info.run_id, "val_acc")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
         assert all(0 <= m.value <= 1 for m in history)
@@ -72,6 +74,7 @@ def test_mlflow_has_parent_nested_trials_and_summary(smoke):
         else:
             assert run.info.status == "KILLED" and tags["stopped_by"] == "ASHA" and len(history) < 3
     assert any(r.data.tags.get("stopped_by") == "ASHA" for r in trials), "ASHA stopped no trial"
+    assert len({r.data.params["meta_batch"] for r in trials}) > 1  # tuned, not pinned to the study default
     assert "hn_hidden" in by_algorithm["hypermaml"][0].data.params
     assert "inner_lr" in by_algorithm["maml"][0].data.params
 
