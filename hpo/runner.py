@@ -90,9 +90,12 @@ def make_sampler(searcher: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def optuna_storage_url(spec: StudySpec) -> str:
-    """SQLite beside the Ray results (optuna-dashboard opens it); in the cwd when results are remote."""
+    """SQLite beside the Ray results (optuna-dashboard opens it). With remote results (s3://...) it
+    lives in a stable folder of the driver's machine (a Ray job's working directory is temporary)."""
     if "://" in spec.storage_path:
-        return f"sqlite:///{Path.cwd() / (spec.name + '-optuna.db')}"
+        folder = Path.home() / ".cache" / "hypermaml-hpo" / "optuna"
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder / (spec.name + '.db')}"
     Path(spec.study_dir).mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{Path(spec.study_dir) / 'optuna.db'}"
 
