@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, dest="time_budget_s", help="seconds for the whole tuning, split equally")
     p.add_argument("--searcher", choices=SEARCHERS)
     p.add_argument("--scheduler", choices=SCHEDULERS)
+    p.add_argument("--grace-period", type=int, help="ASHA: epochs every trial gets before it can be stopped")
+    p.add_argument("--reduction-factor", type=int, help="ASHA: keep 1/reduction-factor of the trials at each rung")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractional GPUs per trial, e.g. 0.25")
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
@@ -94,9 +96,12 @@ def resolve_spec(args: argparse.Namespace) -> StudySpec:
         overrides["algorithms"] = tuple(dict.fromkeys(overrides["algorithms"]))
     spec = resolve(args.preset, overrides)
     spec = StudySpec(**{**spec.to_dict(), "spaces": parse_spaces(args.space, spec.algorithms)})
-    for name in ("trials", "epochs", "episodes_per_epoch", "meta_batch", "val_episodes", "test_episodes", "test_repeats", "max_concurrent"):
+    for name in ("trials", "epochs", "episodes_per_epoch", "meta_batch", "val_episodes", "test_episodes", "test_repeats",
+                 "max_concurrent", "grace_period"):
         if getattr(spec, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}")
+    if spec.reduction_factor < 2:
+        raise UsageError(f"--reduction-factor must be at least 2, got {spec.reduction_factor}")
     if spec.cpus_per_trial <= 0 or spec.gpus_per_trial < 0 or spec.max_failures < 0 or spec.time_budget_s < 0:
         raise UsageError("resources, --max-failures and --time-budget must not be negative (and a trial needs CPUs)")
     if not spec.data_root:
