@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, new_learner  # noqa: E402
-from hypermaml.training import chunks, load_data, make_sampler  # noqa: E402
+from hypermaml.training import chunks, load_data, make_sampler, task_chunk_size  # noqa: E402
 from tests import loop_reference  # noqa: E402
 
 CASES = {
@@ -77,7 +77,7 @@ def main() -> None:
             generator = torch.Generator(device).manual_seed(0)
             learner = new_learner(config, device)
             optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
-            chunk = chunk_arg or (args.meta_batch if device.type == "cuda" else __import__("hypermaml.training").training.CPU_TASK_CHUNK)
+            chunk = task_chunk_size(config, device)
 
             def vectorized_step():
                 ep = sampler.sample(args.meta_batch, generator)

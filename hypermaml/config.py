@@ -175,6 +175,7 @@ def from_flat(values: dict[str, Any]) -> RunConfig:
 
 
 def field_types(cls: type) -> dict[str, Any]:
+    """Each field's type annotation, resolved (the CLI builds its flags from them)."""
     return get_type_hints(cls)
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ALGORITHM_CONFIGS, ConfigError, TrainConfig, choices_of, from_flat, to_flat
+from .config import ALGORITHM_CONFIGS, ConfigError, TrainConfig, choices_of, field_types, from_flat, to_flat
 from .data import DataError
 from .training import BEST, LAST, evaluate, fit, load_checkpoint, load_data
 
@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
     hints = {f.name: f for f in dataclasses.fields(cls)}
-    types = __import__("typing").get_type_hints(cls)
+    types = field_types(cls)
     for name, f in hints.items():
         flag = "--" + name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": f"{f.metadata.get('help', '')} (default: {f.default})"}
