@@ -13,21 +13,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import ray
-import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
-
-from hypermaml import evaluate, fit, from_flat, load_learner
-from hypermaml.training import load_data
 
 from . import report
 from .spaces import FIXED_SETTINGS, SpaceFn
 from .spec import StudySpec
 from .tracking import StudyTracker, trial_dirname, trial_id_of
+from .trainable import evaluate_best, train_trial
 
 METRIC, MODE = "best_val_acc", "max"
 # Every epoch reports a checkpoint by design (exact retries); Tune's warning that this snapshots
@@ -36,7 +32,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 DONE_MARKER = "done.json"
 
 
-# ---- what runs inside a trial ---------------------------------------------------------------------
+# ---- the search space a trial samples from ---------------------------------------------------------
 
 def trial_space(space: SpaceFn, fixed: dict[str, Any], episodes_per_epoch: int, trial: optuna.Trial) -> dict[str, Any]:
     """The define-by-run function Tune's OptunaSearch calls: the algorithm's space, plus the study's
@@ -48,31 +44,6 @@ def trial_space(space: SpaceFn, fixed: dict[str, Any], episodes_per_epoch: int, 
     settings = {**defaults, **constants}
     meta_batch = trial.params["meta_batch"] if "meta_batch" in trial.params else settings["meta_batch"]
     return {**settings, "steps_per_epoch": max(1, episodes_per_epoch // meta_batch)}
-
-
-def train_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: meta-train one configuration, report every epoch with a checkpoint."""
-    run_config = from_flat(config)
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))  # the trial's CPUs, no oversubscription
-    work = Path(tempfile.mkdtemp(prefix="hpo-trial-"))
-    try:
-        resume_from = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:  # a retry after a failure, or a restored study
-            with checkpoint.as_directory() as stored:
-                for item in Path(stored).iterdir():
-                    shutil.copy2(item, work / item.name)
-            resume_from = work / "last.pt"
-
-        node_id = ray.get_runtime_context().get_node_id()  # nodes of one machine share an IP; ids differ
-
-        def report_epoch(metrics: dict[str, float]) -> None:
-            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(work))
-
-        fit(run_config, report=report_epoch, checkpoint_dir=work, resume_from=resume_from)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---- the driver --------------------------------------------------------------------------------------
@@ -187,30 +158,11 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn]) -> report.Comparison:
         ray.shutdown()
 
 
-@ray.remote
-def _test_best(checkpoint: bytes, device: str, episodes: int, seeds: list[int], cpus: float) -> dict[str, Any]:
-    """Test a best checkpoint on each seed's fixed episodes. A Ray task with a trial's resources, so
-    on a cluster it runs where the trials ran (a GPU worker), not on the CPU-only head."""
-    torch.set_num_threads(max(1, int(cpus)))
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "best.pt"
-        path.write_bytes(checkpoint)
-        learner = load_learner(path, device=device)
-    test_data = load_data(learner.run_config, ("test",))["test"]
-    evals = [evaluate(learner, "test", episodes, seed=seed, data=test_data) for seed in seeds]
-    return {
-        "accuracies": [e.accuracy for e in evals],
-        "episode_accs": np.concatenate([e.per_episode.numpy() for e in evals]),
-        "ms_per_task": float(np.mean([e.ms_per_task for e in evals])),
-        "parameters": sum(p.numel() for p in learner.parameters()),
-    }
-
-
 def head_to_head(spec: StudySpec, runs: list[AlgorithmRun]):
     """Best trial of each algorithm (by best validation accuracy) on the same test episodes, R repeats.
     The algorithms are tested concurrently, each with a trial's resources."""
     curves, best_checkpoints, pending = {}, {}, []
-    test_task = _test_best.options(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial)
+    test_task = evaluate_best.options(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial)
     seeds = [spec.seed + r for r in range(spec.test_repeats)]
     for run in runs:
         finished = [r for r in run.results if r.error is None and r.metrics and METRIC in r.metrics]

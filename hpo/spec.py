@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hypermaml.config import ALGORITHMS, DATASETS
+from hypermaml.config import ALGORITHMS
 
 SEARCHERS = ("tpe", "random", "gp", "cmaes", "qmc")
 SCHEDULERS = ("asha", "none")

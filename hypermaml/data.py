@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
 
 from .config import DATASETS, OMNIGLOT_IMAGES_PER_CLASS  # one source for both
 
@@ -271,6 +270,8 @@ def _decode_omniglot(sources: dict[str, Path], data_root: Path) -> tuple[torch.T
             f"{OMNIGLOT_DRAWINGS} PNGs each, found {len(names)} characters; re-fetch it with --download into an empty folder"
         )
 
+    from torchvision.transforms.v2.functional import resize  # see _decode_and_crop
+
     size = IMAGE_SIZE["omniglot"]
     characters = torch.empty(len(names), OMNIGLOT_DRAWINGS, size, size, dtype=torch.uint8)
     for i, name in enumerate(names):
@@ -278,7 +279,7 @@ def _decode_omniglot(sources: dict[str, Path], data_root: Path) -> tuple[torch.T
         # The PNGs are black strokes on white; we want bright strokes on black. Inverting in
         # numpy: a small torch elementwise op can cost ~50x more in thread-pool overhead.
         strokes_bright = torch.from_numpy(255 - drawings).unsqueeze(1)
-        characters[i] = F.resize(strokes_bright, [size, size], antialias=True).squeeze(1)
+        characters[i] = resize(strokes_bright, [size, size], antialias=True).squeeze(1)
     return characters, names
 
 
@@ -408,10 +409,13 @@ def _decode_gray(png: bytes) -> np.ndarray:
 
 def _decode_and_crop(path: Path, size: int) -> torch.Tensor:
     """uint8 [3, size, size]: shorter side resized to `size`, then the centre crop."""
+    # Imported here, not at the top: torchvision pulls in torch._dynamo (~2 s on a small CPU), and
+    # only cache building needs it; every training process (each Ray trial worker) reads the cache.
+    from torchvision.transforms.v2.functional import center_crop, resize
+
     with Image.open(path) as image:
         rgb = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
-    resized = F.resize(rgb, [size], antialias=True)
-    return F.center_crop(resized, [size, size])
+    return center_crop(resize(rgb, [size], antialias=True), [size, size])
 
 
 # ---------------------------------------------------------------- cache files

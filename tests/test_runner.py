@@ -1,6 +1,9 @@
-"""The define-by-run wrapper the study hands to OptunaSearch (real Optuna, no Ray)."""
+"""The define-by-run wrapper the study hands to OptunaSearch (real Optuna, no Ray), and what a trial worker imports."""
 
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import optuna
 
@@ -37,3 +40,14 @@ def test_unsampled_settings_take_the_study_defaults(tmp_path):
     trial = optuna.create_study().ask()
     config = {**trial.params, **space(trial)}
     assert config["meta_batch"] == 6 and config["steps_per_epoch"] == 4
+
+
+def test_trial_workers_import_neither_the_drivers_libraries_nor_torchvision():
+    """Every Tuner starts a fresh Ray worker, which imports the module of the trial function. Its
+    start-up is study overhead, so hpo.trainable must not pull in MLflow, Optuna, scipy, matplotlib
+    or torchvision (with torch._dynamo): together several seconds per worker on a small CPU."""
+    heavy = ("mlflow", "optuna", "scipy", "matplotlib", "torchvision", "torch._dynamo")
+    code = f"import sys, hpo.trainable; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,7 +1,6 @@
 """`python -m hpo.search` end to end on real Omniglot: real Ray, a real MLflow SQLite store and a real
 Optuna storage. The smoke study runs once for the module; its store is then inspected."""
 
-import json
 import os
 import signal
 import subprocess
