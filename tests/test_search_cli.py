@@ -32,7 +32,8 @@ def test_data_root_from_the_environment(omniglot_root, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hpo.search", "--preset", "smoke", "--dry-run", "--storage-path", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["study"]["data_root"] == str(omniglot_root)
+    # The study stores the resolved path (a ../shared that is a symlink resolves to its target).
+    assert json.loads(proc.stdout)["study"]["data_root"] == str(omniglot_root.resolve())
 
 
 @pytest.mark.parametrize("args, message", [
