@@ -174,7 +174,7 @@ def head_to_head(spec: StudySpec, runs: list[AlgorithmRun]):
             best_path = Path(tempfile.mkdtemp(prefix="hpo-best-")) / f"{run.algorithm}_best.pt"
             shutil.copy2(Path(stored) / "best.pt", best_path)
         best_checkpoints[run.algorithm] = best_path
-        future = test_task.remote(best_path.read_bytes(), spec.device, spec.test_episodes, seeds, spec.cpus_per_trial)
+        future = test_task.remote(best_path.read_bytes(), spec.device, spec.test_episodes, seeds)
         pending.append((run, finished, best, future))
 
     def train_seconds(result) -> float:

@@ -21,11 +21,16 @@ from hypermaml import evaluate, fit, from_flat, load_learner
 from hypermaml.training import load_data
 
 
+def use_assigned_cpus() -> None:
+    """Torch threads = the CPUs Ray gave this trial or task: no oversubscription."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: meta-train one configuration, report every epoch with a checkpoint."""
     run_config = from_flat(config)
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))  # the trial's CPUs, no oversubscription
+    use_assigned_cpus()
     work = Path(tempfile.mkdtemp(prefix="hpo-trial-"))
     try:
         resume_from = None
@@ -47,10 +52,10 @@ def train_trial(config: dict[str, Any]) -> None:
 
 
 @ray.remote
-def evaluate_best(checkpoint: bytes, device: str, episodes: int, seeds: list[int], cpus: float) -> dict[str, Any]:
+def evaluate_best(checkpoint: bytes, device: str, episodes: int, seeds: list[int]) -> dict[str, Any]:
     """Test a best checkpoint on each seed's fixed episodes. A Ray task with a trial's resources, so
     on a cluster it runs where the trials ran (a GPU worker), not on the CPU-only head."""
-    torch.set_num_threads(max(1, int(cpus)))
+    use_assigned_cpus()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "best.pt"
         path.write_bytes(checkpoint)
