@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, new_learner  # noqa: E402
+from hypermaml.allocator import keep_heap_warm  # noqa: E402
 from hypermaml.training import chunks, load_data, make_sampler, task_chunk_size  # noqa: E402
 from tests import loop_reference  # noqa: E402
 
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-loop", action="store_true", help="skip the loop reference")
     args = parser.parse_args()
+    keep_heap_warm()  # as fit/evaluate do: the steps here call the learners directly
 
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}"

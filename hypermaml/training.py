@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .algorithms import HyperMAML, MAML, build_learner
+from .allocator import keep_heap_warm
 from .config import ConfigError, RunConfig, from_flat, to_flat
 from .data import CHANNELS, IMAGE_SIZE, EpisodeSampler, Episodes, FewShotSplit, fixed_episodes, load_split
 
@@ -112,6 +113,7 @@ def evaluate(
 
     `seed` defaults to the run's eval_seed, so every run of a study sees the same episodes.
     """
+    keep_heap_warm()
     config: RunConfig = learner.run_config
     device = next(learner.parameters()).device
     if data is None:
@@ -148,6 +150,7 @@ def fit(
     `resume_from` (a checkpoint file, or a folder holding last.pt) continues exactly where it stopped.
     """
     config.validate()
+    keep_heap_warm()
     t = config.train
     device = resolve_device(t.device)
     data = data if data is not None else load_data(config, ("train", "val"))
