@@ -1,15 +1,16 @@
-"""The final head-to-head of the tuned algorithms: paired significance test, summary table, plots.
+"""The study's report: summary.md (the answer first), summary.csv (one row per replicate) and plots.
 
-Knows nothing about Ray or MLflow: it turns numbers into strings and files, and the caller logs them.
+Knows nothing about Ray or MLflow: it turns the phases' records into strings and files, and the
+caller logs them.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,193 +19,149 @@ import numpy as np
 import optuna
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from scipy import stats
 
-NO_WINNER = "no significant difference"
-ROW_COLUMNS = (
-    "algorithm", "trial_id", "val_acc", "test_acc", "test_ci95", "repeat_accs", "repeat_std",
-    "adapt_ms_per_task", "parameters", "train_seconds", "study_seconds",
-    "completed", "early_stopped", "failed", "hyperparameters",
+from .diagnostics import Diagnostic
+from .plots import plot_anytime, plot_seed_results
+from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TuneOutcome
+from .spec import StudySpec
+
+CSV_COLUMNS = (
+    "algorithm", "candidate_rank", "source_trial", "final", "seed", "best_val_acc", "test_acc", "test_ci95",
+    "adapt_ms_per_task", "parameters", "train_seconds", "hyperparameters",
 )
-TRIAL_STATES = ("completed", "early_stopped", "failed")
-# Per-episode accuracies are fractions of a few query images, so their differences carry float noise
-# (0.8 - 0.6 != 1.0 - 0.8). Rounding lets equal differences tie in Wilcoxon's ranks and exact zeros
-# count as zeros, while changing no real difference.
-DIFFERENCE_DECIMALS = 12
 DPI = 120
 
 
-@dataclass(frozen=True)
-class AlgorithmOutcome:
-    algorithm: str  # "maml" | "hypermaml" (any string)
-    trial_id: str  # best trial
-    val_acc: float  # its best validation accuracy (0..1)
-    repeat_test_accs: list[float]  # mean test accuracy of each repeat (0..1)
-    episode_accs: np.ndarray  # float [R*600] per-episode test accuracies, all repeats; paired across algorithms
-    adapt_ms_per_task: float
-    parameters: int
-    train_seconds: float  # meta-training time of the best trial
-    study_seconds: float  # summed training time of all this algorithm's trials
-    trial_counts: dict[str, int]  # e.g. {"completed": 3, "early_stopped": 2, "failed": 1}
-    hyperparameters: dict[str, Any]  # the best trial's tuned values
+def budget_clause(spec: StudySpec, outcomes: dict[str, TuneOutcome]) -> str:
+    """The equal budget as it ran, for the verdict sentence."""
+    trials = "/".join(str(len(o.trials)) for o in outcomes.values())
+    return (f"{trials} tuning trials ({' vs '.join(outcomes)}) of up to {spec.epochs * spec.episodes_per_epoch} "
+            f"training episodes each, replicates at that full budget, {spec.dataset} {spec.way}-way {spec.shot}-shot")
 
 
-@dataclass(frozen=True)
-class Comparison:
-    outcomes: list[AlgorithmOutcome]  # in the given order
-    rows: list[dict[str, Any]]  # one table row per algorithm, keys ROW_COLUMNS
-    test: dict[str, Any] | None  # the two-algorithm significance test (None if != 2 outcomes)
+def write_files(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: list[ReplicateRecord],
+                finalists: dict[str, Finalist], comparison, diagnostics: list[Diagnostic], out: Path) -> list[Path]:
+    """summary.md, summary.csv, spec.json and plots/ in `out`; returns them (summary.md first)."""
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    curves = {a: [t.val_curve for t in o.trials if t.val_curve] for a, o in outcomes.items()}
+    plot_validation_curves(curves, plots / "validation_curves.png")
+    plot_anytime(outcomes, plots / "anytime.png")
+    if finalists:
+        plot_seed_results(finalists, comparison, plots / "seed_results.png")
+    files = [out / "summary.md", out / "summary.csv", out / "spec.json"]
+    files[0].write_text(summary_markdown(spec, outcomes, replicates, finalists, comparison, diagnostics))
+    files[1].write_text(summary_csv(replicates, finalists))
+    files[2].write_text(json.dumps(spec.to_dict(), indent=2))
+    return files + [plots]
 
 
-def compare(outcomes: list[AlgorithmOutcome], alpha: float = 0.05) -> Comparison:
-    """One table row per algorithm and, for exactly two algorithms, the paired test of the second minus the first.
-
-    Paired: both algorithms were evaluated on the same episodes in the same order, so the per-episode
-    difference removes how hard each episode is, which dominates the spread of accuracies; unpaired
-    tests would drown the algorithm effect in episode difficulty.
-
-    Wilcoxon signed-rank is the primary test (it decides the winner): per-episode accuracies are
-    bounded and discrete (multiples of 1 / query images), so their differences are not normal.
-    The paired t-test and its confidence interval are reported beside it because a mean difference
-    with a CI in accuracy points is what a reader wants; with hundreds of episodes it is robust.
-    """
-    rows = [_row(outcome) for outcome in outcomes]
-    test = _paired_test(outcomes[0], outcomes[1], alpha) if len(outcomes) == 2 else None
-    return Comparison(outcomes=list(outcomes), rows=rows, test=test)
-
-
-def _paired_test(baseline: AlgorithmOutcome, challenger: AlgorithmOutcome, alpha: float = 0.05) -> dict[str, Any]:
-    """Compare two algorithms episode by episode, challenger - baseline (why so: see `compare`)."""
-    a = _episode_accs(baseline)
-    b = _episode_accs(challenger)
-    if a.size != b.size:
-        raise ValueError(f"cannot pair episodes: {baseline.algorithm} has {a.size} test episodes, "
-                         f"{challenger.algorithm} has {b.size}")
-    n = a.size
-    if n < 2:
-        raise ValueError(f"a paired test needs at least 2 episodes, got {n}")
-    differences = np.round(b - a, DIFFERENCE_DECIMALS)
-    mean_difference = float(differences.mean())
-    half_width = float(stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / math.sqrt(n))
-    all_zero = not differences.any()
-    constant = bool(np.all(differences == differences[0]))
-
-    note = ""
-    if all_zero:
-        # Wilcoxon drops zero differences and has nothing left; identical results are no evidence of a difference.
-        wilcoxon_statistic, wilcoxon_p = 0.0, 1.0
-        ttest_statistic, ttest_p = 0.0, 1.0
-        note = "all paired differences are zero: Wilcoxon p set to 1.0"
+def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: list[ReplicateRecord],
+                     finalists: dict[str, Finalist], comparison, diagnostics: list[Diagnostic]) -> str:
+    """The report a reader opens first: verdict, what the budget really was, warnings, per-seed table."""
+    names = " vs ".join(outcomes)
+    lines = [f"# {names}: tuned with equal budgets, compared over fresh training seeds", ""]
+    cut = [a for a, o in outcomes.items() if o.count(TIME_BUDGET)]
+    if cut:  # an unequal budget must be the first thing a reader sees
+        lines += [f"**warning: the time budget cut {', '.join(cut)} short: "
+                  + "; ".join(f"{o.count(TIME_BUDGET)} {a} trial(s) stopped by it" for a, o in outcomes.items() if a in cut)
+                  + ". The budgets below are what ran.**", ""]
+    if comparison is not None:
+        lines += [f"**{comparison.sentence}**", ""]
     else:
-        wilcoxon = stats.wilcoxon(differences, alternative="two-sided")
-        wilcoxon_statistic, wilcoxon_p = float(wilcoxon.statistic), float(wilcoxon.pvalue)
-        if constant:
-            # Zero variance leaves the t statistic undefined (scipy would warn and return nan anyway).
-            ttest_statistic, ttest_p = math.nan, math.nan
-            note = "all paired differences are equal: t-test undefined (zero variance)"
-        else:
-            ttest = stats.ttest_rel(b, a)
-            ttest_statistic, ttest_p = float(ttest.statistic), float(ttest.pvalue)
-
-    if wilcoxon_p < alpha and mean_difference != 0:
-        winner = challenger.algorithm if mean_difference > 0 else baseline.algorithm
-    else:
-        winner = NO_WINNER
-    test = {
-        "baseline": baseline.algorithm,
-        "challenger": challenger.algorithm,
-        "n_episodes": n,
-        "mean_difference": mean_difference,
-        "ci95_low": mean_difference - half_width,
-        "ci95_high": mean_difference + half_width,
-        "wilcoxon_statistic": wilcoxon_statistic,
-        "wilcoxon_p": wilcoxon_p,
-        "ttest_statistic": ttest_statistic,
-        "ttest_p": ttest_p,
-        "alpha": alpha,
-        "winner": winner,
-        "note": note,
+        lines += ["**No verdict: it needs two algorithms with at least 2 successful replicates each.**", ""]
+    lines += [d.message for d in diagnostics]
+    lines += ["", "## Budget that ran", "",
+              "| | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
+    rows = {
+        "tuning trials run": lambda o: f"{len(o.trials)} of {spec.trials}",
+        "completed / early-stopped / time budget / failed": lambda o: " / ".join(
+            str(o.count(s)) for s in (COMPLETED, EARLY_STOPPED, TIME_BUDGET, FAILED)),
+        "training episodes per full trial": lambda o: str(o.episodes_per_trial),
+        "tuning compute (trial-seconds)": lambda o: f"{o.trial_seconds:.0f}",
+        "tuning wall time (s)": lambda o: f"{o.wall_seconds:.0f}",
+        "replicates (candidates x seeds)": lambda o: _replicate_shape(replicates, o.algorithm),
+        "replicate compute (trial-seconds)": lambda o: f"{sum(r.train_seconds for r in replicates if r.algorithm == o.algorithm):.0f}",
     }
-    test["verdict"] = _verdict(test, identical=all_zero)
-    return test
+    for label, cell in rows.items():
+        lines.append(f"| {label} | " + " | ".join(cell(o) for o in outcomes.values()) + " |")
+    lines += ["", "Planned: " + "; ".join(f"{k}: {v}" for k, v in spec.budget().items()), ""]
 
-
-def summary_markdown(comparison: Comparison, budget: dict[str, Any]) -> str:
-    """The report a reader opens first: budget, table, verdict, best hyperparameters."""
-    algorithms = " vs ".join(outcome.algorithm for outcome in comparison.outcomes)
-    lines = [f"# Tuned best-vs-best comparison: {algorithms}", ""]
-    if comparison.test is not None:  # the answer first: it is what a collapsed view shows
-        lines += [f"**{comparison.test['verdict']}**", ""]
-    lines += ["## Budget", ""]
-    lines += [f"- {name}: {value}" for name, value in budget.items()] or ["- (not given)"]
-
-    lines += ["", "## Test results of each algorithm's best trial", ""]
-    header = (
-        "algorithm", "best trial", "val acc", "test acc ± 95% CI", "repeat means", "repeat std",
-        "adapt ms/task", "parameters", "train s", "study s", "trials completed / early stopped / failed",
-    )
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for outcome, row in zip(comparison.outcomes, comparison.rows):
-        cells = (
-            row["algorithm"],
-            row["trial_id"],
-            f"{100 * row['val_acc']:.2f}%",
-            f"{100 * row['test_acc']:.2f} ± {100 * row['test_ci95']:.2f}%",
-            " / ".join(f"{100 * acc:.2f}" for acc in outcome.repeat_test_accs),
-            "n/a" if math.isnan(row["repeat_std"]) else f"{100 * row['repeat_std']:.2f} points",
-            f"{row['adapt_ms_per_task']:.2f}",
-            f"{row['parameters']:,}",
-            f"{row['train_seconds']:.0f}",
-            f"{row['study_seconds']:.0f}",
-            f"{row['completed']} / {row['early_stopped']} / {row['failed']}",
-        )
-        lines.append("| " + " | ".join(_markdown_cell(cell) for cell in cells) + " |")
-
-    lines += ["", "## Significance test", ""]
-    test = comparison.test
-    if test is None:
-        lines.append(f"No paired test: it needs exactly 2 algorithms, got {len(comparison.outcomes)}.")
-    else:
+    if comparison is not None:
+        c = comparison
         lines += [
-            f"**{test['verdict']}**",
+            "## Comparison (the training seed is the unit)", "",
+            f"- effect {c.challenger} − {c.baseline}: {c.effect:+.2f} points, 95% CI {c.ci_low:+.2f} to {c.ci_high:+.2f} "
+            f"(Welch t, df {c.df:.1f}, p={_format_p(c.p_value)}); seed and episode variance both included",
+            f"- P({c.challenger} > {c.baseline}) for a random pair of training seeds: {c.p_improvement:.2f} "
+            f"(95% CI {c.p_improvement_low:.2f} to {c.p_improvement_high:.2f})",
+            f"- equivalence margin: ±{c.margin:g} points; verdict: `{c.kind}`"
+            + (f"; about {c.seeds_needed} seeds per algorithm would be needed to decide" if c.seeds_needed else ""),
+            f"- secondary, {_episode_line(c)}",
             "",
-            f"- difference per paired episode: {test['challenger']} - {test['baseline']}",
-            f"- mean difference: {_points(test['mean_difference'])} points "
-            f"(95% CI {_points(test['ci95_low'])} to {_points(test['ci95_high'])}, paired t interval)",
-            f"- Wilcoxon signed-rank p (two-sided, primary): {_format_p(test['wilcoxon_p'])}",
-            f"- paired t-test p: {_format_p(test['ttest_p'])}",
-            f"- paired episodes: {test['n_episodes']}; alpha: {test['alpha']}",
-            f"- winner: {test['winner']}",
         ]
-        if test["note"]:
-            lines.append(f"- note: {test['note']}")
-        lines += [
-            "",
-            "Both algorithms were evaluated on the same episodes, so the tests are paired. Wilcoxon decides "
-            "because per-episode accuracies are bounded and discrete, not normal.",
-        ]
-
-    lines += ["", "## Best hyperparameters", ""]
-    for outcome in comparison.outcomes:
-        lines.append(f"### {outcome.algorithm} (trial {outcome.trial_id})")
-        lines.append("")
-        lines += [f"- {name}: {_compact(value)}" for name, value in sorted(outcome.hyperparameters.items())]
-        lines += ["- (none tuned)"] if not outcome.hyperparameters else []
+    lines += ["## Final configurations, per seed", "",
+              "| algorithm | candidate | seed | best val acc | test acc ± 95% CI (episodes) | adapt ms/task | parameters | train s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for algorithm, finalist in finalists.items():
+        for r in finalist.replicates:
+            lines.append(f"| {algorithm} | rank {finalist.candidate_rank} (trial {finalist.source_trial}) | {r.seed} | "
+                         f"{100 * r.best_val_acc:.2f}% | {100 * r.test_acc:.2f} ± {100 * r.test_ci95:.2f}% | "
+                         f"{r.adapt_ms_per_task:.1f} | {r.parameters:,} | {r.train_seconds:.0f} |")
+        accs = [100 * r.test_acc for r in finalist.replicates]
+        spread = f" (sd {np.std(accs, ddof=1):.2f} over seeds)" if len(accs) > 1 else ""
+        lines.append(f"| {algorithm} | **mean** | | {100 * finalist.mean_val_acc:.2f}% | **{np.mean(accs):.2f}%**{spread} | | | |")
+    lines += ["", "## Candidates (mean over fresh seeds; the validation mean chose the final one)", "",
+              "| algorithm | rank | tuning trial | reference | mean val acc | mean test acc | seeds |", "|---|---|---|---|---|---|---|"]
+    for (algorithm, rank), group in sorted(_groups(replicates).items()):
+        trial = next((t for t in outcomes[algorithm].trials if t.trial_id == group[0].source_trial), None)
+        chosen = " (final)" if finalists.get(algorithm) and finalists[algorithm].candidate_rank == rank else ""
+        lines.append(f"| {algorithm} | {rank}{chosen} | {group[0].source_trial} | {'yes' if trial and trial.reference else ''} | "
+                     f"{100 * np.mean([r.best_val_acc for r in group]):.2f}% | {100 * np.mean([r.test_acc for r in group]):.2f}% | "
+                     f"{len(group)} |")
+    lines += ["", "## Final hyperparameters", ""]
+    for algorithm, finalist in finalists.items():
+        lines += [f"### {algorithm} (tuning trial {finalist.source_trial}, candidate rank {finalist.candidate_rank})", ""]
+        lines += [f"- {name}: {_compact(value)}" for name, value in sorted(finalist.tuned.items())] or ["- (none tuned)"]
         lines.append("")
     return "\n".join(lines)
 
 
-def summary_csv(comparison: Comparison) -> str:
-    """The table rows as CSV, header = ROW_COLUMNS."""
+def summary_csv(replicates: list[ReplicateRecord], finalists: dict[str, Finalist]) -> str:
+    """One row per replicate, header CSV_COLUMNS; `final` marks the finalists' replicates."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=ROW_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(comparison.rows)
+    for r in replicates:
+        final = r.algorithm in finalists and finalists[r.algorithm].candidate_rank == r.candidate_rank
+        writer.writerow({
+            "algorithm": r.algorithm, "candidate_rank": r.candidate_rank, "source_trial": r.source_trial,
+            "final": final, "seed": r.seed, "best_val_acc": r.best_val_acc, "test_acc": r.test_acc,
+            "test_ci95": r.test_ci95, "adapt_ms_per_task": r.adapt_ms_per_task, "parameters": r.parameters,
+            "train_seconds": r.train_seconds,
+            "hyperparameters": ", ".join(f"{k}={_compact(v)}" for k, v in sorted(r.tuned.items())),
+        })
     return buffer.getvalue()
 
 
-def plot_validation_curves(curves: dict[str, list[list[float]]], path: str | Path) -> Path:
+def _episode_line(c) -> str:
+    from .stats import episode_line
+    return episode_line(c)
+
+
+def _groups(replicates: list[ReplicateRecord]) -> dict[tuple[str, int], list[ReplicateRecord]]:
+    groups: dict[tuple[str, int], list[ReplicateRecord]] = {}
+    for r in replicates:
+        groups.setdefault((r.algorithm, r.candidate_rank), []).append(r)
+    return groups
+
+
+def _replicate_shape(replicates: list[ReplicateRecord], algorithm: str) -> str:
+    mine = [r for r in replicates if r.algorithm == algorithm]
+    return f"{len({r.candidate_rank for r in mine})} x {len({r.seed for r in mine})} ({len(mine)} runs)"
+
+
+def plot_validation_curves(curves: dict[str, list[list[float]]], path: str | Path) -> Figure:
     """Validation accuracy per epoch of every trial, one thin line each, colored by algorithm.
 
     `curves` maps algorithm -> one list of per-epoch accuracies (0..1) per trial.
@@ -227,30 +184,8 @@ def plot_validation_curves(curves: dict[str, list[list[float]]], path: str | Pat
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend()
-    return _save(figure, path)
-
-
-def plot_best_vs_best(comparison: Comparison, path: str | Path) -> Path:
-    """Test accuracy ± 95% CI of each algorithm's best trial, with the mean of each repeat as dots."""
-    figure = Figure(figsize=(6, 5))
-    axes = figure.subplots()
-    positions = np.arange(len(comparison.rows))
-    means = [100 * row["test_acc"] for row in comparison.rows]
-    errors = [100 * row["test_ci95"] for row in comparison.rows]
-    axes.errorbar(positions, means, yerr=errors, fmt="o", markersize=8, capsize=8, color="C0",
-                  label="all episodes: mean ± 95% CI")
-    for position, outcome in zip(positions, comparison.outcomes):
-        repeats = 100 * np.asarray(outcome.repeat_test_accs, dtype=float)
-        # Beside the mean, not on it, so the CI bar stays readable.
-        label = "repeat means" if position == 0 else None
-        axes.scatter(np.full(repeats.size, position + 0.15), repeats, color="C1", s=18, zorder=3, label=label)
-    axes.set_xticks(positions, [row["algorithm"] for row in comparison.rows])
-    axes.set_xlim(-0.6, len(positions) - 0.4)
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title(f"Test accuracy of each algorithm's best trial\n{_test_headline(comparison.test)}", fontsize=11)
-    axes.grid(axis="y", alpha=0.3)
-    axes.legend(loc="best", fontsize=9)
-    return _save(figure, path)
+    _save(figure, path)
+    return figure
 
 
 def plot_optuna_study(study: optuna.Study, out_dir: str | Path, prefix: str) -> tuple[list[Path], list[str]]:
@@ -318,39 +253,6 @@ def plot_optuna_study(study: optuna.Study, out_dir: str | Path, prefix: str) -> 
     return written, notes
 
 
-def _row(outcome: AlgorithmOutcome) -> dict[str, Any]:
-    accs = _episode_accs(outcome)
-    repeats = np.asarray(outcome.repeat_test_accs, dtype=float)
-    row = {
-        "algorithm": outcome.algorithm,
-        "trial_id": outcome.trial_id,
-        "val_acc": float(outcome.val_acc),
-        "test_acc": float(accs.mean()),
-        # Computed only where defined: numpy warns on std(ddof=1) of fewer than 2 values.
-        "test_ci95": float(1.96 * accs.std(ddof=1) / math.sqrt(accs.size)) if accs.size > 1 else math.nan,
-        "repeat_accs": " / ".join(f"{acc:.3f}" for acc in repeats),
-        "repeat_std": float(repeats.std(ddof=1)) if repeats.size > 1 else math.nan,
-        "adapt_ms_per_task": float(outcome.adapt_ms_per_task),
-        "parameters": int(outcome.parameters),
-        "train_seconds": float(outcome.train_seconds),
-        "study_seconds": float(outcome.study_seconds),
-        "hyperparameters": ", ".join(
-            f"{name}={_compact(value)}" for name, value in sorted(outcome.hyperparameters.items())
-        ),
-    }
-    row.update({state: int(outcome.trial_counts.get(state, 0)) for state in TRIAL_STATES})
-    return {column: row[column] for column in ROW_COLUMNS}
-
-
-def _episode_accs(outcome: AlgorithmOutcome) -> np.ndarray:
-    accs = np.asarray(outcome.episode_accs, dtype=float).ravel()
-    if accs.size == 0:
-        raise ValueError(f"{outcome.algorithm} has no test episodes")
-    if not np.all(np.isfinite(accs)):
-        raise ValueError(f"{outcome.algorithm} has non-finite episode accuracies")
-    return accs
-
-
 def _varied_params(completed: list[optuna.trial.FrozenTrial]) -> tuple[list[str], list[str]]:
     """(params set in every completed trial with more than one value, all other params), both sorted."""
     names = sorted({name for trial in completed for name in trial.params})
@@ -359,33 +261,6 @@ def _varied_params(completed: list[optuna.trial.FrozenTrial]) -> tuple[list[str]
         if all(name in trial.params for trial in completed) and len({trial.params[name] for trial in completed}) > 1
     ]
     return varied, [name for name in names if name not in varied]
-
-
-def _verdict(test: dict[str, Any], identical: bool) -> str:
-    n = test["n_episodes"]
-    baseline, challenger = test["baseline"], test["challenger"]
-    evidence = f"Wilcoxon {_p_equals(test['wilcoxon_p'])}, {n} paired episodes"
-    if identical:
-        return (f"no significant difference: {baseline} and {challenger} score identically on all {n} paired episodes "
-                "(Wilcoxon p=1.0 by convention)")
-    low, mean, high = test["ci95_low"], test["mean_difference"], test["ci95_high"]
-    if test["winner"] == NO_WINNER:
-        return (
-            f"no significant difference between {baseline} and {challenger}: {challenger} - {baseline} = "
-            f"{_points(mean)} points (95% CI {_points(low)} to {_points(high)}; {evidence})"
-        )
-    loser = baseline if test["winner"] == challenger else challenger
-    if test["winner"] == baseline:  # state the lead of the winner as a positive number
-        low, mean, high = -high, -mean, -low
-    return (f"{test['winner']} beats {loser} by {100 * mean:.1f} points "
-            f"(95% CI {100 * low:.1f} to {100 * high:.1f}; {evidence})")
-
-
-def _test_headline(test: dict[str, Any] | None) -> str:
-    if test is None:
-        return "no paired test (needs exactly 2 algorithms)"
-    what = NO_WINNER if test["winner"] == NO_WINNER else f"{test['winner']} is better"
-    return f"{what}: Wilcoxon {_p_equals(test['wilcoxon_p'])}, {test['n_episodes']} paired episodes"
 
 
 def _format_p(p: float) -> str:

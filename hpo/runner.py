@@ -1,4 +1,16 @@
-"""Run a study: one Ray Tune experiment per algorithm, then the test-set head-to-head."""
+"""Run a study as four phases with plain data between them: tune -> replicate -> compare -> report.
+
+- tune: one Ray Tune experiment per algorithm (Optuna searcher, ASHA), its published reference
+  configuration first; -> TuneOutcome per algorithm.
+- replicate: the top-k configurations of each algorithm (and its reference) retrained from scratch
+  with fresh seeds, as one Ray Tune experiment, each tested on the same fixed test episodes;
+  -> ReplicateRecords; the finalist of each algorithm is the candidate with the best mean
+  *validation* accuracy over its seeds.
+- compare: statistics with the training seed as the unit (hpo.stats).
+- report: summary.md / summary.csv / plots / diagnostics (hpo.report, hpo.plots, hpo.diagnostics).
+MLflow (hpo.tracking) observes the phases: Tune callbacks during the experiments, and one call per
+phase boundary from here.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +20,32 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from . import report
-from .spaces import FIXED_SETTINGS, SpaceFn
-from .spec import StudySpec
+from .diagnostics import diagnose
+from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
+from .spaces import FIXED_SETTINGS, SpaceFn, is_reference
+from .spec import SPEC_FILE, StudySpec
+from .stats import compare_seeds
 from .tracking import StudyTracker, trial_dirname, trial_id_of
-from .trainable import evaluate_best, train_trial
+from .trainable import TEST_EPISODES_FILE, replicate_trial, train_trial
 
 METRIC, MODE = "best_val_acc", "max"
 # Every epoch reports a checkpoint by design (exact retries); Tune's warning that this snapshots
 # experiment state often is noise at our report rate (one per epoch, seconds apart).
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-DONE_MARKER = "done.json"
+REPLICATES = "replicates"  # the replicate phase's experiment folder in the study folder
+UNKNOWN_ORDER = 10**9  # the order of a trial with no Optuna record (not expected): after all others
 
 
 # ---- the search space a trial samples from ---------------------------------------------------------
@@ -46,11 +62,47 @@ def trial_space(space: SpaceFn, fixed: dict[str, Any], episodes_per_epoch: int, 
     return {**settings, "steps_per_epoch": max(1, episodes_per_epoch // meta_batch)}
 
 
-# ---- the driver --------------------------------------------------------------------------------------
+# ---- the searcher and the scheduler ----------------------------------------------------------------
 
-def make_sampler(searcher: str, seed: int) -> optuna.samplers.BaseSampler:
+class StudySearch(OptunaSearch):
+    """OptunaSearch that tells Optuna what really happened to a trial.
+
+    Ray's OptunaSearch reports a trial that the scheduler stopped early as COMPLETE with its truncated
+    value, so TPE learns that fast starters are best. Here such a trial is PRUNED (its per-epoch
+    values stay as intermediate values, which is how TPE ranks pruned trials), and only trials that
+    ran all their epochs are COMPLETE.
+    """
+
+    def __init__(self, *args, full_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.full_epochs = full_epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and not error and result.get("epoch", 0) < self.full_epochs:
+            result = {k: v for k, v in result.items() if k != self.metric}  # no value: Ray tells PRUNED
+        super().on_trial_complete(trial_id, result, error)
+
+
+class WarmupAwareASHA(ASHAScheduler):
+    """ASHA that never judges a trial before the model it will be tested with is being trained.
+
+    Validation always uses HyperMAML's pure hypernetwork, which a MAML warm-up has not trained yet:
+    judged at a rung inside its warm-up or switch, every warm-up trial would be stopped. A result
+    whose hypernetwork weight is below 1 is therefore not shown to ASHA; the trial is judged at the
+    first rung it reaches afterwards, with the accuracy it has then.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get("hn_weight", 1.0) < 1.0:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+def make_sampler(searcher: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     if searcher == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        # Optuna's default of 10 random start-up trials would make a 12-trial study random search:
+        # a third of the budget explores, the rest is guided.
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3)))
     if searcher == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if searcher == "gp":
@@ -71,86 +123,27 @@ def optuna_storage_url(spec: StudySpec) -> str:
     return f"sqlite:///{Path(spec.study_dir) / 'optuna.db'}"
 
 
-def _tuner(spec: StudySpec, algorithm: str, space: SpaceFn, tracker: StudyTracker) -> tune.Tuner:
-    trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
-    experiment = f"{spec.study_dir}/{algorithm}"
-    callbacks = [tracker.trial_callback(algorithm, spec.epochs)]
-    if tune.Tuner.can_restore(experiment):
-        # Continue an interrupted study: finished trials stay, unfinished ones (RUNNING when the driver
-        # died) resume from their checkpoints; trials that failed on their own stay failed.
-        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
-    storage = optuna.storages.RDBStorage(optuna_storage_url(spec))
-    searcher = OptunaSearch(
-        space=_bind(space, spec.fixed_settings(algorithm), spec.episodes_per_epoch),
-        metric=METRIC, mode=MODE, sampler=make_sampler(spec.searcher, spec.seed),
-        study_name=f"{spec.name}-{algorithm}", storage=storage,
-    )
-    scheduler = None
-    if spec.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.epochs, grace_period=spec.grace_period,
-                                  reduction_factor=spec.reduction_factor)
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=spec.trials,
-            max_concurrent_trials=spec.max_concurrent, reuse_actors=True, trial_dirname_creator=trial_dirname,
-            time_budget_s=spec.time_budget_s / len(spec.algorithms) if spec.time_budget_s else None,
-        ),
-        run_config=tune.RunConfig(
-            name=algorithm, storage_path=spec.study_dir, callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=1,
-        ),
-    )
+# ---- the driver --------------------------------------------------------------------------------------
 
-
-def _bind(space: SpaceFn, fixed: dict[str, Any], episodes_per_epoch: int):
-    return partial(trial_space, space, fixed, episodes_per_epoch)
-
-
-@dataclass
-class AlgorithmRun:
-    algorithm: str
-    results: tune.ResultGrid
-    seconds: float
-
-
-def run_study(spec: StudySpec, spaces: dict[str, SpaceFn]) -> report.Comparison:
+def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, tuple[dict, str]]) -> None:
     tracker = StudyTracker(spec)
     tracker.start_study()
+    if "://" not in spec.storage_path:  # what a later run of this --name is checked against
+        Path(spec.study_dir).mkdir(parents=True, exist_ok=True)
+        (Path(spec.study_dir) / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
     # No address: a fresh local instance, never a cluster that `ray start` happened to leave on this
     # machine. In a Ray job, RAY_ADDRESS (hence --address) points at the job's cluster.
     ray.init(address=spec.address or "local", include_dashboard=False if not spec.address else None)
     try:
-        runs = []
-        for algorithm in spec.algorithms:
-            start = time.perf_counter()
-            tuner = _tuner(spec, algorithm, spaces[algorithm], tracker)
-            results = tuner.fit()
-            tracker.reconcile(algorithm, results)
-            runs.append(AlgorithmRun(algorithm, results, time.perf_counter() - start))
-        test_start = time.perf_counter()
-        comparison, curves, best_checkpoints = head_to_head(spec, runs)
-        timing = {"tuning_seconds": {r.algorithm: r.seconds for r in runs}, "head_to_head_seconds": time.perf_counter() - test_start}
-        out = Path(tempfile.mkdtemp(prefix="hpo-summary-"))
-        try:
-            (out / "timing.json").write_text(json.dumps(timing, indent=2))
-            files, notes = _write_summary(spec, comparison, curves, out)
-            files.append(out / "timing.json")
-            for note in notes:
-                print(f"note: {note}", file=sys.stderr)
-            tracker.log_summary(comparison, files, best_checkpoints, notes)
-            table = (out / "summary.md").read_text()
-            if "://" not in spec.storage_path:  # a local folder; a URI (s3://, gs://, file://...) is not a Path
-                shutil.copy2(out / "summary.md", Path(spec.study_dir) / "summary.md")
-                shutil.copy2(out / "summary.csv", Path(spec.study_dir) / "summary.csv")
-                shutil.copy2(out / "timing.json", Path(spec.study_dir) / "timing.json")
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
+        outcomes = {a: tune_algorithm(spec, a, spaces[a], references.get(a), tracker) for a in spec.algorithms}
+        replicates = replicate(spec, outcomes, tracker)
+        finalists = choose_finalists(replicates)
+        tracker.mark_finalists(finalists)
+        comparison = compare(spec, outcomes, finalists)
+        diagnostics = diagnose(outcomes, finalists, comparison, spec.grace_period)
+        summary = write_report(spec, outcomes, replicates, finalists, comparison, diagnostics, tracker)
         tracker.finish_study("FINISHED")
-        print(table)
-        return comparison
+        print(summary)
     except BaseException:
         tracker.finish_study("FAILED")
         raise
@@ -158,45 +151,97 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn]) -> report.Comparison:
         ray.shutdown()
 
 
-def head_to_head(spec: StudySpec, runs: list[AlgorithmRun]):
-    """Best trial of each algorithm (by best validation accuracy) on the same test episodes, R repeats.
-    The algorithms are tested concurrently, each with a trial's resources."""
-    curves, best_checkpoints, pending = {}, {}, []
-    test_task = evaluate_best.options(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial)
-    seeds = [spec.seed + r for r in range(spec.test_repeats)]
-    for run in runs:
-        finished = [r for r in run.results if r.error is None and r.metrics and METRIC in r.metrics]
-        if not finished:
-            raise RuntimeError(f"no trial of {run.algorithm} reported a validation accuracy; see {spec.study_dir}")
-        curves[run.algorithm] = [list(r.metrics_dataframe["val_acc"]) for r in finished if r.metrics_dataframe is not None]
-        best = max(finished, key=lambda r: r.metrics[METRIC])
-        with best.checkpoint.as_directory() as stored:
-            best_path = Path(tempfile.mkdtemp(prefix="hpo-best-")) / f"{run.algorithm}_best.pt"
-            shutil.copy2(Path(stored) / "best.pt", best_path)
-        best_checkpoints[run.algorithm] = best_path
-        future = test_task.remote(best_path.read_bytes(), spec.device, spec.test_episodes, seeds)
-        pending.append((run, finished, best, future))
+# ---- phase 1: tune ---------------------------------------------------------------------------------
 
-    def train_seconds(result) -> float:
-        return float(result.metrics_dataframe["train_s"].sum()) if result.metrics_dataframe is not None else 0.0
+def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: tuple[dict, str] | None,
+                   tracker: StudyTracker) -> TuneOutcome:
+    start = time.perf_counter()
+    experiment = f"{spec.study_dir}/{algorithm}"
+    trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    time_budget = spec.time_budget_s / len(spec.algorithms) if spec.time_budget_s else None
+    callbacks = [tracker.trial_callback(algorithm, spec.epochs, reference)]
+    if tune.Tuner.can_restore(experiment):
+        # Continue an interrupted study: finished trials stay, unfinished ones (RUNNING when the driver
+        # died) resume from their checkpoints; trials that failed on their own stay failed.
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        searcher = StudySearch(
+            space=partial(trial_space, space, spec.fixed_settings(algorithm), spec.episodes_per_epoch),
+            metric=METRIC, mode=MODE, sampler=make_sampler(spec.searcher, spec.seed, spec.trials),
+            study_name=f"{spec.name}-{algorithm}", storage=optuna.storages.RDBStorage(optuna_storage_url(spec)),
+            points_to_evaluate=[reference[0]] if reference else None, full_epochs=spec.epochs,
+        )
+        scheduler = None
+        if spec.scheduler == "asha":
+            scheduler = WarmupAwareASHA(time_attr="training_iteration", max_t=spec.epochs,
+                                        grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=spec.trials,
+                max_concurrent_trials=spec.max_concurrent, reuse_actors=True, trial_dirname_creator=trial_dirname,
+                time_budget_s=time_budget,
+            ),
+            run_config=_run_config(spec, algorithm, callbacks),
+        )
+    results = tuner.fit()
+    tracker.reconcile(algorithm, results)
+    wall = time.perf_counter() - start
+    budget_end = time.time() - wall + time_budget if time_budget and wall >= 0.98 * time_budget else None
+    proposals = _optuna_proposals(spec, algorithm)
+    trials = sorted((_trial_record(spec, algorithm, r, reference, budget_end, proposals) for r in results),
+                    key=lambda t: t.number)
+    return TuneOutcome(algorithm, trials, wall, spec.epochs * spec.episodes_per_epoch)
 
-    outcomes = []
-    for run, finished, best, future in pending:
-        tested = ray.get(future)
-        outcomes.append(report.AlgorithmOutcome(
-            algorithm=run.algorithm,
-            trial_id=trial_id_of(best.path),
-            val_acc=float(best.metrics[METRIC]),
-            repeat_test_accs=tested["accuracies"],
-            episode_accs=tested["episode_accs"],
-            adapt_ms_per_task=tested["ms_per_task"],
-            parameters=tested["parameters"],
-            train_seconds=train_seconds(best),
-            study_seconds=sum(train_seconds(r) for r in finished),
-            trial_counts=_trial_counts(run.results, spec.epochs),
-            hyperparameters=_tuned(best.config),
-        ))
-    return report.compare(outcomes), curves, best_checkpoints
+
+def _run_config(spec: StudySpec, name: str, callbacks: list) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name, storage_path=spec.study_dir, callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        verbose=1,
+    )
+
+
+def _trial_record(spec: StudySpec, algorithm: str, result, reference, budget_end: float | None,
+                  proposals: list[optuna.trial.FrozenTrial]) -> TrialRecord:
+    trial_id = trial_id_of(result.path)
+    tuned = _tuned(result.config)
+    # Ray's trial ids carry no order; the Optuna trial with the same values gives it (and the ranges
+    # its values were drawn from). Each Optuna trial is used once (pops), so duplicates pair in order.
+    match = next((p for p in proposals if all(tuned.get(k) == v for k, v in p.params.items())), None)
+    if match is not None:
+        proposals.remove(match)
+    frame = result.metrics_dataframe
+    curve = [float(v) for v in frame["val_acc"]] if frame is not None and "val_acc" in frame else []
+    metrics = result.metrics or {}
+    if result.error is not None:
+        status = FAILED
+    elif len(curve) >= spec.epochs:
+        status = COMPLETED
+    elif budget_end is not None and metrics.get("timestamp", 0) + 1.5 * metrics.get("epoch_s", 0) >= budget_end:
+        status = TIME_BUDGET  # it was still running when the time budget ended the experiment
+    else:
+        status = EARLY_STOPPED
+    return TrialRecord(
+        algorithm=algorithm, trial_id=trial_id, number=match.number if match else UNKNOWN_ORDER,
+        tuned=tuned, val_curve=curve,
+        best_val_acc=float(max(curve)) if curve else None,
+        train_seconds=float(frame["train_s"].sum()) if frame is not None and "train_s" in frame else 0.0,
+        status=status, reference=reference[1] if reference and is_reference(tuned, reference[0]) else "",
+        ranges={} if match is None else {
+            name: (float(d.low), float(d.high), bool(d.log)) for name, d in match.distributions.items()
+            if isinstance(d, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution))},
+    )
+
+
+def _optuna_proposals(spec: StudySpec, algorithm: str) -> list[optuna.trial.FrozenTrial]:
+    """The Optuna trials of an algorithm's search, in the order they were proposed."""
+    try:
+        study = optuna.load_study(study_name=f"{spec.name}-{algorithm}", storage=optuna_storage_url(spec))
+    except KeyError:
+        return []
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
 
 
 def _tuned(config: dict[str, Any]) -> dict[str, Any]:
@@ -204,36 +249,120 @@ def _tuned(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sorted(config.items()) if k not in FIXED_SETTINGS}
 
 
-def _trial_counts(results: tune.ResultGrid, epochs: int) -> dict[str, int]:
-    counts = {"completed": 0, "early_stopped": 0, "failed": 0}
-    for r in results:
-        if r.error is not None:
-            counts["failed"] += 1
-        elif r.metrics and r.metrics.get("epoch", 0) < epochs:
-            counts["early_stopped"] += 1
-        else:
-            counts["completed"] += 1
-    return counts
+# ---- phase 2: replicate ------------------------------------------------------------------------------
+
+def candidates(outcome: TuneOutcome, top: int) -> list[tuple[int, TrialRecord]]:
+    """(rank, trial) of the top configurations by best validation accuracy (identical configurations
+    counted once), plus the reference trial when it is not among them: the finalist is then chosen
+    between the tuned and the published configuration on fresh seeds, so tuning cannot end below
+    the reference."""
+    ranked, seen = [], []
+    for trial in sorted((t for t in outcome.trials if t.best_val_acc is not None), key=lambda t: -t.best_val_acc):
+        if trial.tuned not in seen:
+            seen.append(trial.tuned)
+            ranked.append(trial)
+    chosen = [(rank, trial) for rank, trial in enumerate(ranked, start=1) if rank <= top]
+    chosen += [(rank, trial) for rank, trial in enumerate(ranked, start=1) if rank > top and trial.reference]
+    return chosen
 
 
-def _write_summary(spec: StudySpec, comparison: report.Comparison, curves, out: Path):
-    files = {
-        "summary.md": out / "summary.md",
-        "summary.csv": out / "summary.csv",
-        "spec.json": out / "spec.json",
-    }
-    files["summary.md"].write_text(report.summary_markdown(comparison, spec.budget()))
-    files["summary.csv"].write_text(report.summary_csv(comparison))
-    files["spec.json"].write_text(json.dumps(spec.to_dict(), indent=2))
-    plots = out / "plots"
-    plots.mkdir()
-    report.plot_validation_curves(curves, plots / "validation_curves.png")
-    report.plot_best_vs_best(comparison, plots / "best_vs_best.png")
-    notes = []
-    storage = optuna.storages.RDBStorage(optuna_storage_url(spec))
-    for algorithm in spec.algorithms:
-        study = optuna.load_study(study_name=f"{spec.name}-{algorithm}", storage=storage)
-        _, study_notes = report.plot_optuna_study(study, plots, algorithm)
-        notes += study_notes
-    return [files["summary.md"], files["summary.csv"], files["spec.json"], plots], notes
+def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker) -> list[ReplicateRecord]:
+    """Retrain every candidate with each fresh seed at the full trial budget, as one Tune experiment
+    (parallel, retried and resumable like the tuning trials), each tested on the same episodes."""
+    items = []
+    test_seeds = [spec.seed + r for r in range(spec.test_repeats)]
+    for seed in spec.replicate_seed_list():
+        for algorithm, outcome in outcomes.items():
+            for rank, trial in candidates(outcome, spec.replicate_top):
+                settings = {**spec.fixed_settings(algorithm), **trial.tuned, "seed": seed}
+                settings["steps_per_epoch"] = max(1, spec.episodes_per_epoch // settings["meta_batch"])
+                items.append({"algorithm": algorithm, "candidate_rank": rank, "source_trial": trial.trial_id,
+                              "seed": seed, "tuned": trial.tuned, "settings": settings,
+                              "test_episodes": spec.test_episodes, "test_seeds": test_seeds})
+    if not items:
+        raise RuntimeError(f"no tuning trial reported a validation accuracy; see {spec.study_dir}")
+    experiment = f"{spec.study_dir}/{REPLICATES}"
+    trainable = tune.with_resources(replicate_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    if tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space={"replicate": tune.grid_search(items)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=_run_config(spec, REPLICATES, [tracker.replicate_callback(spec.epochs)]),
+        )
+    records = []
+    for result in tuner.fit():
+        item = result.config["replicate"]
+        metrics = result.metrics or {}
+        if result.error is not None or "test_acc" not in metrics:
+            print(f"warning: replicate {item['algorithm']} rank {item['candidate_rank']} seed {item['seed']} failed; "
+                  "it is left out of the comparison", file=sys.stderr, flush=True)
+            continue
+        frame = result.metrics_dataframe
+        with result.checkpoint.as_directory() as stored:
+            episode_accs = np.load(Path(stored) / TEST_EPISODES_FILE)
+        records.append(ReplicateRecord(
+            algorithm=item["algorithm"], trial_id=trial_id_of(result.path), candidate_rank=item["candidate_rank"],
+            source_trial=item["source_trial"], seed=item["seed"], tuned=item["tuned"],
+            val_curve=[float(v) for v in frame["val_acc"]], best_val_acc=float(metrics[METRIC]),
+            test_acc=float(metrics["test_acc"]), test_ci95=float(metrics["test_ci95"]),
+            adapt_ms_per_task=float(metrics["adapt_ms_per_task"]), parameters=int(metrics["parameters"]),
+            train_seconds=float(frame["train_s"].sum()), episode_accs=episode_accs,
+        ))
+    return records
 
+
+def choose_finalists(replicates: list[ReplicateRecord]) -> dict[str, Finalist]:
+    """Each algorithm's candidate with the best mean validation accuracy over its fresh seeds. The
+    test accuracies are never looked at here."""
+    groups: dict[tuple[str, int], list[ReplicateRecord]] = {}
+    for record in replicates:
+        groups.setdefault((record.algorithm, record.candidate_rank), []).append(record)
+    finalists: dict[str, Finalist] = {}
+    for (algorithm, rank), records in sorted(groups.items()):
+        records = sorted(records, key=lambda r: r.seed)
+        candidate = Finalist(algorithm, rank, records[0].source_trial, records[0].tuned, records)
+        if algorithm not in finalists or candidate.mean_val_acc > finalists[algorithm].mean_val_acc:
+            finalists[algorithm] = candidate
+    return finalists
+
+
+# ---- phase 3: compare --------------------------------------------------------------------------------
+
+def compare(spec: StudySpec, outcomes: dict[str, TuneOutcome], finalists: dict[str, Finalist]):
+    """The seed-level comparison of the first two algorithms' finalists, or None if it cannot be made."""
+    present = [a for a in spec.algorithms if a in finalists]
+    if len(present) != 2 or any(len(finalists[a].replicates) < 2 for a in present):
+        return None
+    baseline, challenger = present
+    return compare_seeds(baseline, finalists[baseline].episode_matrix(), challenger,
+                         finalists[challenger].episode_matrix(), margin=spec.equivalence_margin,
+                         budget=report.budget_clause(spec, outcomes), seed=spec.seed)
+
+
+# ---- phase 4: report ---------------------------------------------------------------------------------
+
+def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, diagnostics, tracker) -> str:
+    out = Path(tempfile.mkdtemp(prefix="hpo-summary-"))
+    try:
+        files = report.write_files(spec, outcomes, replicates, finalists, comparison, diagnostics, out)
+        notes = []
+        storage = optuna_storage_url(spec)
+        for algorithm in spec.algorithms:
+            try:
+                study = optuna.load_study(study_name=f"{spec.name}-{algorithm}", storage=storage)
+            except KeyError:
+                continue
+            _, study_notes = report.plot_optuna_study(study, out / "plots", algorithm)
+            notes += study_notes
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+        tracker.log_summary(comparison, finalists, diagnostics, files, notes)
+        if "://" not in spec.storage_path:  # a local folder; a URI (s3://, gs://, file://...) is not a Path
+            for name in ("summary.md", "summary.csv"):
+                shutil.copy2(out / name, Path(spec.study_dir) / name)
+        return (out / "summary.md").read_text()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

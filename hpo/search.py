@@ -11,6 +11,7 @@ Re-running with the same --name (or --resume) continues an interrupted study.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,10 +24,12 @@ from hypermaml.config import ALGORITHMS, DATASETS, ConfigError, from_flat
 from hypermaml.data import DataError
 from hypermaml.training import load_data
 
-from .spaces import SpaceError, check_space, load_space, sample_space
-from .spec import DATA_ROOT_ENV, PRESETS, SCHEDULERS, SEARCHERS, StudySpec, resolve
+from .spaces import SpaceError, check_space, load_space, reference_point, sample_space
+from .spec import DATA_ROOT_ENV, PRESETS, SCHEDULERS, SEARCHERS, SPEC_FILE, StudySpec, resolve
 
 EXIT_USAGE = 2
+# Where things are, not what is computed: a study may be continued with these changed.
+RELOCATABLE = frozenset({"address", "data_root", "cache_dir", "tracking_uri"})
 
 
 class UsageError(Exception):
@@ -55,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta-batch", type=int, help="tasks per step when a space does not tune it")
     p.add_argument("--val-episodes", type=int)
     p.add_argument("--test-episodes", type=int)
-    p.add_argument("--test-repeats", type=int, help="test repeats (episode seeds) for the head-to-head")
+    p.add_argument("--test-repeats", type=int, help="test sets of --test-episodes each (episode seeds) for every replicate")
+    p.add_argument("--replicate-top", type=int, help="configurations per algorithm retrained with fresh seeds (top-k by validation)")
+    p.add_argument("--replicate-seeds", type=int, help="fresh training seeds per retrained configuration (at least 2)")
+    p.add_argument("--equivalence-margin", type=float, help="points: a 95%% CI inside +-margin is 'equivalent' (default 1.0)")
     p.add_argument("--time-budget", type=float, dest="time_budget_s", help="seconds for the whole tuning, split equally")
     p.add_argument("--searcher", choices=SEARCHERS)
     p.add_argument("--scheduler", choices=SCHEDULERS)
@@ -97,15 +103,48 @@ def resolve_spec(args: argparse.Namespace) -> StudySpec:
     spec = resolve(args.preset, overrides)
     spec = StudySpec(**{**spec.to_dict(), "spaces": parse_spaces(args.space, spec.algorithms)})
     for name in ("trials", "epochs", "episodes_per_epoch", "meta_batch", "val_episodes", "test_episodes", "test_repeats",
-                 "max_concurrent", "grace_period"):
+                 "max_concurrent", "grace_period", "replicate_top"):
         if getattr(spec, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}")
+    if spec.replicate_seeds < 2:
+        raise UsageError(f"--replicate-seeds must be at least 2 (the seed variance needs two), got {spec.replicate_seeds}")
+    if not spec.equivalence_margin > 0:
+        raise UsageError(f"--equivalence-margin must be positive, got {spec.equivalence_margin}")
     if spec.reduction_factor < 2:
         raise UsageError(f"--reduction-factor must be at least 2, got {spec.reduction_factor}")
     if spec.cpus_per_trial <= 0 or spec.gpus_per_trial < 0 or spec.max_failures < 0 or spec.time_budget_s < 0:
         raise UsageError("resources, --max-failures and --time-budget must not be negative (and a trial needs CPUs)")
     if not spec.data_root:
         raise UsageError(f"no data: pass --data-root DIR or set ${DATA_ROOT_ENV}")
+    return spec
+
+
+def stored_spec(spec: StudySpec) -> StudySpec | None:
+    """The spec a study of this --name was started with, or None if there is none (or it is remote)."""
+    path = Path(spec.study_dir) / SPEC_FILE
+    if "://" in spec.storage_path or not path.is_file():
+        return None
+    values = json.loads(path.read_text())
+    values["algorithms"] = tuple(values["algorithms"])
+    known = {f.name for f in dataclasses.fields(StudySpec)}
+    return StudySpec(**{k: v for k, v in values.items() if k in known})
+
+
+def check_name(spec: StudySpec, resume: bool) -> StudySpec:
+    """A re-run of an existing --name must ask for the same study; --resume continues it as stored."""
+    stored = stored_spec(spec)
+    if stored is None:
+        if resume and "://" not in spec.storage_path:
+            raise UsageError(f"--resume: no study {spec.name!r} in {spec.storage_path}")
+        return spec
+    if resume:
+        return stored
+    current = spec.to_dict()
+    differing = [k for k, v in stored.to_dict().items() if k not in RELOCATABLE and current.get(k) != v]
+    if differing:
+        changes = ", ".join(f"{k} {stored.to_dict()[k]!r} -> {current[k]!r}" for k in differing)
+        raise UsageError(f"study {spec.name!r} exists with other settings ({changes}); "
+                         f"pass --resume to continue it as stored, or choose a new --name")
     return spec
 
 
@@ -119,14 +158,12 @@ def preflight(spec: StudySpec, resume: bool) -> dict:
     spaces = {}
     for algorithm in spec.algorithms:
         try:
-            spaces[algorithm] = load_space(algorithm, spec.spaces.get(algorithm), spec.epochs)
+            spaces[algorithm] = load_space(algorithm, spec.spaces.get(algorithm), spec.epochs, spec.shot)
             check_space(algorithm, spaces[algorithm], {**spec.fixed_settings(algorithm), "steps_per_epoch": 1}, seed=spec.seed)
         except SpaceError as error:
             raise UsageError(str(error)) from None
     if "://" not in spec.storage_path:
         _check_writable(Path(spec.storage_path))
-        if resume and not Path(spec.study_dir).is_dir():
-            raise UsageError(f"--resume: no study {spec.name!r} in {spec.storage_path}")
     if spec.tracking_uri.startswith("sqlite:///"):
         _check_writable(Path(spec.tracking_uri[len("sqlite:///"):]).parent)
     return spaces
@@ -145,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" INFO lines for every space check
     try:
-        spec = resolve_spec(args)
+        spec = check_name(resolve_spec(args), args.resume)  # first: a stale name must write nothing
         spaces = preflight(spec, args.resume)
+        references = {a: r for a in spec.algorithms
+                      if (r := reference_point(a, spec.spaces.get(a), spec.epochs, spec.shot)) is not None}
     except UsageError as error:
         print(f"python -m hpo.search: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -157,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .runner import run_study  # imports Ray: only once the input is known to be good
 
-    run_study(spec, spaces)
+    run_study(spec, spaces, references)
     return 0
 
 

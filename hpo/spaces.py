@@ -8,8 +8,8 @@ settings every trial of a study shares (FIXED_SETTINGS) come from the study, nev
 Where a space comes from (`load_space`):
 
 - nothing given: the built-in `search_spaces/<algorithm>.py`;
-- a `.py` file that defines `space(trial)` or `space(trial, epochs)`, where epochs is the study's
-  number of training epochs per trial;
+- a `.py` file that defines `space(trial)`, or a space taking any of `epochs` (the study's training
+  epochs per trial) and `shot` (support images per class) after the trial, e.g. `space(trial, epochs)`;
 - a `.yaml` / `.yml` file in this format:
 
     # each key: a config field name; entries are suggested in file order
@@ -58,6 +58,8 @@ FIXED_SETTINGS: frozenset[str] = frozenset({
     "device", "task_chunk",  # where and how a trial runs, which must not change what it learns
 })
 
+# What a space function may ask for after the trial, by parameter name.
+SPACE_CONTEXT = ("epochs", "shot")
 PARAM_TYPES = ("int", "float", "categorical")
 # The keys a YAML entry of each type may have.
 _ENTRY_KEYS = {
@@ -97,13 +99,15 @@ class YamlParam:
     when: tuple[tuple[str, tuple], ...] = ()
 
 
-def load_space(algorithm: str, path: str | Path | None, epochs: int) -> SpaceFn:
+def load_space(algorithm: str, path: str | Path | None, epochs: int, shot: int = 1) -> SpaceFn:
     """The space for `algorithm`: built-in when `path` is None, else from a .py or .yaml file.
 
-    The result takes only the trial (epochs is bound) and pickles with cloudpickle, as Ray needs.
+    The result takes only the trial (the study context it asks for is bound) and pickles with
+    cloudpickle, as Ray needs.
     """
+    context = {"epochs": epochs, "shot": shot}
     if path is None:
-        return _load_builtin(algorithm, epochs)
+        return _load_builtin(algorithm, context)
     path = Path(path)
     source = str(path)
     if not path.exists():
@@ -113,7 +117,7 @@ def load_space(algorithm: str, path: str | Path | None, epochs: int) -> SpaceFn:
     suffix = path.suffix.lower()
     if suffix == ".py":
         function = _space_function_of(_import_file(path, source), source)
-        return LoadedSpace(source, _bind_epochs(function, epochs, source))
+        return LoadedSpace(source, _bind_context(function, context, source))
     if suffix in (".yaml", ".yml"):
         params, constants = _parse_yaml(_read_yaml(path, source), source)
         return LoadedSpace(source, functools.partial(suggest_yaml_space, params, constants))
@@ -182,13 +186,31 @@ def suggest_yaml_space(
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _load_builtin(algorithm: str, epochs: int) -> SpaceFn:
+def is_reference(tuned: dict[str, Any], point: dict[str, Any]) -> bool:
+    """Whether a trial's tuned values are the reference point's (floats compared to rounding)."""
+    return all(k in tuned and (tuned[k] == v or (isinstance(v, float) and math.isclose(tuned[k], v, rel_tol=1e-9)))
+               for k, v in point.items())
+
+
+def _load_builtin(algorithm: str, context: dict[str, int]) -> SpaceFn:
     if algorithm not in ALGORITHMS:
         choices = ", ".join(ALGORITHMS)
         raise SpaceError(f"no built-in search space for algorithm {algorithm!r}; choose one of: {choices}")
     source = f"built-in search_spaces/{algorithm}.py"
     module = importlib.import_module(f"search_spaces.{algorithm}")
-    return LoadedSpace(source, _bind_epochs(_space_function_of(module, source), epochs, source))
+    return LoadedSpace(source, _bind_context(_space_function_of(module, source), context, source))
+
+
+def reference_point(algorithm: str, path: str | Path | None, epochs: int, shot: int = 1) -> tuple[dict[str, Any], str] | None:
+    """The published configuration a built-in space enqueues as its first trial, and its source.
+
+    A built-in space module defines `reference(epochs, shot) -> dict` and `REFERENCE_SOURCE`; a
+    user's space has none (None), since we cannot know what it was made from.
+    """
+    if path is not None:
+        return None
+    module = importlib.import_module(f"search_spaces.{algorithm}")
+    return module.reference(epochs=epochs, shot=shot), module.REFERENCE_SOURCE
 
 
 def _import_file(path: Path, source: str) -> Any:
@@ -222,18 +244,20 @@ def _space_function_of(module: Any, source: str) -> Callable:
     return function
 
 
-def _bind_epochs(function: Callable, epochs: int, source: str) -> SpaceFn:
-    """`function` itself if it takes only the trial, else a partial with `epochs` bound."""
+def _bind_context(function: Callable, context: dict[str, int], source: str) -> SpaceFn:
+    """`function` with the study context it asks for bound by name: space(trial), space(trial, epochs),
+    space(trial, epochs, shot), ... (any of SPACE_CONTEXT after the trial, in any order)."""
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
         raise SpaceError(f"{source}: the signature of space cannot be read") from None
-    parameters = list(signature.parameters.values())
-    if len(parameters) == 1:
+    names = [p.name for p in signature.parameters.values()][1:]
+    if not signature.parameters or any(name not in SPACE_CONTEXT for name in names):
+        raise SpaceError(f"{source}: space must be defined as space(trial) or with any of "
+                         f"{', '.join(SPACE_CONTEXT)} after the trial, not space{signature}")
+    if not names:
         return function
-    if len(parameters) == 2 and parameters[1].name == "epochs":
-        return functools.partial(function, epochs=epochs)
-    raise SpaceError(f"{source}: space must be defined as space(trial) or space(trial, epochs), not space{signature}")
+    return functools.partial(function, **{name: context[name] for name in names})
 
 
 def _read_yaml(path: Path, source: str) -> Any:

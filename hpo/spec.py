@@ -19,6 +19,9 @@ from hypermaml.config import ALGORITHMS
 SEARCHERS = ("tpe", "random", "gp", "cmaes", "qmc")
 SCHEDULERS = ("asha", "none")
 DATA_ROOT_ENV = "HYPERMAML_DATA_ROOT"
+SPEC_FILE = "spec.json"  # in the study folder: the spec a study was started with
+# Replicate seeds start here: far from the small seeds users pass with --seed, which tuning trains with.
+REPLICATE_SEED_BASE = 1000
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,10 @@ class StudySpec:
     meta_batch: int = 8  # used when a space does not tune it
     val_episodes: int = 100
     test_episodes: int = 600
-    test_repeats: int = 3
+    test_repeats: int = 1  # test sets of test_episodes each (episode seeds eval_seed, eval_seed + 1, ...)
+    replicate_top: int = 2  # candidates per algorithm retrained with fresh seeds (top-k by validation)
+    replicate_seeds: int = 3  # fresh training seeds per candidate
+    equivalence_margin: float = 1.0  # points: a CI inside +-margin means "equivalent"
     time_budget_s: float = 0.0  # 0 = none; else split equally between the algorithms
     searcher: str = "tpe"
     scheduler: str = "asha"
@@ -72,8 +78,14 @@ class StudySpec:
             "eval_seed": self.seed, "seed": self.seed, "device": self.device,
         }
 
+    def replicate_seed_list(self) -> list[int]:
+        """Fresh training seeds of the replicates: the same for every candidate and algorithm (common
+        random numbers), never the tuning seed, and different for every study seed."""
+        first = REPLICATE_SEED_BASE + 100 * self.seed
+        return [first + i for i in range(self.replicate_seeds)]
+
     def budget(self) -> dict[str, Any]:
-        """The equal budget each algorithm gets, as stated in the summary."""
+        """The equal budget each algorithm gets, as planned (the summary states what ran)."""
         resources = f"{self.cpus_per_trial:g} CPU" + (f" + {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else "")
         return {
             "benchmark": f"{self.dataset} {self.way}-way {self.shot}-shot, {self.query} queries per class",
@@ -81,7 +93,8 @@ class StudySpec:
             "epochs per trial": self.epochs,
             "training episodes per epoch": self.episodes_per_epoch,
             "validation episodes": f"{self.val_episodes} (the same fixed set for every trial)",
-            "test": f"{self.test_repeats} x {self.test_episodes} episodes (the same for both algorithms)",
+            "replicates": f"top {self.replicate_top} configurations x {self.replicate_seeds} fresh seeds, full budget each",
+            "test": f"{self.test_repeats * self.test_episodes} episodes (the same for every replicate of both algorithms)",
             "resources per trial": resources,
             "concurrent trials": self.max_concurrent,
             "searcher / scheduler": f"{self.searcher} (seed {self.seed}) / {self.scheduler}",
@@ -95,13 +108,14 @@ class StudySpec:
 PRESETS: dict[str, dict[str, Any]] = {
     # A few trials of a few short epochs: exercises everything (tests, CI).
     "smoke": dict(trials=4, epochs=3, episodes_per_epoch=24, meta_batch=4, query=5, val_episodes=40, test_episodes=60,
-                  test_repeats=3),
+                  replicate_top=1, replicate_seeds=2),
     # This laptop-class machine, 2 CPU cores: about 20-30 minutes (see README).
     "default": dict(trials=12, epochs=5, episodes_per_epoch=200, meta_batch=8, val_episodes=100, test_episodes=600,
-                    test_repeats=3, time_budget_s=1500),
+                    replicate_top=2, replicate_seeds=3, time_budget_s=1500),
     # The literature's scale, for a GPU cluster.
     "paper": dict(trials=50, epochs=40, episodes_per_epoch=3200, meta_batch=32, val_episodes=600, test_episodes=600,
-                  test_repeats=5, gpus_per_trial=0.25, cpus_per_trial=2, max_concurrent=16, max_failures=3),
+                  replicate_top=3, replicate_seeds=5, gpus_per_trial=0.25, cpus_per_trial=2, max_concurrent=16,
+                  max_failures=3),
 }
 
 

@@ -20,13 +20,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from .spaces import is_reference
 from .spec import StudySpec
 
-LOGGED_METRICS = ("train_loss", "train_acc", "val_acc", "val_ci95", "best_val_acc", "episodes_per_s", "epoch_s", "hn_weight")
+LOGGED_METRICS = ("train_loss", "train_acc", "val_acc", "val_ci95", "best_val_acc", "episodes_per_s", "epoch_s", "hn_weight",
+                  "test_acc", "test_ci95", "adapt_ms_per_task", "parameters")
 STUDY_TAG, ROLE_TAG, TRIAL_TAG = "hpo.study", "hpo.role", "ray.trial_id"
 MAX_NOTE = 7500  # MLflow caps tag values at 8000 characters
 
@@ -135,8 +138,19 @@ class StudyTracker:
         params = [Param(k, _param_value(v)) for k, v in self.spec.to_dict().items()]
         client.log_batch(ledger.parent_run_id, params=params)
 
-    def trial_callback(self, algorithm: str, epochs: int) -> "TrialRuns":
-        return TrialRuns(self.ledger, algorithm, epochs, self.spec, git_commit())
+    def trial_callback(self, algorithm: str, epochs: int, reference: tuple[dict, str] | None) -> "TrialRuns":
+        return TrialRuns(self.ledger, "trial", epochs, self.spec, git_commit(), algorithm=algorithm, reference=reference)
+
+    def replicate_callback(self, epochs: int) -> "TrialRuns":
+        return TrialRuns(self.ledger, "replicate", epochs, self.spec, git_commit())
+
+    @_guarded
+    def mark_finalists(self, finalists) -> None:
+        """Tag the final configuration's replicate runs `hpo.final=true`."""
+        for finalist in finalists.values():
+            for record in finalist.replicates:
+                for run in self.ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "replicate", TRIAL_TAG: record.trial_id}):
+                    self.ledger.client.set_tag(run.info.run_id, "hpo.final", "true")
 
     @_guarded
     def reconcile(self, algorithm: str, results) -> None:
@@ -149,41 +163,41 @@ class StudyTracker:
                 self.ledger.client.delete_run(run.info.run_id)
 
     @_guarded
-    def log_summary(self, comparison, files: list[Path], best_checkpoints: dict[str, Path], notes: list[str]) -> None:
+    def log_summary(self, comparison, finalists, diagnostics, files: list[Path], notes: list[str]) -> None:
+        """The summary run (tables, plots) and, on the study run, the verdict, its numbers and the
+        diagnostics as tags and metrics; the summary is the run description of both."""
         ledger, client = self.ledger, self.ledger.client
         for old in ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "summary"}):
             client.delete_run(old.info.run_id)  # a re-run of the summary replaces the previous one
-        tags = {STUDY_TAG: self.spec.name, ROLE_TAG: "summary", "mlflow.parentRunId": ledger.parent_run_id,
-                "git_commit": git_commit()}
-        # The run description (rendered as Markdown on the run's page) is the summary table itself.
         summary_md = files[0].read_text()[:MAX_NOTE]
-        tags["mlflow.note.content"] = summary_md
-        if comparison.test:
-            tags["verdict"] = comparison.test["verdict"]
-        run_id = client.create_run(ledger.experiment_id, run_name="summary: head-to-head", tags=tags).info.run_id
+        tags = {"mlflow.note.content": summary_md}
+        if comparison is not None:
+            tags.update({"verdict": comparison.sentence[:5000], "verdict.kind": comparison.kind})
+        tags.update({d.key: d.message[:5000] for d in diagnostics})
+        if notes:
+            tags["notes"] = " | ".join(notes)[:5000]
+        run_id = client.create_run(ledger.experiment_id, run_name="summary: head-to-head", tags={
+            **tags, STUDY_TAG: self.spec.name, ROLE_TAG: "summary", "mlflow.parentRunId": ledger.parent_run_id,
+            "git_commit": git_commit()}).info.run_id
         now = int(time.time() * 1000)
-        metrics = []
-        for row in comparison.rows:
-            for key in ("test_acc", "test_ci95", "val_acc", "adapt_ms_per_task", "parameters", "train_seconds"):
-                metrics.append(Metric(f"{row['algorithm']}.{key}", float(row[key]), now, 0))
-        if comparison.test:
-            metrics += [Metric("mean_difference", float(comparison.test["mean_difference"]), now, 0),
-                        Metric("wilcoxon_p", float(comparison.test["wilcoxon_p"]), now, 0)]
+        values = {}
+        for algorithm, finalist in finalists.items():
+            values[f"{algorithm}.test_acc"] = float(np.mean([r.test_acc for r in finalist.replicates]))
+            values[f"{algorithm}.best_val_acc"] = finalist.mean_val_acc
+            values[f"{algorithm}.seeds"] = len(finalist.replicates)
+        if comparison is not None:
+            values.update({"effect_points": comparison.effect, "effect_ci95_low": comparison.ci_low,
+                           "effect_ci95_high": comparison.ci_high, "p_value": comparison.p_value,
+                           "p_improvement": comparison.p_improvement})
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
         client.log_batch(run_id, metrics=metrics)
         for path in files:
             if path.is_dir():
                 client.log_artifacts(run_id, str(path), path.name)
             else:
                 client.log_artifact(run_id, str(path))
-        for algorithm, path in best_checkpoints.items():
-            client.log_artifact(run_id, str(path), "best_checkpoints")
-        if notes:
-            client.set_tag(run_id, "notes", " | ".join(notes)[:5000])
         client.set_terminated(run_id, "FINISHED")
-        client.log_batch(ledger.parent_run_id, metrics=metrics)
-        client.set_tag(ledger.parent_run_id, "mlflow.note.content", summary_md)
-        if comparison.test:
-            client.set_tag(ledger.parent_run_id, "verdict", comparison.test["verdict"])
+        client.log_batch(ledger.parent_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         client.log_artifact(ledger.parent_run_id, str(files[0]))
         client.log_artifacts(ledger.parent_run_id, str(next(p for p in files if p.is_dir())), "plots")
 
@@ -194,12 +208,15 @@ class StudyTracker:
 
 
 class TrialRuns(tune.Callback):
-    """Tune callback: one nested MLflow run per trial, kept in step with the trial's life."""
+    """Tune callback: one nested MLflow run per trial (role "trial") or replicate (role "replicate"),
+    kept in step with the trial's life."""
 
-    def __init__(self, ledger: _Ledger, algorithm: str, epochs: int, spec: StudySpec, commit: str):
-        self.ledger, self.algorithm, self.epochs, self.commit = ledger, algorithm, epochs, commit
+    def __init__(self, ledger: _Ledger, role: str, epochs: int, spec: StudySpec, commit: str,
+                 algorithm: str = "", reference: tuple[dict, str] | None = None):
+        self.ledger, self.role, self.epochs, self.commit = ledger, role, epochs, commit
+        self.algorithm, self.reference = algorithm, reference
         self.scheduler, self.time_budget_s = spec.scheduler, spec.time_budget_s / max(1, len(spec.algorithms))
-        self.common_tags = {"algorithm": algorithm, "dataset": spec.dataset, "way": str(spec.way), "shot": str(spec.shot)}
+        self.common_tags = {"dataset": spec.dataset, "way": str(spec.way), "shot": str(spec.shot)}
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_epoch: dict[str, int] = {}
         self._started = time.time()
@@ -210,21 +227,35 @@ class TrialRuns(tune.Callback):
     def setup(self, **info):
         self._started = time.time()
 
+    def _describe(self, trial) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """Run name, tags and params of a trial's run."""
+        if self.role == "replicate":
+            item = trial.config["replicate"]
+            tags = {"algorithm": item["algorithm"], "seed": str(item["seed"]), "hpo.candidate_rank": str(item["candidate_rank"]),
+                    "hpo.source_trial": item["source_trial"]}
+            name = f"{item['algorithm']} replicate rank {item['candidate_rank']} seed {item['seed']}"
+            return name, tags, item["settings"]
+        tags = {"algorithm": self.algorithm}
+        if self.reference and is_reference({k: v for k, v in trial.config.items()}, self.reference[0]):
+            tags["hpo.reference"] = self.reference[1]
+        return f"{self.algorithm} {trial.trial_id}", tags, trial.config
+
     def _run_id(self, trial) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         ledger = self.ledger
-        found = ledger.find_runs(**{STUDY_TAG: ledger.study, ROLE_TAG: "trial", TRIAL_TAG: trial.trial_id})
+        found = ledger.find_runs(**{STUDY_TAG: ledger.study, ROLE_TAG: self.role, TRIAL_TAG: trial.trial_id})
         if found:  # a resumed study or a retried trial: keep logging into the same run
             run_id = found[0].info.run_id
             history = ledger.client.get_metric_history(run_id, "val_acc")
             self._last_epoch[trial.trial_id] = max((m.step for m in history), default=0)
             ledger.client.update_run(run_id, status="RUNNING")
         else:
-            tags = {**self.common_tags, STUDY_TAG: ledger.study, ROLE_TAG: "trial", TRIAL_TAG: trial.trial_id,
+            name, own_tags, config = self._describe(trial)
+            tags = {**self.common_tags, **own_tags, STUDY_TAG: ledger.study, ROLE_TAG: self.role, TRIAL_TAG: trial.trial_id,
                     "mlflow.parentRunId": ledger.parent_run_id, "git_commit": self.commit}
-            run_id = ledger.client.create_run(ledger.experiment_id, run_name=f"{self.algorithm} {trial.trial_id}", tags=tags).info.run_id
-            params = [Param(k, _param_value(v)) for k, v in sorted(trial.config.items())]
+            run_id = ledger.client.create_run(ledger.experiment_id, run_name=name, tags=tags).info.run_id
+            params = [Param(k, _param_value(v)) for k, v in sorted(config.items())]
             ledger.client.log_batch(run_id, params=params)
             self._last_epoch[trial.trial_id] = 0
         self._runs[trial.trial_id] = run_id
@@ -266,7 +297,9 @@ class TrialRuns(tune.Callback):
         stopped_by = "time_budget" if over_budget else ("ASHA" if self.scheduler == "asha" else "stopped")
         self.ledger.client.set_tag(run_id, "stopped_by", stopped_by)
         self.ledger.client.set_tag(run_id, "stopped_at_epoch", str(epoch))
-        self.ledger.client.set_terminated(run_id, "KILLED")
+        # Stopping a trial early is the search working, not a failure: FINISHED, with the tags saying
+        # why. FAILED and KILLED are kept for errors and interruptions.
+        self.ledger.client.set_terminated(run_id, "FINISHED")
 
     @_guarded
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -7,11 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import optuna
 import pytest
 from ray import cloudpickle
 
-from hpo.spaces import FIXED_SETTINGS, SpaceError, check_space, load_space, sample_space
-from hypermaml.config import ConfigError, TrainConfig
+from hpo.spaces import FIXED_SETTINGS, SpaceError, check_space, load_space, reference_point, sample_space
+from hypermaml.config import ConfigError, TrainConfig, from_flat
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "search_spaces" / "examples"
@@ -57,8 +58,8 @@ def test_fixed_settings_leave_only_the_outer_loop_to_spaces():
 
 
 def test_builtin_hypermaml_space_covers_its_ranges_on_log_scales():
-    space = load_space("hypermaml", None, epochs=9)
-    configs = check_space("hypermaml", space, fixed_for("hypermaml", epochs=9), samples=64)
+    space = load_space("hypermaml", None, epochs=9, shot=5)
+    configs = check_space("hypermaml", space, {**fixed_for("hypermaml", epochs=9), "shot": 5}, samples=64)
     assert len(configs) == 64
     for name in ("hn_hidden", "hn_layers", "outer_lr", "aggregation", "delta_penalty", "warmup",
                  "warmup_epochs", "switch_epochs", "warmup_inner_lr"):
@@ -78,6 +79,36 @@ def test_builtin_hypermaml_space_covers_its_ranges_on_log_scales():
     assert set(values_of(configs, "switch_epochs")) <= {1, 2, 3}
     assert all(0.01 <= lr <= 0.5 for lr in values_of(configs, "warmup_inner_lr"))
     assert all(config["dataset"] == "omniglot" and config["way"] == 5 for config in configs)
+
+
+def test_builtin_hypermaml_space_does_not_tune_aggregation_at_one_shot():
+    # At one shot mean and concat build the same model: a dimension the searcher would learn nothing from.
+    configs = check_space("hypermaml", load_space("hypermaml", None, epochs=9, shot=1), fixed_for("hypermaml", 9), samples=16)
+    assert values_of(configs, "aggregation") == []
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "hypermaml"])
+@pytest.mark.parametrize("epochs,shot", [(3, 1), (5, 1), (40, 5)])
+def test_reference_configurations_lie_in_their_spaces_and_are_valid(algorithm, epochs, shot):
+    point, source = reference_point(algorithm, None, epochs, shot)
+    assert source
+    space = load_space(algorithm, None, epochs=epochs, shot=shot)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(point)
+    trial = study.ask()
+    space(trial)
+    assert trial.params == point  # every reference value is one the space can propose, and nothing else
+    from_flat({**fixed_for(algorithm, epochs), "shot": shot, **point})  # a valid run configuration
+    if algorithm == "maml":
+        assert point == {"inner_steps": 1, "inner_lr": 0.4, "first_order": False, "inner_params": "all",
+                         "outer_lr": 1e-3, "meta_batch": 32}
+    else:
+        assert (point["hn_hidden"], point["hn_layers"], point["outer_lr"], point["warmup"]) == (512, 3, 1e-2, True)
+        assert point["warmup_epochs"] + point["switch_epochs"] <= 2 * max(1, epochs // 3)
+
+
+def test_user_spaces_have_no_reference(tmp_path):
+    assert reference_point("maml", tmp_path / "mine.py", 5, 1) is None
 
 
 def test_builtin_hypermaml_warmup_never_exceeds_a_third_of_the_epochs():
@@ -156,7 +187,7 @@ def test_user_space_mistakes_are_caught_before_ray_starts(tmp_path, body, match)
     ("broken.py", "def space(trial)\n    pass\n", r"broken\.py: syntax error at line 1"),
     ("crash.py", "import no_such_module_here\n", "importing it raised ModuleNotFoundError: No module named 'no_such_module_here'"),
     ("nothing.py", "def search(trial):\n    pass\n", "defines no function space"),
-    ("args.py", "def space(trial, budget):\n    pass\n", r"space\(trial\) or space\(trial, epochs\), not space\(trial, budget\)"),
+    ("args.py", "def space(trial, budget):\n    pass\n", r"space\(trial\) or with any of epochs, shot after the trial, not space\(trial, budget\)"),
     ("space.json", "{}", r"must end in \.py, \.yaml or \.yml"),
 ])
 def test_unloadable_space_files_fail_with_one_line(tmp_path, name, body, match):

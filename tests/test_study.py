@@ -1,6 +1,8 @@
 """`python -m hpo.search` end to end on real Omniglot: real Ray, a real MLflow SQLite store and a real
 Optuna storage. The smoke study runs once for the module; its store is then inspected."""
 
+import csv
+import io
 import os
 import signal
 import subprocess
@@ -8,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+
+from hypermaml import evaluate, load_learner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,20 +43,23 @@ def smoke(omniglot_root, tmp_path_factory):
     return tmp, proc
 
 
-def test_smoke_study_prints_the_head_to_head(smoke):
+def test_smoke_study_prints_the_verdict_and_writes_the_summary(smoke):
     tmp, proc = smoke
-    assert "| maml" in proc.stdout and "| hypermaml" in proc.stdout
     summary = (tmp / "ray" / "smoke" / "summary.md").read_text()
-    assert "trials per algorithm" in summary and "Wilcoxon" in summary
+    verdict_line = summary.splitlines()[2]
+    assert verdict_line.startswith("**") and "95% CI" in verdict_line and "training seeds" in verdict_line
+    assert verdict_line in proc.stdout  # the printed summary is the stored one
 
 
-def test_mlflow_has_parent_nested_trials_and_summary(smoke):
+def test_mlflow_has_parent_nested_trials_replicates_and_summary(smoke):
     tmp, _ = smoke
     client, parents = runs(tmp, "smoke", "study")
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.params["preset"] == "smoke" and parent.data.params["trials"] == "4"
+    assert parent.data.tags["verdict.kind"] in ("hypermaml_better", "maml_better", "equivalent", "inconclusive")
+    assert parent.data.tags["verdict"] in parent.data.tags["mlflow.note.content"]
     _, trials = runs(tmp, "smoke", "trial")
     by_algorithm = {a: [r for r in trials if r.data.tags["algorithm"] == a] for a in ("maml", "hypermaml")}
     assert {a: len(r) for a, r in by_algorithm.items()} == {"maml": 4, "hypermaml": 4}
@@ -61,6 +69,7 @@ def test_mlflow_has_parent_nested_trials_and_summary(smoke):
         assert {"dataset", "way", "shot", "ray.trial_id", "node", "git_commit"} <= set(tags)
         assert tags["dataset"] == "omniglot" and tags["way"] == "5" and tags["shot"] == "1"
         assert params["algorithm"] == tags["algorithm"] and params["epochs"] == "3"  # the full config as params
+        assert params["seed"] == "0"  # tuning trains with the study seed
         # the sampled meta-batch is the one trained with, and an epoch is the same 24 episodes for all
         assert int(params["steps_per_epoch"]) == max(1, 24 // int(params["meta_batch"]))
         history = client.get_metric_history(run.info.run_id, "val_acc")
@@ -68,38 +77,112 @@ def test_mlflow_has_parent_nested_trials_and_summary(smoke):
         assert all(0 <= m.value <= 1 for m in history)
         for key in ("train_loss", "train_acc", "val_ci95", "episodes_per_s"):
             assert len(client.get_metric_history(run.info.run_id, key)) == len(history)
-        if run.info.status == "FINISHED":
-            assert len(history) == 3
+        assert run.info.status == "FINISHED"  # stopping early is the search working, not a failure
+        if "stopped_by" in tags:
+            assert tags["stopped_by"] == "ASHA" and int(tags["stopped_at_epoch"]) == len(history) < 3
         else:
-            assert run.info.status == "KILLED" and tags["stopped_by"] == "ASHA" and len(history) < 3
+            assert len(history) == 3
     assert any(r.data.tags.get("stopped_by") == "ASHA" for r in trials), "ASHA stopped no trial"
     assert len({r.data.params["meta_batch"] for r in trials}) > 1  # tuned, not pinned to the study default
     assert "hn_hidden" in by_algorithm["hypermaml"][0].data.params
     assert "inner_lr" in by_algorithm["maml"][0].data.params
+    assert all("aggregation" not in r.data.params or r.data.params["aggregation"] == "mean"
+               for r in by_algorithm["hypermaml"])  # not tuned at one shot
 
     _, summaries = runs(tmp, "smoke", "summary")
     assert len(summaries) == 1
     summary = summaries[0]
     assert summary.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert 0 <= summary.data.metrics["maml.test_acc"] <= 1 and 0 <= summary.data.metrics["hypermaml.test_acc"] <= 1
     artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
-    assert {"summary.md", "summary.csv", "spec.json", "plots", "best_checkpoints"} <= artifacts
+    assert {"summary.md", "summary.csv", "spec.json", "plots"} <= artifacts
     plots = {Path(a.path).name for a in client.list_artifacts(summary.info.run_id, "plots")}
-    assert {"validation_curves.png", "best_vs_best.png"} <= plots
-    assert any(p.endswith("param_importances.png") for p in plots) and any(p.endswith("parallel_coordinate.png") for p in plots)
-    ckpts = {Path(a.path).name for a in client.list_artifacts(summary.info.run_id, "best_checkpoints")}
-    assert ckpts == {"maml_best.pt", "hypermaml_best.pt"}
+    assert {"validation_curves.png", "anytime.png", "seed_results.png"} <= plots
 
 
-def test_optuna_storage_holds_the_trials_with_values(smoke):
+def test_each_algorithm_runs_its_published_reference_first(smoke):
     tmp, _ = smoke
-    storage = f"sqlite:///{tmp / 'ray' / 'smoke' / 'optuna.db'}"
+    _, trials = runs(tmp, "smoke", "trial")
+    for algorithm, source in (("maml", "Finn et al."), ("hypermaml", "HyperMAML reference implementation")):
+        references = [r for r in trials if r.data.tags["algorithm"] == algorithm and "hpo.reference" in r.data.tags]
+        assert len(references) == 1 and references[0].data.tags["hpo.reference"].startswith(source)
+        params = references[0].data.params
+        first = optuna.load_study(study_name=f"smoke-{algorithm}", storage=f"sqlite:///{tmp / 'ray' / 'smoke' / 'optuna.db'}").trials[0]
+        assert {k: str(v) for k, v in first.params.items()} == {k: params[k] for k in first.params}  # proposed first
+        if algorithm == "maml":
+            assert (params["inner_steps"], params["inner_lr"], params["inner_params"], params["meta_batch"]) == ("1", "0.4", "all", "32")
+        else:
+            assert (params["hn_hidden"], params["outer_lr"], params["warmup"]) == ("512", "0.01", "True")
+
+
+def test_no_warmup_trial_is_stopped_before_its_hypernetwork_is_trained(smoke):
+    _, trials = runs(smoke[0], "smoke", "trial")
+    warmups = [r for r in trials if r.data.params.get("warmup") == "True"]
+    assert warmups  # the reference trial at least
+    for run in warmups:
+        switch_ends = int(run.data.params["warmup_epochs"]) + int(run.data.params["switch_epochs"]) + 1
+        if "stopped_at_epoch" in run.data.tags:
+            assert int(run.data.tags["stopped_at_epoch"]) >= switch_ends
+
+
+def test_replicates_retrain_with_fresh_seeds_and_the_final_one_is_chosen_on_validation(smoke):
+    tmp, _ = smoke
+    client, replicates = runs(tmp, "smoke", "replicate")
+    rows = list(csv.DictReader(io.StringIO((tmp / "ray" / "smoke" / "summary.csv").read_text())))
+    assert len(rows) == len(replicates)
+    by_id = {r.data.tags["ray.trial_id"]: r for r in replicates}
     for algorithm in ("maml", "hypermaml"):
-        study = optuna.load_study(study_name=f"smoke-{algorithm}", storage=storage)
-        assert len(study.trials) == 4
-        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        assert finished and all(0 <= t.value <= 1 for t in finished)
-        assert all(t.params for t in study.trials)
+        mine = [r for r in replicates if r.data.tags["algorithm"] == algorithm]
+        final = [r for r in mine if r.data.tags.get("hpo.final") == "true"]
+        assert len(final) == 2 and len({r.data.tags["seed"] for r in final}) == 2  # smoke: 2 fresh seeds
+        assert all(r.data.tags["seed"] != "0" and r.data.params["seed"] == r.data.tags["seed"] for r in mine)
+        assert all(r.info.status == "FINISHED" and 0 <= r.data.metrics["test_acc"] <= 1 for r in mine)
+        assert all({"test_ci95", "adapt_ms_per_task", "val_acc"} <= set(r.data.metrics) for r in mine)
+        assert all(len(client.get_metric_history(r.info.run_id, "val_acc")) == 3 for r in mine)
+        # The final candidate has the best mean validation accuracy over its seeds, and the reference
+        # configuration is always among the candidates: tuning cannot end below it.
+        mean_val = {}
+        for row in (r for r in rows if r["algorithm"] == algorithm):
+            mean_val.setdefault(row["candidate_rank"], []).append(float(row["best_val_acc"]))
+        final_rank = final[0].data.tags["hpo.candidate_rank"]
+        assert max(mean_val, key=lambda rank: sum(mean_val[rank]) / len(mean_val[rank])) == final_rank
+        reference_trial = next(r for r in runs(tmp, "smoke", "trial")[1]
+                               if r.data.tags["algorithm"] == algorithm and "hpo.reference" in r.data.tags)
+        assert reference_trial.data.tags["ray.trial_id"] in {r.data.tags["hpo.source_trial"] for r in mine}
+        reference_rank = next(r.data.tags["hpo.candidate_rank"] for r in mine
+                              if r.data.tags["hpo.source_trial"] == reference_trial.data.tags["ray.trial_id"])
+        assert sum(mean_val[final_rank]) / len(mean_val[final_rank]) >= sum(mean_val[reference_rank]) / len(mean_val[reference_rank])
+    for row in rows:  # the summary table holds the runs' own numbers
+        run = next(r for r in replicates if r.data.tags["seed"] == row["seed"] and r.data.tags["algorithm"] == row["algorithm"]
+                   and r.data.tags["hpo.candidate_rank"] == row["candidate_rank"])
+        assert float(row["test_acc"]) == pytest.approx(run.data.metrics["test_acc"], abs=1e-12)
+    assert len(by_id) == len(replicates)
+
+
+def test_replicates_test_their_own_best_checkpoint_on_identical_episodes(smoke, omniglot_root):
+    tmp, _ = smoke
+    _, replicates = runs(tmp, "smoke", "replicate")
+    tested = {}
+    for run in (r for r in replicates if r.data.tags.get("hpo.final") == "true"):
+        folder = next((tmp / "ray" / "smoke" / "replicates").glob(f"trial_{run.data.tags['ray.trial_id']}/checkpoint_*"))
+        learner = load_learner(folder / "best.pt")
+        result = evaluate(learner, "test", 60, seed=0)  # the smoke study's test set: 60 episodes, eval seed 0
+        stored = np.load(folder / "test_episode_accs.npy")
+        assert np.array_equal(result.per_episode.numpy(), stored)
+        assert result.accuracy == pytest.approx(run.data.metrics["test_acc"], abs=1e-6)
+        tested[run.data.tags["algorithm"]] = learner.run_config.train
+    # the same episodes for both: same split, shape, episode count and eval seed
+    shape = {a: (t.way, t.shot, t.query, t.test_episodes, t.eval_seed) for a, t in tested.items()}
+    assert shape["maml"] == shape["hypermaml"] == (5, 1, 5, 60, 0)
+
+
+def test_rerunning_a_name_with_other_settings_exits_2_and_writes_nothing(smoke, omniglot_root):
+    tmp, _ = smoke
+    before = {p: p.stat().st_mtime_ns for p in tmp.rglob("*")}
+    proc = run_study(study_cmd(omniglot_root, tmp, "smoke", "--trials", "5"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "trials 4 -> 5" in proc.stderr and "--resume" in proc.stderr and "--name" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in tmp.rglob("*")} == before
 
 
 def test_killed_driver_resumes_without_losing_or_duplicating_runs(omniglot_root, tmp_path):
@@ -128,7 +211,7 @@ def test_killed_driver_resumes_without_losing_or_duplicating_runs(omniglot_root,
     for run in trials:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert steps == list(range(1, len(steps) + 1)), "an epoch was lost or logged twice"
-        assert run.info.status in ("FINISHED", "KILLED")
+        assert run.info.status == "FINISHED"
     _, parents = runs(tmp_path, "killed", "study")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     _, summaries = runs(tmp_path, "killed", "summary")

@@ -1,0 +1,165 @@
+"""Plots of a study's records: how fast each search found good configurations, and how the final
+configurations scored over their fresh seeds.
+
+Draws on `matplotlib.figure.Figure` with the Agg canvas that `savefig` picks, never pyplot, so no GUI
+backend or global figure state is touched (a study driver may run off the main thread). Each plot is
+saved and its Figure returned, so callers and tests can read back exactly what was drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from matplotlib.figure import Figure
+from scipy import stats
+
+from hpo.records import Finalist, TrialRecord, TuneOutcome
+
+DPI = 120  # as hpo.report, so all report images share one resolution
+# Horizontal spread of the seed dots around their algorithm's position, and where the mean sits:
+# beside the dots, not on them, so the CI bar stays readable.
+SEED_SPREAD = 0.08
+MEAN_OFFSET = 0.25
+
+
+class SeedEffect(Protocol):
+    """What `plot_seed_results` reads of the seed-level comparison (hpo.stats.SeedComparison)."""
+
+    @property
+    def baseline(self) -> str: ...
+    @property
+    def challenger(self) -> str: ...
+    @property
+    def effect(self) -> float: ...  # points, challenger - baseline
+    @property
+    def ci_low(self) -> float: ...
+    @property
+    def ci_high(self) -> float: ...
+
+
+def anytime_curve(outcome: TuneOutcome) -> tuple[np.ndarray, np.ndarray]:
+    """(cumulative trial compute in seconds, best validation accuracy so far in points) after each trial.
+
+    Trials are taken in proposal order (`number`), whatever order the list holds. A failed trial
+    (no accuracy) still spends its compute: its point carries the previous best. Trials before the
+    first accuracy have no best yet, so they add compute but no point.
+    """
+    xs: list[float] = []
+    ys: list[float] = []
+    compute = 0.0
+    best: float | None = None
+    for trial in _in_proposal_order(outcome):
+        compute += trial.train_seconds
+        if trial.best_val_acc is not None:
+            best = trial.best_val_acc if best is None else max(best, trial.best_val_acc)
+        if best is not None:
+            xs.append(compute)
+            ys.append(100 * best)
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def plot_anytime(outcomes: dict[str, TuneOutcome], path: str | Path) -> Figure:
+    """Best validation accuracy so far against cumulative trial compute, every algorithm on one axis.
+
+    Compute, not trial count, is on x: the algorithms' trials differ in cost, and a fair search
+    comparison asks what each found for the same compute. The reference trial (the published
+    configuration), if any, is marked with a star at its own accuracy.
+    """
+    figure = Figure(figsize=(8, 5))
+    axes = figure.subplots()
+    for index, (algorithm, outcome) in enumerate(outcomes.items()):
+        color = f"C{index}"
+        x, y = anytime_curve(outcome)
+        axes.step(x, y, where="post", color=color, marker="o", markersize=3.5,
+                  label=f"{algorithm} ({len(outcome.trials)} trials)")
+        reference = _reference_point(outcome)
+        if reference is not None:
+            source, compute, acc = reference
+            axes.scatter([compute], [100 * acc], marker="*", s=160, color=color, edgecolors="black",
+                         linewidths=0.8, zorder=3, label=f"{algorithm} reference ({source})")
+    axes.set_title("Best validation accuracy found vs tuning compute")
+    axes.set_xlabel("cumulative trial compute (trial-seconds)")
+    axes.set_ylabel("best validation accuracy so far (%)")
+    axes.grid(alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right")
+    _save(figure, path)
+    return figure
+
+
+def plot_seed_results(finalists: dict[str, Finalist], comparison: SeedEffect | None, path: str | Path) -> Figure:
+    """Test accuracy of each final configuration on every fresh seed (dots, labelled with the seed)
+    and the mean over seeds with its 95% t interval over seeds.
+
+    The interval is over seeds, mean ± t(0.975, S-1) · sd / sqrt(S): the question is how well the
+    configuration trains, and the seed is what varies between trainings. With one seed there is no
+    spread, so only the mean is drawn. The title states the seed-level effect when `comparison` is given.
+    """
+    figure = Figure(figsize=(6, 5))
+    axes = figure.subplots()
+    positions = np.arange(len(finalists))
+    for position, finalist in zip(positions, finalists.values()):
+        accs = 100 * np.asarray([r.test_acc for r in finalist.replicates], dtype=float)
+        # Evenly spread, not random: the same records always give the same figure.
+        spread = np.linspace(-SEED_SPREAD, SEED_SPREAD, accs.size) if accs.size > 1 else np.zeros(accs.size)
+        first = position == 0  # one legend entry per kind of mark
+        axes.scatter(position + spread, accs, color="C1", s=22, zorder=3, label="fresh seeds" if first else None)
+        for x, acc, seed in zip(position + spread, accs, finalist.seeds):
+            axes.annotate(str(seed), (x, acc), xytext=(4, 0), textcoords="offset points", fontsize=7,
+                          va="center", color="0.35")
+        half_width = _t_half_width(accs)
+        axes.errorbar([position + MEAN_OFFSET], [float(accs.mean())],
+                      yerr=None if math.isnan(half_width) else [half_width],
+                      fmt="o", markersize=8, capsize=8, color="C0",
+                      label="mean over seeds ± 95% CI" if first else None)
+    axes.set_xticks(positions, [f"{algorithm}\nrank {finalist.candidate_rank}"
+                                for algorithm, finalist in finalists.items()])
+    axes.set_xlim(-0.6, len(finalists) - 0.4)
+    axes.set_ylabel("test accuracy (%)")
+    title = "Test accuracy of each final configuration over fresh seeds"
+    if comparison is not None:
+        title += (f"\n{comparison.challenger} − {comparison.baseline} = {_signed(comparison.effect)} points "
+                  f"(95% CI {_signed(comparison.ci_low)} to {_signed(comparison.ci_high)})")
+    axes.set_title(title, fontsize=11)
+    axes.grid(axis="y", alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="best", fontsize=9)
+    _save(figure, path)
+    return figure
+
+
+def _in_proposal_order(outcome: TuneOutcome) -> list[TrialRecord]:
+    return sorted(outcome.trials, key=lambda trial: trial.number)
+
+
+def _reference_point(outcome: TuneOutcome) -> tuple[str, float, float] | None:
+    """(its source, cumulative compute at its end, its accuracy 0..1) of the reference trial, or None
+    if there is none or it failed (no accuracy to mark)."""
+    compute = 0.0
+    for trial in _in_proposal_order(outcome):
+        compute += trial.train_seconds
+        if trial.reference and trial.best_val_acc is not None:
+            return trial.reference, compute, trial.best_val_acc
+    return None
+
+
+def _t_half_width(values: np.ndarray) -> float:
+    """Half-width of the 95% t interval of the mean; nan for fewer than 2 values (no spread to use)."""
+    n = values.size
+    if n < 2:
+        return math.nan
+    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
+
+
+def _signed(points: float) -> str:
+    """"+1.2" / "−0.5": with a typographic minus, as in the rest of the title."""
+    return f"{points:+.1f}".replace("-", "−")
+
+
+def _save(figure: Figure, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")

@@ -1,0 +1,97 @@
+"""Plain data passed between the study's phases: tune -> replicate -> compare -> report.
+
+Nothing here knows Ray, Optuna or MLflow: the runner turns their results into these records, and
+the statistics, diagnostics, plots and tracking read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# How a tuning trial ended.
+COMPLETED, EARLY_STOPPED, TIME_BUDGET, FAILED = "completed", "early_stopped", "time_budget", "failed"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One tuning trial."""
+
+    algorithm: str
+    trial_id: str
+    number: int  # 0-based order in which the searcher proposed it
+    tuned: dict[str, Any]  # the values its search space chose
+    val_curve: list[float]  # validation accuracy (0..1) after each epoch it ran
+    best_val_acc: float | None  # None when it failed before its first epoch
+    train_seconds: float  # summed meta-training time of its epochs (its compute)
+    status: str  # COMPLETED | EARLY_STOPPED | TIME_BUDGET | FAILED
+    reference: str = ""  # the source of the published configuration, when this trial is it
+    # numeric param -> (low, high, log) of the distribution it was drawn from (for boundary checks)
+    ranges: dict[str, tuple[float, float, bool]] = field(default_factory=dict)
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.val_curve)
+
+
+@dataclass(frozen=True)
+class TuneOutcome:
+    """The tuning phase of one algorithm."""
+
+    algorithm: str
+    trials: list[TrialRecord]  # in proposal order
+    wall_seconds: float
+    episodes_per_trial: int  # training episodes a trial gets when it runs all its epochs
+
+    @property
+    def trial_seconds(self) -> float:
+        return sum(t.train_seconds for t in self.trials)
+
+    def count(self, status: str) -> int:
+        return sum(t.status == status for t in self.trials)
+
+
+@dataclass(frozen=True)
+class ReplicateRecord:
+    """One fresh-seed retraining of a candidate configuration, tested on the study's test episodes."""
+
+    algorithm: str
+    trial_id: str  # its own Ray trial id (the replicate phase is a Tune experiment too)
+    candidate_rank: int  # 1 = the best tuning trial by validation accuracy
+    source_trial: str  # the tuning trial whose configuration this retrains
+    seed: int  # its training seed (never the tuning seed)
+    tuned: dict[str, Any]
+    val_curve: list[float]
+    best_val_acc: float
+    test_acc: float
+    test_ci95: float  # over its test episodes, conditional on this trained network
+    adapt_ms_per_task: float
+    parameters: int
+    train_seconds: float
+    episode_accs: np.ndarray  # [E] per-episode test accuracy, the same episodes for every replicate
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """An algorithm's final configuration: the candidate with the best mean validation accuracy over
+    its fresh seeds (the test split never chooses)."""
+
+    algorithm: str
+    candidate_rank: int
+    source_trial: str
+    tuned: dict[str, Any]
+    replicates: list[ReplicateRecord]  # its fresh seeds, in seed order
+
+    @property
+    def mean_val_acc(self) -> float:
+        return float(np.mean([r.best_val_acc for r in self.replicates]))
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.replicates]
+
+    def episode_matrix(self) -> np.ndarray:
+        """[seeds, episodes] test accuracies."""
+        return np.stack([r.episode_accs for r in self.replicates])
