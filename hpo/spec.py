@@ -110,8 +110,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(trials=4, epochs=3, episodes_per_epoch=24, meta_batch=4, query=5, val_episodes=40, test_episodes=60,
                   replicate_top=1, replicate_seeds=2),
     # This laptop-class machine, 2 CPU cores: about 20-30 minutes (see README).
-    "default": dict(trials=12, epochs=5, episodes_per_epoch=200, meta_batch=8, val_episodes=100, test_episodes=600,
-                    replicate_top=2, replicate_seeds=3, time_budget_s=1500),
+    "default": dict(trials=8, epochs=5, episodes_per_epoch=240, meta_batch=8, val_episodes=100, test_episodes=600,
+                    replicate_top=2, replicate_seeds=3, time_budget_s=720),
     # The literature's scale, for a GPU cluster.
     "paper": dict(trials=50, epochs=40, episodes_per_epoch=3200, meta_batch=32, val_episodes=600, test_episodes=600,
                   replicate_top=3, replicate_seeds=5, gpus_per_trial=0.25, cpus_per_trial=2, max_concurrent=16,

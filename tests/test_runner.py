@@ -1,13 +1,16 @@
-"""The define-by-run wrapper the study hands to OptunaSearch (real Optuna, no Ray), and what a trial worker imports."""
+"""The define-by-run wrapper the study hands to OptunaSearch (real Optuna, no Ray), the choice of
+replicate candidates and finalists (plain records), and what a trial worker imports."""
 
 import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import optuna
 
-from hpo.runner import trial_space
+from hpo.records import COMPLETED, EARLY_STOPPED, FAILED, ReplicateRecord, TrialRecord, TuneOutcome
+from hpo.runner import candidates, choose_finalists, trial_space
 from hpo.spaces import load_space
 from hpo.spec import resolve
 
@@ -51,3 +54,35 @@ def test_trial_workers_import_neither_the_drivers_libraries_nor_torchvision():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def trial(number, val, tuned, reference="", status=COMPLETED):
+    return TrialRecord("maml", f"t{number}", number, tuned, [] if val is None else [val], val, 1.0, status, reference)
+
+
+def test_candidates_are_the_top_distinct_configurations_plus_the_reference():
+    outcome = TuneOutcome("maml", [
+        trial(0, 0.60, {"lr": 1}, reference="Finn et al."),
+        trial(1, 0.90, {"lr": 2}),
+        trial(2, 0.85, {"lr": 2}),  # the same configuration as trial 1: counted once
+        trial(3, 0.80, {"lr": 3}, status=EARLY_STOPPED),
+        trial(4, None, {"lr": 4}, status=FAILED),
+    ], 10.0, 100)
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=2)] == [(1, "t1"), (2, "t3"), (3, "t0")]
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=3)] == [(1, "t1"), (2, "t3"), (3, "t0")]
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=1)] == [(1, "t1"), (3, "t0")]
+
+
+def replicate(algorithm, rank, seed, val, test):
+    return ReplicateRecord(algorithm, f"r{rank}{seed}", rank, f"t{rank}", seed, {"rank": rank}, [val], val, test, 0.01,
+                           1.0, 10, 1.0, np.full(4, test))
+
+
+def test_the_finalist_is_the_best_mean_validation_never_the_best_test():
+    records = [replicate("maml", 1, s, v, t) for s, v, t in ((1000, 0.80, 0.99), (1001, 0.70, 0.99))]  # mean val 0.75
+    records += [replicate("maml", 2, s, v, t) for s, v, t in ((1000, 0.77, 0.50), (1001, 0.77, 0.50))]  # mean val 0.77
+    records += [replicate("hypermaml", 3, 1001, 0.6, 0.6), replicate("hypermaml", 3, 1000, 0.6, 0.6)]
+    finalists = choose_finalists(records)
+    assert finalists["maml"].candidate_rank == 2 and finalists["maml"].mean_val_acc == 0.77
+    assert finalists["hypermaml"].seeds == [1000, 1001]  # in seed order
+    assert finalists["hypermaml"].episode_matrix().shape == (2, 4)
