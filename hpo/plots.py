@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from hpo.records import Finalist, TrialRecord, TuneOutcome
@@ -163,3 +164,30 @@ def _save(figure: Figure, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def plot_validation_curves(curves: dict[str, list[list[float]]], path: str | Path) -> Figure:
+    """Validation accuracy per epoch of every trial, one thin line each, colored by algorithm.
+
+    `curves` maps algorithm -> one list of per-epoch accuracies (0..1) per trial.
+    """
+    figure = Figure(figsize=(8, 5))
+    axes = figure.subplots()
+    for index, (algorithm, trials) in enumerate(curves.items()):
+        plotted = [accs for accs in trials if len(accs) > 0]
+        for number, accs in enumerate(plotted):
+            epochs = np.arange(1, len(accs) + 1)
+            # Only the first line of each algorithm is labelled: one legend entry per algorithm.
+            label = f"{algorithm} ({len(plotted)} trials)" if number == 0 else None
+            # Small markers keep one-epoch trials (stopped at once) visible.
+            axes.plot(epochs, 100 * np.asarray(accs, dtype=float), color=f"C{index}", linewidth=0.9,
+                      alpha=0.7, marker="o", markersize=2.5, label=label)
+    axes.set_title("Validation accuracy of all trials")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation accuracy (%)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend()
+    _save(figure, path)
+    return figure
