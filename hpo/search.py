@@ -1,8 +1,9 @@
 """`python -m hpo.search`: tune HyperMAML and MAML with the same budget, then compare them on test.
 
-    python -m hpo.search --data-root DIR                   # the default study on this machine
+    python -m hpo.search                                   # the default study (Omniglot fetched into the cache folder)
+    python -m hpo.search --data-root DIR                   # the default study on the Omniglot zips in DIR
     python -m hpo.search --preset smoke --data-root DIR --tracking-uri URI --storage-path DIR --name N
-    python -m hpo.search --dry-run --data-root DIR         # print the resolved study and space samples
+    python -m hpo.search --dry-run                         # print the resolved study and space samples
 
 Everything a user can get wrong is checked before Ray starts (one error line, exit code 2).
 Re-running with the same --name (or --resume) continues an interrupted study.
@@ -25,7 +26,7 @@ from hypermaml.data import DataError
 from hypermaml.training import load_data
 
 from .spaces import SpaceError, check_space, load_space, reference_point, sample_space
-from .spec import DATA_ROOT_ENV, SPEC_FILE, StudySpec, resolve
+from .spec import SPEC_FILE, StudySpec, resolve
 
 # Where things are, not what is computed: a study may be continued with these changed.
 RELOCATABLE = frozenset({"address", "data_root", "cache_dir", "download", "tracking_uri"})
@@ -58,8 +59,6 @@ def parse_spaces(entries: list[str], algorithms: tuple[str, ...]) -> dict[str, s
 def resolve_spec(args: argparse.Namespace) -> StudySpec:
     given = cli.given(args, StudySpec)
     spec = resolve(given.pop("preset", StudySpec.preset), given)
-    if not spec.data_root:
-        raise ConfigError(f"no data: pass --data-root DIR or set ${DATA_ROOT_ENV}")
     return dataclasses.replace(spec, spaces=parse_spaces(args.space, spec.algorithms))
 
 
@@ -93,7 +92,8 @@ def check_name(spec: StudySpec, resume: bool) -> StudySpec:
 
 
 def preflight(spec: StudySpec) -> dict:
-    """Everything that can fail because of the user's input, checked before Ray starts."""
+    """Everything that can fail because of the user's input, checked before Ray starts (fetching
+    Omniglot first when the study has no data root, or --download and none in it)."""
     load_data(from_flat({**spec.fixed_settings(spec.algorithms[0]), "steps_per_epoch": 1}))  # missing data, way/shot that do not fit
     spaces = {}
     for algorithm in spec.algorithms:

@@ -75,9 +75,10 @@ class TrainConfig:
 
     algorithm: Algorithm = setting("which few-shot learner to meta-train", "maml")
     dataset: Dataset = setting("benchmark", "omniglot")
-    data_root: str = setting("folder holding the dataset (for Omniglot: the two zips or their folders)", "")
-    cache_dir: str = setting("where decoded image tensors are cached (default: $HYPERMAML_CACHE or ~/.cache/hypermaml)", "")
-    download: bool = setting("download Omniglot into data_root when it is missing", False)
+    data_root: str = setting("folder holding the dataset (for Omniglot: the two zips or their folders); "
+                             "none: Omniglot in the cache folder, fetched when absent", "")
+    cache_dir: str = setting("where decoded images (and fetched Omniglot) are kept; none: $HYPERMAML_CACHE or ~/.cache/hypermaml", "")
+    download: bool = setting("fetch Omniglot into data_root when it is missing (without a data_root it always is)", False)
     way: int = setting("classes per episode (N)", 5, low=2)
     shot: int = setting("support images per class (K)", 1, low=1)
     query: int = setting("query images per class (Q)", 15, low=1)

@@ -39,8 +39,6 @@ def parse_config(args: argparse.Namespace) -> RunConfig:
             field = next(f for f in dataclasses.fields(cls) if f.name in settings)
             raise ConfigError(f"{cli.flag(field)} is not a setting of {algorithm}")
         values.update(settings)
-    if not values.get("data_root"):
-        raise ConfigError("--data-root is required")
     return from_flat(values)
 
 
