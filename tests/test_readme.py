@@ -181,7 +181,8 @@ def test_the_suite_without_data_stops_with_one_line(tmp_path):
     checkout.mkdir()
     (checkout / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
     shutil.copytree(REPO / "tests", checkout / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "pyproject.toml", checkout / "pyproject.toml")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, checkout / name)
     proc = run_as_printed(TESTS, checkout, timeout=300, env=command_env(HYPERMAML_DATA_ROOT=None))
     assert proc.returncode == 4  # pytest's usage error: no test ran
     assert proc.stderr.strip().splitlines() == [
