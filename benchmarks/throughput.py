@@ -46,7 +46,7 @@ def steps_per_second(step, n_steps: int, warmup: int, device: torch.device) -> f
     return n_steps / (time.perf_counter() - start)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--device", default="cpu")
@@ -57,7 +57,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-loop", action="store_true", help="skip the loop reference")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     keep_heap_warm()  # as fit/evaluate do: the steps here call the learners directly
 
     device = torch.device(args.device)

@@ -12,12 +12,15 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from hypermaml.config import ALGORITHMS
+from hypermaml.config import ALGORITHMS, Algorithm, ConfigError, Dataset, check_settings, from_flat, setting
 
-SEARCHERS = ("tpe", "random", "gp", "cmaes", "qmc")
-SCHEDULERS = ("asha", "none")
+Preset = Literal["smoke", "default", "paper"]  # the keys of PRESETS
+Searcher = Literal["tpe", "random", "gp", "cmaes", "qmc"]
+Scheduler = Literal["asha", "none"]
+SEARCHERS: tuple[str, ...] = get_args(Searcher)
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 DATA_ROOT_ENV = "HYPERMAML_DATA_ROOT"
 SPEC_FILE = "spec.json"  # in the study folder: the spec a study was started with
 # Replicate seeds start here: far from the small seeds users pass with --seed, which tuning trains with.
@@ -26,39 +29,51 @@ REPLICATE_SEED_BASE = 1000
 
 @dataclass(frozen=True)
 class StudySpec:
-    name: str = "hypermaml-vs-maml"
-    preset: str = "default"
-    dataset: str = "omniglot"
-    data_root: str = ""
-    cache_dir: str = ""
-    way: int = 5
-    shot: int = 1
-    query: int = 15
-    algorithms: tuple[str, ...] = ALGORITHMS
-    trials: int = 8  # per algorithm
-    epochs: int = 5  # per trial (ASHA's max_t)
-    episodes_per_epoch: int = 240
-    meta_batch: int = 8  # used when a space does not tune it
-    val_episodes: int = 100
-    test_episodes: int = 600
-    test_repeats: int = 1  # test sets of test_episodes each (episode seeds eval_seed, eval_seed + 1, ...)
-    replicate_top: int = 1  # candidates per algorithm retrained with fresh seeds (top-k by validation)
-    replicate_seeds: int = 3  # fresh training seeds per candidate
-    equivalence_margin: float = 1.0  # points: a CI inside +-margin means "equivalent"
-    time_budget_s: float = 0.0  # 0 = none; else split equally between the algorithms
-    searcher: str = "tpe"
-    scheduler: str = "asha"
-    grace_period: int = 1
-    reduction_factor: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int = 2
-    max_failures: int = 1
-    seed: int = 0
-    tracking_uri: str = ""  # default sqlite:///<cwd>/mlflow.db
-    storage_path: str = ""  # default <cwd>/ray_results
-    address: str = ""  # Ray cluster address ("auto", "ray://..."); empty = local
+    """A study. Each field is a `python -m hpo.search` flag (hypermaml.cli); a preset supplies the
+    fields a flag does not give. The run settings every trial shares (way, shot, epochs, ...) are
+    checked by TrainConfig, through `validate`; the study's own ones by their bounds here."""
+
+    name: str = setting("study name: MLflow experiment, Ray experiment folder, Optuna study prefix", "hypermaml-vs-maml")
+    preset: Preset = setting("budget preset: the values of the flags not given (default: default)", "default")
+    dataset: Dataset = setting("benchmark", "omniglot")
+    data_root: str = setting(f"dataset folder (or ${DATA_ROOT_ENV}); none: Omniglot in the cache folder, fetched when absent", "")
+    cache_dir: str = setting("decoded images and fetched Omniglot (default: $HYPERMAML_CACHE or ~/.cache/hypermaml)", "")
+    download: bool = setting("fetch Omniglot into --data-root when it is missing (without --data-root it always is)", False)
+    way: int = setting("classes per episode", 5)
+    shot: int = setting("support images per class", 1)
+    query: int = setting("query images per class", 15)
+    algorithms: tuple[Algorithm, ...] = setting("the algorithms compared", ALGORITHMS)
+    trials: int = setting("trials per algorithm", 8, low=1)
+    epochs: int = setting("epochs per trial (ASHA's max_t)", 5)
+    episodes_per_epoch: int = setting("training episodes per epoch", 240, low=1)
+    meta_batch: int = setting("tasks per step when a space does not tune it", 8)
+    val_episodes: int = setting("fixed validation episodes after each epoch", 100)
+    test_episodes: int = setting("test episodes of each test set", 600)
+    test_repeats: int = setting("test sets of --test-episodes each (episode seeds) for every replicate", 1, low=1)
+    replicate_top: int = setting("configurations per algorithm retrained with fresh seeds (top-k by validation)", 1, low=1)
+    replicate_seeds: int = setting("fresh training seeds per retrained configuration", 3, low=2,
+                                   why="the seed-to-seed variance needs two")
+    equivalence_margin: float = setting("points: a 95% CI inside +-margin is 'equivalent'", 1.0, above=0)
+    time_budget_s: float = setting("seconds for the whole tuning, split equally (0: none)", 0.0, low=0, flag="--time-budget")
+    searcher: Searcher = setting("Optuna sampler", "tpe")
+    scheduler: Scheduler = setting("trial scheduler", "asha")
+    grace_period: int = setting("ASHA: epochs every trial gets before it can be stopped", 1, low=1)
+    reduction_factor: int = setting("ASHA: keep 1/reduction-factor of the trials at each rung", 2, low=2)
+    cpus_per_trial: float = setting("CPUs per trial", 1.0, above=0)
+    gpus_per_trial: float = setting("fractional GPUs per trial, e.g. 0.25", 0.0, low=0)
+    max_concurrent: int = setting("trials running at once", 2, low=1)
+    max_failures: int = setting("retries of a failing trial from its last checkpoint", 1, low=0)
+    seed: int = setting("seed of the searcher and of the tuning trials", 0)
+    tracking_uri: str = setting("MLflow tracking URI (default sqlite:///./mlflow.db)", "")
+    storage_path: str = setting("Ray Tune storage: a folder or a URI like s3://bucket/path (default ./ray_results)", "")
+    address: str = setting("Ray cluster address, e.g. auto (default $RAY_ADDRESS; none: a local Ray)", "")
     spaces: dict[str, str] = field(default_factory=dict)  # algorithm -> .py / .yaml path
+
+    def validate(self) -> StudySpec:
+        check_settings(self)
+        for algorithm in self.algorithms:  # the settings every trial shares, checked where they are defined
+            from_flat({**self.fixed_settings(algorithm), "steps_per_epoch": 1})
+        return self
 
     @property
     def device(self) -> str:
@@ -73,6 +88,7 @@ class StudySpec:
         """The run settings every trial of `algorithm` shares (the rest comes from its space)."""
         return {
             "algorithm": algorithm, "dataset": self.dataset, "data_root": self.data_root, "cache_dir": self.cache_dir,
+            "download": self.download,
             "way": self.way, "shot": self.shot, "query": self.query, "epochs": self.epochs,
             "meta_batch": self.meta_batch, "val_episodes": self.val_episodes, "test_episodes": self.test_episodes,
             "eval_seed": self.seed, "seed": self.seed, "device": self.device,
@@ -124,7 +140,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 def resolve(preset: str, overrides: dict[str, Any], cwd: Path | None = None) -> StudySpec:
     """Preset values, then explicit flags; fill the defaults that depend on the environment."""
     cwd = (cwd or Path.cwd()).resolve()
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     values: dict[str, Any] = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}, "preset": preset}
+    if "algorithms" in values:
+        values["algorithms"] = tuple(dict.fromkeys(values["algorithms"]))  # each once, in the order given
+    if not values.get("address"):
+        values["address"] = os.environ.get("RAY_ADDRESS", "")
     if not values.get("data_root"):
         values["data_root"] = os.environ.get(DATA_ROOT_ENV, "")
     if values.get("data_root"):
@@ -135,4 +157,4 @@ def resolve(preset: str, overrides: dict[str, Any], cwd: Path | None = None) -> 
         values["storage_path"] = str(Path(values["storage_path"]).expanduser().resolve())  # Ray needs absolute paths
     if not values.get("tracking_uri"):
         values["tracking_uri"] = f"sqlite:///{cwd / 'mlflow.db'}"
-    return StudySpec(**values)
+    return StudySpec(**values).validate()

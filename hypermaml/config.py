@@ -2,20 +2,24 @@
 
 `TrainConfig` holds data and training settings shared by both algorithms; `MAMLConfig` and
 `HyperMAMLConfig` hold each algorithm's own hyperparameters. A `RunConfig` pairs a TrainConfig with
-one algorithm config. The CLI flags (`hypermaml.train`), checkpoints, the study's search spaces and
-the MLflow params are all derived from these fields, flattened by `to_flat` / `from_flat`: field
-names are unique across the three classes, so a flat dict of plain values is a complete run spec.
+one algorithm config. The CLI flags (`hypermaml.train`, through `hypermaml.cli`), the checks
+(`check_settings`: each field's bounds and Literal values, declared with `setting`), checkpoints,
+the study's search spaces and the MLflow params are all derived from these fields, flattened by
+`to_flat` / `from_flat`: field names are unique across the three classes, so a flat dict of plain
+values is a complete run spec.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_args, get_type_hints
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-ALGORITHMS = ("maml", "hypermaml")
-DATASETS = ("omniglot", "miniimagenet", "cub")
+Algorithm = Literal["maml", "hypermaml"]
+Dataset = Literal["omniglot", "miniimagenet", "cub"]
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
+DATASETS: tuple[str, ...] = get_args(Dataset)
 # Images per class in the Omniglot image set; shot + query must fit in it.
 OMNIGLOT_IMAGES_PER_CLASS = 20
 
@@ -24,43 +28,73 @@ class ConfigError(ValueError):
     """An invalid setting a user can fix; the message is one line naming the setting."""
 
 
-def _doc(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
+def setting(help: str, default: Any = MISSING, *, low: float | None = None, above: float | None = None,
+            flag: str | None = None, why: str | None = None) -> Any:
+    """A config field with what the CLI and the checks read from it.
+
+    help: the flag's help. low: the smallest allowed value; above: a value it must exceed (0: positive).
+    flag: the command-line flag, when it is not --field-name. why: added to the message of a broken bound.
+    `check_settings` enforces the bounds and a Literal type's values; `hypermaml.cli` builds the flags.
+    """
+    metadata = {"help": help, "low": low, "above": above, "flag": flag, "why": why}
+    return field(default=default, metadata={k: v for k, v in metadata.items() if v is not None})
+
+
+def check_settings(config: Any) -> None:
+    """Check every field of a config dataclass against its bounds and its Literal values (ConfigError)."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        allowed = literal_choices(hints[f.name])
+        if allowed is not None:
+            for item in value if isinstance(value, tuple) else (value,):
+                _check_choice(f.name, item, allowed)
+        low, above = f.metadata.get("low"), f.metadata.get("above")
+        if low is None and above is None:
+            continue
+        why = f" ({f.metadata['why']})" if "why" in f.metadata else ""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
+        if low is not None and value < low:
+            raise ConfigError(f"{f.name} must be at least {low}, got {value}{why}")
+        if above is not None and not value > above:
+            bound = "a positive number" if above == 0 else f"greater than {above}"
+            raise ConfigError(f"{f.name} must be {bound}, got {value}{why}")
+
+
+def literal_choices(hint: Any) -> tuple | None:
+    """The allowed values of a Literal type, or of the items of a tuple[Literal, ...]; else None."""
+    if get_origin(hint) is tuple:
+        hint = get_args(hint)[0]
+    return get_args(hint) if get_origin(hint) is Literal else None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Data, episodes and the outer (meta) training loop, shared by both algorithms."""
 
-    algorithm: Literal["maml", "hypermaml"] = _doc("which few-shot learner to meta-train", default="maml")
-    dataset: Literal["omniglot", "miniimagenet", "cub"] = _doc("benchmark", default="omniglot")
-    data_root: str = _doc("folder holding the dataset (for Omniglot: the two zips or their folders)", default="")
-    cache_dir: str = _doc("where decoded image tensors are cached (default: $HYPERMAML_CACHE or ~/.cache/hypermaml)", default="")
-    download: bool = _doc("download Omniglot into data_root when it is missing", default=False)
-    way: int = _doc("classes per episode (N)", default=5)
-    shot: int = _doc("support images per class (K)", default=1)
-    query: int = _doc("query images per class (Q)", default=15)
-    epochs: int = _doc("training epochs; validation and a checkpoint after each", default=10)
-    steps_per_epoch: int = _doc("meta-batches (outer optimizer steps) per epoch", default=100)
-    meta_batch: int = _doc("tasks per outer step (T)", default=32)
-    outer_lr: float = _doc("Adam learning rate of the outer loop", default=1e-3)
-    val_episodes: int = _doc("fixed validation episodes evaluated after each epoch", default=200)
-    test_episodes: int = _doc("test episodes (the literature uses 600)", default=600)
-    eval_seed: int = _doc("seed of the fixed validation/test episode sets (same for every run)", default=0)
-    seed: int = _doc("seed of model init and training episodes", default=0)
-    device: str = _doc("torch device: cpu, cuda, cuda:1, ...", default="cpu")
-    task_chunk: int = _doc("tasks vectorized together in one pass (0 = all of the meta-batch)", default=0)
+    algorithm: Algorithm = setting("which few-shot learner to meta-train", "maml")
+    dataset: Dataset = setting("benchmark", "omniglot")
+    data_root: str = setting("folder holding the dataset (for Omniglot: the two zips or their folders); "
+                             "none: Omniglot in the cache folder, fetched when absent", "")
+    cache_dir: str = setting("where decoded images (and fetched Omniglot) are kept; none: $HYPERMAML_CACHE or ~/.cache/hypermaml", "")
+    download: bool = setting("fetch Omniglot into data_root when it is missing (without a data_root it always is)", False)
+    way: int = setting("classes per episode (N)", 5, low=2)
+    shot: int = setting("support images per class (K)", 1, low=1)
+    query: int = setting("query images per class (Q)", 15, low=1)
+    epochs: int = setting("training epochs; validation and a checkpoint after each", 10, low=1)
+    steps_per_epoch: int = setting("meta-batches (outer optimizer steps) per epoch", 100, low=1)
+    meta_batch: int = setting("tasks per outer step (T)", 32, low=1)
+    outer_lr: float = setting("Adam learning rate of the outer loop", 1e-3, above=0)
+    val_episodes: int = setting("fixed validation episodes evaluated after each epoch", 200, low=1)
+    test_episodes: int = setting("test episodes (the literature uses 600)", 600, low=1)
+    eval_seed: int = setting("seed of the fixed validation/test episode sets (same for every run)", 0)
+    seed: int = setting("seed of model init and training episodes", 0)
+    device: str = setting("torch device: cpu, cuda, cuda:1, ...", "cpu")
+    task_chunk: int = setting("tasks vectorized together in one pass (0: 4 on CPU, all of the meta-batch on a GPU)", 0, low=0)
 
     def validate(self) -> None:
-        _check_choice("algorithm", self.algorithm, ALGORITHMS)
-        _check_choice("dataset", self.dataset, DATASETS)
-        for name in ("way", "shot", "query", "epochs", "steps_per_epoch", "meta_batch", "val_episodes", "test_episodes"):
-            _check_positive(name, getattr(self, name))
-        if self.way < 2:
-            raise ConfigError(f"way must be at least 2, got {self.way}")
-        if self.task_chunk < 0:
-            raise ConfigError(f"task_chunk must be >= 0, got {self.task_chunk}")
-        _check_positive_float("outer_lr", self.outer_lr)
+        check_settings(self)
         if self.dataset == "omniglot" and self.shot + self.query > OMNIGLOT_IMAGES_PER_CLASS:
             raise ConfigError(
                 f"shot + query = {self.shot + self.query} exceeds the {OMNIGLOT_IMAGES_PER_CLASS} images per Omniglot class"
@@ -73,18 +107,14 @@ class TrainConfig:
 class MAMLConfig:
     """MAML (Finn et al. 2017): a few gradient steps on the support set, from a meta-learned init."""
 
-    inner_steps: int = _doc("inner gradient steps during meta-training", default=1)
-    inner_lr: float = _doc("inner-loop learning rate", default=0.4)
-    first_order: bool = _doc("first-order MAML: no gradient through the inner-loop gradients", default=False)
-    inner_params: Literal["all", "head"] = _doc("parameters adapted in the inner loop", default="all")
-    test_inner_steps: int = _doc("inner steps at validation/test (0 = same as inner_steps)", default=0)
+    inner_steps: int = setting("inner gradient steps during meta-training", 1, low=1)
+    inner_lr: float = setting("inner-loop learning rate", 0.4, above=0)
+    first_order: bool = setting("first-order MAML: no gradient through the inner-loop gradients", False)
+    inner_params: Literal["all", "head"] = setting("parameters adapted in the inner loop", "all")
+    test_inner_steps: int = setting("inner steps at validation/test (0 = same as inner_steps)", 0, low=0)
 
     def validate(self) -> None:
-        _check_positive("inner_steps", self.inner_steps)
-        _check_positive_float("inner_lr", self.inner_lr)
-        _check_choice("inner_params", self.inner_params, ("all", "head"))
-        if self.test_inner_steps < 0:
-            raise ConfigError(f"test_inner_steps must be >= 0, got {self.test_inner_steps}")
+        check_settings(self)
 
     @property
     def eval_inner_steps(self) -> int:
@@ -95,28 +125,18 @@ class MAMLConfig:
 class HyperMAMLConfig:
     """HyperMAML (Przewięźlikowski et al.): a hypernetwork outputs the classifier-head update."""
 
-    hn_hidden: int = _doc("hypernetwork hidden width", default=512)
-    hn_layers: int = _doc("Linear layers in the hypernetwork (>= 2)", default=3)
-    aggregation: Literal["mean", "concat"] = _doc("how the K shots of a class are combined", default="mean")
-    delta_penalty: float = _doc("L2 penalty on the hypernetwork's update", default=0.0)
-    warmup: bool = _doc("start with MAML on the head, then switch linearly to the hypernetwork", default=False)
-    warmup_epochs: int = _doc("epochs of pure MAML warm-up", default=1)
-    switch_epochs: int = _doc("epochs of the linear MAML -> hypernetwork switch", default=1)
-    warmup_inner_steps: int = _doc("inner steps of the warm-up MAML", default=1)
-    warmup_inner_lr: float = _doc("inner learning rate of the warm-up MAML", default=0.1)
+    hn_hidden: int = setting("hypernetwork hidden width", 512, low=1)
+    hn_layers: int = setting("Linear layers in the hypernetwork", 3, low=2)
+    aggregation: Literal["mean", "concat"] = setting("how the K shots of a class are combined", "mean")
+    delta_penalty: float = setting("L2 penalty on the hypernetwork's update", 0.0, low=0)
+    warmup: bool = setting("start with MAML on the head, then switch linearly to the hypernetwork", False)
+    warmup_epochs: int = setting("epochs of pure MAML warm-up", 1, low=0)
+    switch_epochs: int = setting("epochs of the linear MAML -> hypernetwork switch", 1, low=0)
+    warmup_inner_steps: int = setting("inner steps of the warm-up MAML", 1, low=1)
+    warmup_inner_lr: float = setting("inner learning rate of the warm-up MAML", 0.1, above=0)
 
     def validate(self) -> None:
-        _check_positive("hn_hidden", self.hn_hidden)
-        if self.hn_layers < 2:
-            raise ConfigError(f"hn_layers must be at least 2, got {self.hn_layers}")
-        _check_choice("aggregation", self.aggregation, ("mean", "concat"))
-        if not (math.isfinite(self.delta_penalty) and self.delta_penalty >= 0):
-            raise ConfigError(f"delta_penalty must be >= 0, got {self.delta_penalty}")
-        if self.warmup:
-            if self.warmup_epochs < 0 or self.switch_epochs < 0:
-                raise ConfigError("warmup_epochs and switch_epochs must be >= 0")
-            _check_positive("warmup_inner_steps", self.warmup_inner_steps)
-            _check_positive_float("warmup_inner_lr", self.warmup_inner_lr)
+        check_settings(self)
 
     def maml_weight(self, epoch: int) -> float:
         """Weight p of the MAML update at a 0-based epoch; the hypernetwork gets 1 - p.
@@ -174,17 +194,6 @@ def from_flat(values: dict[str, Any]) -> RunConfig:
     return RunConfig(train, algo).validate()
 
 
-def field_types(cls: type) -> dict[str, Any]:
-    """Each field's type annotation, resolved (the CLI builds its flags from them)."""
-    return get_type_hints(cls)
-
-
-def choices_of(cls: type, name: str) -> tuple | None:
-    """The allowed values of a Literal-typed field, else None."""
-    hint = get_type_hints(cls)[name]
-    return get_args(hint) if getattr(hint, "__origin__", None) is Literal else None
-
-
 def _coerce(cls: type, name: str, value: Any) -> Any:
     """Accept the plain values that come back from CLIs, YAML and MLflow (e.g. 3.0 for an int)."""
     hint = get_type_hints(cls)[name]
@@ -207,19 +216,9 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if hint is str or getattr(hint, "__origin__", None) is Literal:
+    if hint is str or get_origin(hint) is Literal:
         return str(value)
     return value
-
-
-def _check_positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, got {value}")
-
-
-def _check_positive_float(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be a positive number, got {value}")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:

@@ -7,15 +7,21 @@ no per-image Python, PIL or host synchronisation in the training loop.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
+import http.client
 import io
 import os
 import pickle
+import shutil
+import socket
+import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +39,16 @@ SPLITS = ("train", "val", "test")
 CACHE_FORMAT_VERSION = 1
 
 OMNIGLOT_SETS = ("images_background", "images_evaluation")
+# The official source, and the md5 of its zips (the ones torchvision's datasets.Omniglot checks).
 OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
+OMNIGLOT_MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718", "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811"}
+# A mirror instead: a folder URL holding both zips. A mirror's zips are checked by their contents.
+DOWNLOAD_URL_ENV = "HYPERMAML_DOWNLOAD_URL"
+# (alphabets, characters) of each image set: 50 alphabets and 1623 characters in all.
+OMNIGLOT_CONTENTS = {"images_background": (30, 964), "images_evaluation": (20, 659)}
+# Without a data root, Omniglot lives in this folder of the cache folder.
+OMNIGLOT_CACHE_FOLDER = "omniglot"
+DOWNLOAD_TIMEOUT_S = 60  # a source that sends nothing for this long is unreachable
 OMNIGLOT_CHARACTERS = 1623
 OMNIGLOT_DRAWINGS = OMNIGLOT_IMAGES_PER_CLASS
 OMNIGLOT_SPLITS_DIR = Path(__file__).parent / "splits" / "omniglot"
@@ -170,21 +185,27 @@ def fixed_episodes(sampler: EpisodeSampler, episodes: int, seed: int, chunk: int
 def load_split(
     dataset: str,
     split: str,
-    data_root: str | Path,
+    data_root: str | Path | None,
     cache_dir: str | Path | None = None,
     download: bool = False,
 ) -> FewShotSplit:
-    """Load one split of a dataset as a CPU FewShotSplit, building the disk cache if needed."""
+    """Load one split of a dataset as a CPU FewShotSplit, building the disk cache if needed.
+
+    Omniglot without a data root ("" or None) is the copy in `<cache_dir>/omniglot`, fetched when it
+    is absent; with a data root, `download` fetches the missing zips into it (see `fetch_omniglot`).
+    """
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    data_root = Path(data_root).expanduser()
-    if download and dataset == "omniglot":
-        data_root.mkdir(parents=True, exist_ok=True)
-    if not data_root.is_dir():
-        raise DataError(f"data root {data_root} does not exist; point --data-root at the {dataset} data folder")
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    if not data_root:
+        if dataset != "omniglot":
+            raise DataError(f"no data root: only Omniglot is fetched automatically; point --data-root at the {dataset} data folder")
+        data_root, download = cache_dir / OMNIGLOT_CACHE_FOLDER, True
+    data_root = Path(data_root).expanduser()
+    if not data_root.is_dir() and not (download and dataset == "omniglot"):
+        raise DataError(f"data root {data_root} does not exist; point --data-root at the {dataset} data folder")
     if dataset == "omniglot":
         return _load_omniglot_split(split, data_root, cache_dir, download)
     return _load_image_folder_split(dataset, split, data_root, cache_dir)
@@ -246,16 +267,90 @@ def _omniglot_sources(data_root: Path, download: bool) -> dict[str, Path]:
     sources = _find_omniglot_sources(data_root)
     missing = [name for name in OMNIGLOT_SETS if name not in sources]
     if missing and download:
-        from torchvision.datasets.utils import download_url  # only needed here
-
-        for name in missing:
-            download_url(f"{OMNIGLOT_URL}/{name}.zip", root=str(data_root), filename=f"{name}.zip")
+        fetch_omniglot(data_root, missing, *omniglot_source())
         sources = _find_omniglot_sources(data_root)
         missing = [name for name in OMNIGLOT_SETS if name not in sources]
     if missing:
         wanted = " and ".join(f"{name}.zip" for name in missing)
         raise DataError(f"Omniglot not found in {data_root}: missing {wanted} (or the extracted folders); pass --download to fetch them")
     return sources
+
+
+def omniglot_source() -> tuple[str, dict[str, str] | None]:
+    """(folder URL, md5 of each zip or None): the official source, or the mirror in $HYPERMAML_DOWNLOAD_URL."""
+    mirror = os.environ.get(DOWNLOAD_URL_ENV, "").strip()
+    return (mirror.rstrip("/"), None) if mirror else (OMNIGLOT_URL, OMNIGLOT_MD5)
+
+
+def fetch_omniglot(target: Path, names: Sequence[str], base_url: str, md5: dict[str, str] | None) -> None:
+    """Download the zips `names` from the folder URL `base_url` into `target`: checked, all or nothing.
+
+    With `md5` (the official source) each zip must match its checksum; every zip must also open and
+    hold its image set's alphabets, characters and drawings. The zips are downloaded into a temporary
+    folder beside `target` and moved into `target` only when all of them passed, so a failed or
+    interrupted download leaves nothing half-written there. A fetch that worked says so in one line
+    on stderr; one that failed is a DataError (one line) and prints nothing.
+    """
+    from torchvision.datasets.utils import check_integrity, download_url  # only needed here (see _decode_and_crop)
+
+    source = f"check the mirror in ${DOWNLOAD_URL_ENV}" if md5 is None else f"set ${DOWNLOAD_URL_ENV} to a mirror folder"
+    advice = f"nothing was kept; {source}, or pass --data-root DIR holding the two zips"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-download-"))
+    try:
+        for name in names:
+            url = f"{base_url}/{name}.zip"
+            try:
+                with _download_quietly():
+                    download_url(url, root=str(staging), filename=f"{name}.zip")
+            except (OSError, ValueError, RuntimeError, http.client.HTTPException) as error:
+                raise DataError(f"could not fetch {url} ({error}); {advice}") from None
+            path = staging / f"{name}.zip"
+            if md5 is not None and not check_integrity(str(path), md5[name]):
+                raise DataError(f"{url} does not have the official md5 checksum {md5[name]}; {advice}")
+            problem = _omniglot_zip_problem(path, name)
+            if problem is not None:
+                raise DataError(f"{url} is not Omniglot's {name}.zip: {problem}; {advice}")
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            os.replace(staging / f"{name}.zip", target / f"{name}.zip")  # each a complete, checked file
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    check = "the official checksums" if md5 is not None else "their contents"
+    files = " and ".join(f"{name}.zip" for name in names)
+    print(f"fetched Omniglot's {files} from {base_url} into {target} (checked by {check})", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _download_quietly() -> Iterator[None]:
+    """A timeout for a silent source, and no progress bar (torchvision draws one on stderr)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _omniglot_zip_problem(path: Path, name: str) -> str | None:
+    """What is wrong with a zip that should hold Omniglot's image set `name`, or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # reads every entry and checks its CRC
+            pngs = [entry.split("/") for entry in archive.namelist() if entry.endswith(".png")]
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+        return f"not a readable zip ({error})"
+    if damaged is not None:
+        return f"{damaged} is damaged"
+    characters = {tuple(parts[-3:-1]) for parts in pngs if len(parts) >= 3}
+    alphabets = {alphabet for alphabet, _ in characters}
+    want_alphabets, want_characters = OMNIGLOT_CONTENTS[name]
+    found = (len(alphabets), len(characters), len(pngs))
+    if found != (want_alphabets, want_characters, want_characters * OMNIGLOT_DRAWINGS):
+        return (f"it holds {found[0]} alphabets, {found[1]} characters and {found[2]} drawings, "
+                f"not {want_alphabets}, {want_characters} and {want_characters * OMNIGLOT_DRAWINGS}")
+    return None
 
 
 def _decode_omniglot(sources: dict[str, Path], data_root: Path) -> tuple[torch.Tensor, list[str]]:

@@ -12,61 +12,34 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from .config import ALGORITHM_CONFIGS, ConfigError, TrainConfig, choices_of, field_types, from_flat, to_flat
+from . import cli
+from .config import ALGORITHM_CONFIGS, ConfigError, RunConfig, TrainConfig, from_flat, to_flat
 from .data import DataError
-from .training import BEST, LAST, evaluate, fit, load_checkpoint, load_data
-
-EXIT_USAGE = 2
+from .training import BEST, LAST, check_resumable, evaluate, fit, load_checkpoint, load_data, resolve_device
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse would add the usage block)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
-    hints = {f.name: f for f in dataclasses.fields(cls)}
-    types = field_types(cls)
-    for name, f in hints.items():
-        flag = "--" + name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": f"{f.metadata.get('help', '')} (default: {f.default})"}
-        if types[name] is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            choices = choices_of(cls, name)
-            kwargs["type"] = str if choices else types[name]
-            if choices:
-                kwargs["choices"] = choices
-        group.add_argument(flag, **kwargs)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m hypermaml.train", description=__doc__.splitlines()[0])
-    _add_fields(parser.add_argument_group("data and training"), TrainConfig)
+def build_parser() -> cli.Parser:
+    parser = cli.Parser(prog="python -m hypermaml.train", description=__doc__.splitlines()[0])
+    cli.add_fields(parser.add_argument_group("data and training"), TrainConfig)
     for name, cls in ALGORITHM_CONFIGS.items():
-        _add_fields(parser.add_argument_group(f"{name} (only with --algorithm {name})"), cls)
+        cli.add_fields(parser.add_argument_group(f"{name} (only with --algorithm {name})"), cls)
     parser.add_argument("--output", required=True, help="folder for checkpoints, metrics and result.json")
-    parser.add_argument("--resume", action="store_true", help="continue the run stored in --output")
+    parser.add_argument("--resume", action="store_true", help="continue the run stored in --output (with the flags it was started with)")
     return parser
 
 
-def parse_config(argv: list[str] | None = None) -> tuple[Any, argparse.Namespace]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if k not in ("output", "resume")}
+def parse_config(args: argparse.Namespace) -> RunConfig:
+    """The run the flags ask for (ConfigError for flags of the other algorithm or bad values)."""
+    values = cli.given(args, TrainConfig)
     algorithm = values.get("algorithm", TrainConfig.algorithm)
-    if algorithm not in ALGORITHM_CONFIGS:
-        parser.error(f"unknown algorithm {algorithm!r}")
-    foreign = {f.name for other, cls in ALGORITHM_CONFIGS.items() if other != algorithm for f in dataclasses.fields(cls)}
-    foreign -= {f.name for f in dataclasses.fields(ALGORITHM_CONFIGS[algorithm])}
-    wrong = sorted(k for k in values if k in foreign)
-    if wrong:
-        parser.error(f"--{wrong[0].replace('_', '-')} is not a setting of {algorithm}")
-    if not values.get("data_root"):
-        parser.error("--data-root is required")
-    return from_flat(values), args
+    for name, cls in ALGORITHM_CONFIGS.items():
+        settings = cli.given(args, cls)
+        if settings and name != algorithm:
+            field = next(f for f in dataclasses.fields(cls) if f.name in settings)
+            raise ConfigError(f"{cli.flag(field)} is not a setting of {algorithm}")
+        values.update(settings)
+    return from_flat(values)
 
 
 def _progress(metrics: dict[str, float]) -> None:
@@ -79,19 +52,21 @@ def _progress(metrics: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config, args = parse_config(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # everything the user can get wrong, before anything is written
+        config = parse_config(args)
+        resolve_device(config.train.device)  # e.g. --device cuda on a machine without CUDA
         output = Path(args.output)
         resume_from = None
         if args.resume:
-            load_checkpoint(output / LAST)  # fails early, before any work, if there is nothing to resume
+            check_resumable(config, load_checkpoint(output / LAST)["config"])
             resume_from = output / LAST
         elif output.exists() and any(output.iterdir()):
             raise ConfigError(f"output folder {output} is not empty (use --resume to continue it, or another folder)")
-        data = load_data(config)  # all three splits: bad data fails here, before anything is written
+        data = load_data(config)  # all three splits: bad data fails here
     except (ConfigError, DataError) as error:
-        print(f"python -m hypermaml.train: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return parser.fail(error)
 
     output.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps(to_flat(config), indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -165,7 +168,7 @@ def fit(
     start_epoch = 0
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        _check_resumable(config, state["config"])
+        check_resumable(config, state["config"])
         learner.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["train_generator"])
@@ -258,8 +261,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / LAST
     if not path.is_file():
         raise ConfigError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise ConfigError(f"{path} is not a readable checkpoint ({error})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path} is not a hypermaml checkpoint of format {CHECKPOINT_FORMAT}")
     return state
 
@@ -273,11 +279,14 @@ def load_learner(path: str | Path, device: str = "cpu") -> MAML | HyperMAML:
     return learner
 
 
-def _check_resumable(config: RunConfig, saved: dict[str, Any]) -> None:
+def check_resumable(config: RunConfig, saved: dict[str, Any]) -> None:
+    """ConfigError unless `config` continues the run whose checkpoint holds the settings `saved`."""
     current = to_flat(config)
     changed = sorted(k for k in set(current) | set(saved) if k not in RESUMABLE_CHANGES and current.get(k) != saved.get(k))
     if changed:
-        raise ConfigError(f"cannot resume: the checkpoint was made with different {', '.join(changed)}")
+        changes = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ConfigError(f"cannot resume: the checkpoint was made with other settings ({changes}); "
+                          "resume with the settings it was made with, or start a new run")
 
 
 def _sync(device: torch.device) -> None:

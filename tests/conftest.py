@@ -1,18 +1,42 @@
-"""Shared fixtures: the real Omniglot beside the repo (../shared) and one decoded-image cache per session."""
+"""Shared fixtures: the real Omniglot zips and one decoded-image cache per session.
+
+The zips are taken from $HYPERMAML_DATA_ROOT, else from ../shared/data/omniglot beside the repo. When
+a collected test needs them (the `omniglot_root` fixture) and they are not there, the run stops before
+any test with one line saying what to set.
+"""
 
 import os
 from pathlib import Path
 
 import pytest
 
-OMNIGLOT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+from tests.helpers import QuietHandler, start_server, url_of
+
+DATA_ROOT_ENV = "HYPERMAML_DATA_ROOT"
+BESIDE_REPO = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+ZIPS = ("images_background.zip", "images_evaluation.zip")
+
+
+def omniglot_folder() -> Path:
+    from_env = os.environ.get(DATA_ROOT_ENV)
+    return Path(from_env).expanduser() if from_env else BESIDE_REPO
+
+
+def pytest_collection_modifyitems(config, items):
+    root = omniglot_folder()
+    if all((root / name).is_file() for name in ZIPS):
+        return
+    if any("omniglot_root" in item.fixturenames for item in items):
+        source = f"${DATA_ROOT_ENV}" if os.environ.get(DATA_ROOT_ENV) else f"beside the repo; ${DATA_ROOT_ENV} is unset"
+        raise pytest.UsageError(
+            f"the tests need the real Omniglot zips, and {root} ({source}) has none: set ${DATA_ROOT_ENV} to a folder "
+            f"holding {' and '.join(ZIPS)} (`python -m hpo.search` without --data-root fetches them into ~/.cache/hypermaml/omniglot)"
+        )
 
 
 @pytest.fixture(scope="session")
 def omniglot_root() -> Path:
-    if not (OMNIGLOT_ROOT / "images_background.zip").is_file():
-        pytest.fail(f"real Omniglot not found at {OMNIGLOT_ROOT} (tests expect ../shared beside the repo)")
-    return OMNIGLOT_ROOT
+    return omniglot_folder()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,3 +46,19 @@ def image_cache(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HYPERMAML_CACHE", str(cache))
         yield cache
+
+
+@pytest.fixture
+def serve():
+    """serve(folder, handler=QuietHandler) -> the URL of a real HTTP server on 127.0.0.1 serving the folder;
+    every server started stops after the test."""
+    servers = []
+
+    def start(folder: Path, handler: type = QuietHandler) -> str:
+        servers.append(start_server(folder, handler))
+        return url_of(servers[-1])
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

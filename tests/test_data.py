@@ -22,30 +22,27 @@ from hypermaml.data import (
     load_split,
 )
 
-OMNIGLOT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "hypermaml" / "splits" / "omniglot"
 
-# The real data is part of the test set-up: missing data fails (conftest's omniglot_root), never skips.
-needs_omniglot = pytest.mark.usefixtures("omniglot_root")
+# The real data is part of the test set-up: without it the run stops (conftest), never skips.
 
 
 # ---------------------------------------------------------------- Omniglot (real data)
 
 
 @pytest.fixture(scope="module")
-def omniglot_cache(tmp_path_factory):
+def omniglot_cache(tmp_path_factory, omniglot_root):
     """A cache dir holding the Omniglot cache, built once for the module; yields its build time."""
     cache_dir = tmp_path_factory.mktemp("omniglot_cache")
     start = time.perf_counter()
-    train = load_split("omniglot", "train", OMNIGLOT_ROOT, cache_dir=cache_dir)
+    train = load_split("omniglot", "train", omniglot_root, cache_dir=cache_dir)
     return cache_dir, train, time.perf_counter() - start
 
 
-@needs_omniglot
 @pytest.mark.parametrize("split, n_classes", [("train", 4112), ("val", 688), ("test", 1692)])
-def test_omniglot_split_sizes_and_layout(omniglot_cache, split, n_classes):
+def test_omniglot_split_sizes_and_layout(omniglot_root, omniglot_cache, split, n_classes):
     cache_dir, _, _ = omniglot_cache
-    data = load_split("omniglot", split, OMNIGLOT_ROOT, cache_dir=cache_dir)
+    data = load_split("omniglot", split, omniglot_root, cache_dir=cache_dir)
     assert data.n_classes == n_classes
     assert data.images.shape == (n_classes * 20, 1, 28, 28)
     assert data.images.dtype == torch.uint8
@@ -56,7 +53,6 @@ def test_omniglot_split_sizes_and_layout(omniglot_cache, split, n_classes):
     assert data.class_names == tuple((SPLITS_DIR / f"{split}.txt").read_text().split())
 
 
-@needs_omniglot
 def test_omniglot_pixels_are_bright_strokes_on_black(omniglot_cache):
     _, train, _ = omniglot_cache
     assert int(train.images.min()) == 0
@@ -67,7 +63,6 @@ def test_omniglot_pixels_are_bright_strokes_on_black(omniglot_cache):
     assert bool((train.images.flatten(1).amax(dim=1) >= 100).all())
 
 
-@needs_omniglot
 def test_omniglot_rotated_classes_are_rot90_of_the_upright_class(omniglot_cache):
     _, train, _ = omniglot_cache
     index = {name: i for i, name in enumerate(train.class_names)}
@@ -78,11 +73,10 @@ def test_omniglot_rotated_classes_are_rot90_of_the_upright_class(omniglot_cache)
     assert not torch.equal(upright, torch.rot90(upright, k=1, dims=(-2, -1)))
 
 
-@needs_omniglot
-def test_omniglot_second_load_is_fast_equal_and_needs_no_zips(omniglot_cache, tmp_path):
+def test_omniglot_second_load_is_fast_equal_and_needs_no_zips(omniglot_root, omniglot_cache, tmp_path):
     cache_dir, train, build_seconds = omniglot_cache
     start = time.perf_counter()
-    again = load_split("omniglot", "train", OMNIGLOT_ROOT, cache_dir=cache_dir)
+    again = load_split("omniglot", "train", omniglot_root, cache_dir=cache_dir)
     warm_seconds = time.perf_counter() - start
     print(f"omniglot train: cold {build_seconds:.2f} s, warm {warm_seconds:.3f} s")
     assert warm_seconds < 2.0
@@ -96,11 +90,10 @@ def test_omniglot_second_load_is_fast_equal_and_needs_no_zips(omniglot_cache, tm
     assert torch.equal(from_cache_only.images, train.images)
 
 
-@needs_omniglot
-def test_omniglot_extracted_folders_in_subfolder_match_zips(omniglot_cache, tmp_path):
+def test_omniglot_extracted_folders_in_subfolder_match_zips(omniglot_root, omniglot_cache, tmp_path):
     _, train, _ = omniglot_cache
     for name in ("images_background", "images_evaluation"):
-        with zipfile.ZipFile(OMNIGLOT_ROOT / f"{name}.zip") as archive:
+        with zipfile.ZipFile(omniglot_root / f"{name}.zip") as archive:
             archive.extractall(tmp_path / "root" / "omniglot-py")
     test_split = load_split("omniglot", "test", tmp_path / "root", cache_dir=tmp_path / "cache")
     assert test_split.n_classes == 1692

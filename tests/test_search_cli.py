@@ -1,17 +1,45 @@
 """`python -m hpo.search` input checks: each bad input is one error line and exit 2, before Ray starts."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
+from hpo.search import build_parser
+from hpo.spec import PRESETS, Preset, StudySpec
+from hypermaml import cli
+
 REPO = Path(__file__).resolve().parents[1]
+
+# Every flag hpo.search had before its flags came from StudySpec's fields, with a value.
+FLAGS_BEFORE = {
+    "--preset": "smoke", "--name": "n", "--data-root": "/d", "--cache-dir": "/c", "--dataset": "cub", "--way": "3",
+    "--shot": "2", "--query": "4", "--algorithms": "maml", "--trials": "3", "--epochs": "2", "--episodes-per-epoch": "10",
+    "--meta-batch": "2", "--val-episodes": "5", "--test-episodes": "6", "--test-repeats": "2", "--replicate-top": "1",
+    "--replicate-seeds": "4", "--equivalence-margin": "0.5", "--time-budget": "60", "--searcher": "random",
+    "--scheduler": "none", "--grace-period": "2", "--reduction-factor": "3", "--cpus-per-trial": "0.5",
+    "--gpus-per-trial": "0.25", "--max-concurrent": "3", "--max-failures": "0", "--seed": "7",
+    "--tracking-uri": "sqlite:///x.db", "--storage-path": "/s", "--address": "auto", "--space": "maml=x.py",
+}
 
 
 def search(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "hpo.search", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_every_flag_keeps_its_spelling_and_sets_its_field():
+    argv = [word for flag, value in FLAGS_BEFORE.items() for word in (flag, value)] + ["--resume", "--dry-run", "--download"]
+    args = build_parser().parse_args(argv)
+    given = cli.given(args, StudySpec)
+    assert set(given) == {f.name for f in dataclasses.fields(StudySpec)} - {"spaces"}  # every field has its flag
+    assert (given["preset"], given["time_budget_s"], given["algorithms"], given["gpus_per_trial"], given["max_failures"]) == \
+        ("smoke", 60.0, ("maml",), 0.25, 0)
+    assert (args.space, args.resume, args.dry_run, given["download"]) == (["maml=x.py"], True, True, True)
+    assert set(PRESETS) == set(get_args(Preset))
 
 
 def test_dry_run_prints_the_resolved_study_and_a_sample_of_each_space(omniglot_root, tmp_path):
@@ -43,7 +71,11 @@ def test_data_root_from_the_environment(omniglot_root, tmp_path):
     (["--shot", "10", "--query", "15"], "shot + query = 25 exceeds the 20 images per Omniglot class"),
     (["--space", "maml=/nonexistent/space.py"], "/nonexistent/space.py"),
     (["--space", "typo.yaml"], "say which algorithm"),
-    (["--trials", "0"], "--trials must be at least 1"),
+    (["--trials", "0"], "trials must be at least 1, got 0"),
+    (["--replicate-seeds", "1"], "replicate_seeds must be at least 2, got 1"),
+    (["--epochs", "0"], "epochs must be at least 1, got 0"),
+    (["--time-budget", "-5"], "time_budget_s must be at least 0, got -5.0"),
+    (["--data-root", "/nonexistent/omniglot"], "data root /nonexistent/omniglot does not exist"),
 ])
 def test_bad_input_fails_fast_with_one_line(omniglot_root, tmp_path, args, message):
     proc = search("--preset", "smoke", "--data-root", str(omniglot_root), "--storage-path", str(tmp_path / "ray"),

@@ -1,5 +1,6 @@
 """`python -m hpo.search` end to end on real Omniglot: real Ray, a real MLflow SQLite store and a real
-Optuna storage. The smoke study runs once for the module; its store is then inspected."""
+Optuna storage. The smoke study runs once for the module, as the README prints it; its store is then
+inspected."""
 
 import csv
 import io
@@ -16,8 +17,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hypermaml import evaluate, load_learner
+from tests.readme_commands import readme_commands, run_as_printed, scratch_checkout
 
 REPO = Path(__file__).resolve().parents[1]
+# The README's smoke study: a study named try1, its MLflow store in m.db and its Ray storage in ray/.
+SMOKE = next(c for c in readme_commands() if c.startswith("python -m hpo.search --preset smoke"))
+SMOKE_NAME, SMOKE_DB = "try1", "m.db"
 
 
 def study_cmd(root, tmp, name, *extra):
@@ -29,23 +34,29 @@ def run_study(cmd, timeout=900):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def runs(tmp, name, role):
-    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+def runs(tmp, name, role, db="mlflow.db"):
+    client = MlflowClient(f"sqlite:///{tmp / db}")
     experiment = client.get_experiment_by_name(name)
     return client, client.search_runs([experiment.experiment_id], filter_string=f"tags.`hpo.role` = '{role}'", max_results=1000)
 
 
 @pytest.fixture(scope="module")
 def smoke(omniglot_root, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("smoke")
-    proc = run_study(study_cmd(omniglot_root, tmp, "smoke"))
+    """(the folder the README's smoke study ran in, its process)."""
+    assert f"--name {SMOKE_NAME}" in SMOKE and f"sqlite:///$PWD/{SMOKE_DB}" in SMOKE and "--storage-path $PWD/ray" in SMOKE
+    checkout = scratch_checkout(tmp_path_factory.mktemp("smoke"), omniglot_root)
+    proc = run_as_printed(SMOKE, checkout, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp, proc
+    return checkout, proc
+
+
+def smoke_runs(tmp, role):
+    return runs(tmp, SMOKE_NAME, role, SMOKE_DB)
 
 
 def test_smoke_study_prints_the_verdict_and_writes_the_summary(smoke):
     tmp, proc = smoke
-    summary = (tmp / "ray" / "smoke" / "summary.md").read_text()
+    summary = (tmp / "ray" / SMOKE_NAME / "summary.md").read_text()
     verdict_line = summary.splitlines()[2]
     assert verdict_line.startswith("**") and "95% CI" in verdict_line and "training seeds" in verdict_line
     assert verdict_line in proc.stdout  # the printed summary is the stored one
@@ -53,14 +64,14 @@ def test_smoke_study_prints_the_verdict_and_writes_the_summary(smoke):
 
 def test_mlflow_has_parent_nested_trials_replicates_and_summary(smoke):
     tmp, _ = smoke
-    client, parents = runs(tmp, "smoke", "study")
+    client, parents = smoke_runs(tmp, "study")
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.params["preset"] == "smoke" and parent.data.params["trials"] == "4"
     assert parent.data.tags["verdict.kind"] in ("hypermaml_better", "maml_better", "equivalent", "inconclusive")
     assert parent.data.tags["verdict"] in parent.data.tags["mlflow.note.content"]
-    _, trials = runs(tmp, "smoke", "trial")
+    _, trials = smoke_runs(tmp, "trial")
     by_algorithm = {a: [r for r in trials if r.data.tags["algorithm"] == a] for a in ("maml", "hypermaml")}
     assert {a: len(r) for a, r in by_algorithm.items()} == {"maml": 4, "hypermaml": 4}
     for run in trials:
@@ -89,7 +100,7 @@ def test_mlflow_has_parent_nested_trials_replicates_and_summary(smoke):
     assert all("aggregation" not in r.data.params or r.data.params["aggregation"] == "mean"
                for r in by_algorithm["hypermaml"])  # not tuned at one shot
 
-    _, summaries = runs(tmp, "smoke", "summary")
+    _, summaries = smoke_runs(tmp, "summary")
     assert len(summaries) == 1
     summary = summaries[0]
     assert summary.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -101,12 +112,12 @@ def test_mlflow_has_parent_nested_trials_replicates_and_summary(smoke):
 
 def test_each_algorithm_runs_its_published_reference_first(smoke):
     tmp, _ = smoke
-    _, trials = runs(tmp, "smoke", "trial")
+    _, trials = smoke_runs(tmp, "trial")
     for algorithm, source in (("maml", "Finn et al."), ("hypermaml", "HyperMAML reference implementation")):
         references = [r for r in trials if r.data.tags["algorithm"] == algorithm and "hpo.reference" in r.data.tags]
         assert len(references) == 1 and references[0].data.tags["hpo.reference"].startswith(source)
         params = references[0].data.params
-        first = optuna.load_study(study_name=f"smoke-{algorithm}", storage=f"sqlite:///{tmp / 'ray' / 'smoke' / 'optuna.db'}").trials[0]
+        first = optuna.load_study(study_name=f"{SMOKE_NAME}-{algorithm}", storage=f"sqlite:///{tmp / 'ray' / SMOKE_NAME / 'optuna.db'}").trials[0]
         assert {k: str(v) for k, v in first.params.items()} == {k: params[k] for k in first.params}  # proposed first
         if algorithm == "maml":
             assert (params["inner_steps"], params["inner_lr"], params["inner_params"], params["meta_batch"]) == ("1", "0.4", "all", "32")
@@ -115,7 +126,7 @@ def test_each_algorithm_runs_its_published_reference_first(smoke):
 
 
 def test_no_warmup_trial_is_stopped_before_its_hypernetwork_is_trained(smoke):
-    _, trials = runs(smoke[0], "smoke", "trial")
+    _, trials = smoke_runs(smoke[0], "trial")
     warmups = [r for r in trials if r.data.params.get("warmup") == "True"]
     assert warmups  # the reference trial at least
     for run in warmups:
@@ -126,8 +137,8 @@ def test_no_warmup_trial_is_stopped_before_its_hypernetwork_is_trained(smoke):
 
 def test_replicates_retrain_with_fresh_seeds_and_the_final_one_is_chosen_on_validation(smoke):
     tmp, _ = smoke
-    client, replicates = runs(tmp, "smoke", "replicate")
-    rows = list(csv.DictReader(io.StringIO((tmp / "ray" / "smoke" / "summary.csv").read_text())))
+    client, replicates = smoke_runs(tmp, "replicate")
+    rows = list(csv.DictReader(io.StringIO((tmp / "ray" / SMOKE_NAME / "summary.csv").read_text())))
     assert len(rows) == len(replicates)
     by_id = {r.data.tags["ray.trial_id"]: r for r in replicates}
     for algorithm in ("maml", "hypermaml"):
@@ -145,7 +156,7 @@ def test_replicates_retrain_with_fresh_seeds_and_the_final_one_is_chosen_on_vali
             mean_val.setdefault(row["candidate_rank"], []).append(float(row["best_val_acc"]))
         final_rank = final[0].data.tags["hpo.candidate_rank"]
         assert max(mean_val, key=lambda rank: sum(mean_val[rank]) / len(mean_val[rank])) == final_rank
-        reference_trial = next(r for r in runs(tmp, "smoke", "trial")[1]
+        reference_trial = next(r for r in smoke_runs(tmp, "trial")[1]
                                if r.data.tags["algorithm"] == algorithm and "hpo.reference" in r.data.tags)
         assert reference_trial.data.tags["ray.trial_id"] in {r.data.tags["hpo.source_trial"] for r in mine}
         reference_rank = next(r.data.tags["hpo.candidate_rank"] for r in mine
@@ -160,10 +171,10 @@ def test_replicates_retrain_with_fresh_seeds_and_the_final_one_is_chosen_on_vali
 
 def test_replicates_test_their_own_best_checkpoint_on_identical_episodes(smoke, omniglot_root):
     tmp, _ = smoke
-    _, replicates = runs(tmp, "smoke", "replicate")
+    _, replicates = smoke_runs(tmp, "replicate")
     tested = {}
     for run in (r for r in replicates if r.data.tags.get("hpo.final") == "true"):
-        folder = next((tmp / "ray" / "smoke" / "replicates").glob(f"trial_{run.data.tags['ray.trial_id']}/checkpoint_*"))
+        folder = next((tmp / "ray" / SMOKE_NAME / "replicates").glob(f"trial_{run.data.tags['ray.trial_id']}/checkpoint_*"))
         learner = load_learner(folder / "best.pt")
         result = evaluate(learner, "test", 60, seed=0)  # the smoke study's test set: 60 episodes, eval seed 0
         stored = np.load(folder / "test_episode_accs.npy")
@@ -178,7 +189,7 @@ def test_replicates_test_their_own_best_checkpoint_on_identical_episodes(smoke, 
 def test_rerunning_a_name_with_other_settings_exits_2_and_writes_nothing(smoke, omniglot_root):
     tmp, _ = smoke
     before = {p: p.stat().st_mtime_ns for p in tmp.rglob("*")}
-    proc = run_study(study_cmd(omniglot_root, tmp, "smoke", "--trials", "5"))
+    proc = run_as_printed(SMOKE + " --trials 5", tmp, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "trials 4 -> 5" in proc.stderr and "--resume" in proc.stderr and "--name" in proc.stderr

@@ -1,0 +1,60 @@
+"""The README's commands, and a way to run one exactly as printed.
+
+A command runs in a scratch folder laid out like a checkout on our machines: `.venv` is this test run's
+environment and `../shared/data/omniglot` holds the test data. So `.venv/bin/python`, `python` and
+`../shared/data/omniglot` mean what a reader's shell would make of them, and the command string itself
+is handed to bash unchanged.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+# Inline code spans that are commands (the rest of the README's inline code is names and values).
+INLINE_COMMAND = re.compile(r"^(python|\.venv/bin/|ray |kubectl )")
+
+
+def readme_commands(text: str | None = None) -> list[str]:
+    """Every line of the README's ```bash blocks (continuations joined, comments dropped) and every
+    inline code span that is a command, with runs of spaces made one."""
+    text = README.read_text() if text is None else text
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line:
+                commands.append(" ".join(line.split()))
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    commands += [span for span in re.findall(r"`([^`\n]+)`", prose) if INLINE_COMMAND.match(span)]
+    return list(dict.fromkeys(commands))
+
+
+def scratch_checkout(tmp: Path, omniglot_root: Path) -> Path:
+    checkout = tmp / "checkout"
+    checkout.mkdir()
+    (checkout / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    (tmp / "shared" / "data").mkdir(parents=True)
+    (tmp / "shared" / "data" / "omniglot").symlink_to(omniglot_root, target_is_directory=True)
+    return checkout
+
+
+def command_env(**changes: str | None) -> dict[str, str]:
+    """This environment with this checkout's code first on the path; a change of None removes the variable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PATH"] = os.pathsep.join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_as_printed(command: str, cwd: Path, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env or command_env(), capture_output=True, text=True,
+                          timeout=timeout)

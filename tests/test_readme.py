@@ -1,0 +1,232 @@
+"""Every command in the README is run exactly as printed, by a test here, by another test module, or by
+.ci/run; the cluster commands (and the one GPU command) are parsed. `COVERED` says which: a README
+command it does not list, or one it lists that the README no longer has, fails the first test.
+
+The default study (`python -m hpo.search`, with or without --data-root; about half an hour here) is run
+with one flag added, `--dry-run`: exactly the printed command otherwise, so it resolves the default
+preset, fetches or finds the data, loads all three splits and samples and checks both search spaces
+— everything it does before Ray starts — and then stops. The smoke study command is run in full.
+"""
+
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpo.search import build_parser as search_parser
+from tests.helpers import files_under
+from tests.readme_commands import README, REPO, command_env, readme_commands, run_as_printed, scratch_checkout
+
+ZIPS = ["images_background.zip", "images_evaluation.zip"]
+
+SETUP = "python3.11 -m venv .venv && .venv/bin/pip install -e '.[dev]'"
+TESTS = ".venv/bin/python -m pytest -q"
+STUDY_FETCHING = [".venv/bin/python -m hpo.search", "python -m hpo.search"]
+STUDY_HERE = [".venv/bin/python -m hpo.search --data-root ../shared/data/omniglot",
+              "python -m hpo.search --data-root ../shared/data/omniglot"]
+DRY_RUN = "python -m hpo.search --dry-run --data-root ../shared/data/omniglot"
+SMOKE = ("python -m hpo.search --preset smoke --data-root ../shared/data/omniglot --tracking-uri sqlite:///$PWD/m.db "
+         "--storage-path $PWD/ray --name try1")
+TRAIN = (".venv/bin/python -m hypermaml.train --algorithm hypermaml --data-root ../shared/data/omniglot --epochs 4 "
+         "--steps-per-epoch 25 --meta-batch 8 --hn-hidden 256 --output runs/hypermaml")
+HELP = ["python -m hpo.search --help", "python -m hypermaml.train --help"]
+MLFLOW_UI = ".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000"
+THROUGHPUT = "python benchmarks/throughput.py --data-root ../shared/data/omniglot --device cuda --task-chunk 0"
+RAY = ["ray get-auth-token --generate", "ray up ray_cluster.yaml", "ray dashboard ray_cluster.yaml &",
+       "ray dashboard ray_cluster.yaml --port 5000 --remote-port 5000 &",
+       "ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m hpo.search --preset paper "
+       "--name paper-omniglot --address auto --data-root /home/ray/data/omniglot --storage-path "
+       "s3://YOUR_BUCKET/hypermaml-hpo/ray --tracking-uri http://127.0.0.1:5000 --gpus-per-trial 0.25",
+       "ray job logs --address http://127.0.0.1:8265 -f <submission id>", "ray down ray_cluster.yaml", "ray attach",
+       "ray start --head", "ray start --address", "ray job submit"]
+KUBECTL = ["kubectl apply -f deploy/kuberay-rayjob.yaml", "kubectl get rayjob hypermaml-hpo -w", "kubectl port-forward"]
+
+COVERED = {
+    SETUP: ".ci/run runs it",
+    TESTS: ".ci/run runs it; test_the_suite_without_data_stops_with_one_line runs it without data",
+    **{c: "test_the_default_study_fetches_omniglot_and_preflights (+ --dry-run)" for c in STUDY_FETCHING},
+    **{c: "test_the_default_study_on_the_data_here_preflights (+ --dry-run)" for c in STUDY_HERE},
+    DRY_RUN: "test_the_default_study_on_the_data_here_preflights",
+    SMOKE: "tests/test_study.py: the module's smoke study",
+    TRAIN: "test_the_training_command_gives_the_results_row",
+    **{c: "test_help_lists_every_flag" for c in HELP},
+    MLFLOW_UI: "test_the_mlflow_ui_command_serves_the_store",
+    THROUGHPUT: "parsed: test_cluster_and_gpu_commands_parse (needs a GPU)",
+    **{c: "parsed: test_cluster_and_gpu_commands_parse" for c in RAY + KUBECTL},
+    "export RAY_AUTH_MODE=token": "parsed: test_cluster_and_gpu_commands_parse",
+    "python -m hpo.search ...": "the cluster job's command, parsed: test_cluster_and_gpu_commands_parse",
+}
+
+
+def test_every_readme_command_is_run_or_parsed_by_a_test():
+    commands = readme_commands()
+    assert set(commands) - set(COVERED) == set(), "README commands no test runs"
+    assert set(COVERED) - set(commands) == set(), "commands tested here that the README no longer has"
+
+
+def test_ci_runs_the_set_up_and_test_commands_as_printed():
+    lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert SETUP in lines and TESTS in lines
+
+
+@pytest.fixture
+def mirror(omniglot_root, serve):
+    """A folder URL on 127.0.0.1 serving the test data's zips (our machines have no internet)."""
+    return serve(omniglot_root)
+
+
+def dry_run_of_the_default_study(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["study"]["preset"] == "default" and out["study"]["trials"] == 8 and out["study"]["epochs"] == 5
+    assert set(out["space_samples"]) == {"maml", "hypermaml"}
+    return out
+
+
+@pytest.mark.parametrize("command", STUDY_FETCHING)
+def test_the_default_study_fetches_omniglot_and_preflights(command, omniglot_root, tmp_path, mirror):
+    checkout = scratch_checkout(tmp_path, omniglot_root)
+    cache = tmp_path / "fresh-cache"
+    env = command_env(HYPERMAML_DATA_ROOT=None, HYPERMAML_CACHE=str(cache), HYPERMAML_DOWNLOAD_URL=mirror)
+    proc = run_as_printed(command + " --dry-run", checkout, timeout=300, env=env)
+    out = dry_run_of_the_default_study(proc)
+    assert out["study"]["data_root"] == ""  # no data root: the fetched copy
+    assert proc.stderr.splitlines() == [f"fetched Omniglot's images_background.zip and images_evaluation.zip from {mirror} "
+                                        f"into {cache / 'omniglot'} (checked by their contents)"]
+    assert files_under(cache / "omniglot") == sorted(ZIPS)
+    assert files_under(checkout) == [".venv"]  # a dry run starts nothing: no Ray results, no MLflow store
+
+
+@pytest.mark.parametrize("command", [*STUDY_HERE, DRY_RUN])
+def test_the_default_study_on_the_data_here_preflights(command, omniglot_root, tmp_path):
+    checkout = scratch_checkout(tmp_path, omniglot_root)
+    proc = run_as_printed(command if "--dry-run" in command else command + " --dry-run", checkout, timeout=300)
+    out = dry_run_of_the_default_study(proc)
+    assert out["study"]["data_root"] == str(omniglot_root.resolve())
+    assert proc.stderr == "" and files_under(checkout) == [".venv"]
+
+
+def test_the_training_command_gives_the_results_row(omniglot_root, tmp_path):
+    checkout = scratch_checkout(tmp_path, omniglot_root)
+    proc = run_as_printed(TRAIN, checkout, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["algorithm"] == "hypermaml" and result["test_episodes"] == 600
+    assert json.loads((checkout / "runs" / "hypermaml" / "config.json").read_text())["hn_hidden"] == 256
+    row = next(line for line in README.read_text().splitlines() if line.startswith("| HyperMAML, hidden 256, 3 layers, meta-batch 8, 4×25"))
+    readme_accuracy = float(row.split("|")[3].split("%")[0])
+    print(f"README {readme_accuracy}%, this run {100 * result['test_acc']:.2f}% ± {100 * result['test_ci95']:.2f}")
+    assert abs(100 * result["test_acc"] - readme_accuracy) < 3  # the same seeded run, on another CPU's floats
+
+
+def test_help_lists_every_flag(omniglot_root, tmp_path):
+    checkout = scratch_checkout(tmp_path, omniglot_root)
+    for command in HELP:
+        proc = run_as_printed(command, checkout, timeout=120)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert proc.stdout.startswith(f"usage: {command.removesuffix(' --help')}")
+    study_help = run_as_printed(HELP[0], checkout, timeout=120).stdout
+    listed = README.read_text().split("Every flag overrides its preset:")[1].split("\n\n")[0]
+    for flag in [*shlex.split(listed.replace("`", " ").replace(",", " ").replace(".", " ")), "--download", "--dry-run"]:
+        assert flag in study_help, flag
+
+
+def test_the_mlflow_ui_command_serves_the_store(omniglot_root, tmp_path):
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 5000)) == 0:
+            pytest.fail("port 5000 is taken on this machine; the README's `mlflow ui` command needs it")
+    checkout = scratch_checkout(tmp_path, omniglot_root)
+    ui = subprocess.Popen(["bash", "-c", MLFLOW_UI], cwd=checkout, env=command_env(), start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:5000/api/2.0/mlflow/experiments/search?max_results=10", timeout=5) as r:
+                    experiments = json.loads(r.read())["experiments"]
+                break
+            except OSError:
+                assert ui.poll() is None, "mlflow ui exited"
+                assert time.time() < deadline, "mlflow ui did not answer within 120 s"
+                time.sleep(1)
+        assert [e["name"] for e in experiments] == ["Default"]
+        assert (checkout / "mlflow.db").is_file()  # the store the command names, in the folder it runs in
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(ui.pid, sig)  # the UI and its workers: the session bash started
+            except ProcessLookupError:
+                break
+            try:
+                ui.wait(15)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def test_the_suite_without_data_stops_with_one_line(tmp_path):
+    """The README's test command in a checkout with neither $HYPERMAML_DATA_ROOT nor ../shared."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    shutil.copytree(REPO / "tests", checkout / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, checkout / name)
+    proc = run_as_printed(TESTS, checkout, timeout=300, env=command_env(HYPERMAML_DATA_ROOT=None))
+    assert proc.returncode == 4  # pytest's usage error: no test ran
+    assert proc.stderr.strip().splitlines() == [
+        f"ERROR: the tests need the real Omniglot zips, and {tmp_path / 'shared' / 'data' / 'omniglot'} (beside the repo; "
+        "$HYPERMAML_DATA_ROOT is unset) has none: set $HYPERMAML_DATA_ROOT to a folder holding images_background.zip and "
+        "images_evaluation.zip (`python -m hpo.search` without --data-root fetches them into ~/.cache/hypermaml/omniglot)"]
+    assert "passed" not in proc.stdout and "error" not in proc.stdout.lower()
+
+
+# ---- the cluster commands (and the GPU benchmark): parsed -----------------------------------------------
+
+
+def click_command(words: list[str]):
+    """The click command `ray <words...>` names, and the words after its name."""
+    from ray.scripts.scripts import cli
+
+    command, rest = cli, list(words)
+    while hasattr(command, "commands") and rest and rest[0] in command.commands:
+        command = command.commands[rest.pop(0)]
+    assert not hasattr(command, "commands"), f"ray {' '.join(words)}: not a ray command"
+    return command, rest
+
+
+def test_cluster_and_gpu_commands_parse():
+    for command in RAY:
+        words = [w for w in shlex.split(command.split(" -- ")[0]) if w != "&"][1:]
+        click, rest = click_command(words)
+        options = {opt for param in click.params for opt in param.opts}
+        assert {w.split("=")[0] for w in rest if w.startswith("-")} <= options, command
+        files = [w for w in rest if w.endswith(".yaml")]
+        assert all((REPO / f).is_file() for f in files), files
+        if " -- " in command:  # the job's entrypoint: our study, on the cluster
+            study = shlex.split(command.split(" -- ", 1)[1])
+            assert study[:3] == ["python", "-m", "hpo.search"]
+            args = search_parser().parse_args(study[3:])  # exits 2 on a flag it does not know
+            assert args.address == "auto" and args.gpus_per_trial == 0.25 and args.preset == "paper"
+    from tests.test_cluster import AUTH_VARS
+
+    assert "RAY_AUTH_MODE" in AUTH_VARS  # `export RAY_AUTH_MODE=token`: the client setting the real-cluster tests use
+    manifest = [d for d in yaml.safe_load_all((REPO / "deploy" / "kuberay-rayjob.yaml").read_text()) if d]
+    assert any(d["kind"] == "RayJob" and d["metadata"]["name"] == "hypermaml-hpo" for d in manifest)
+
+    spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    args = throughput.build_parser().parse_args(shlex.split(THROUGHPUT)[2:])
+    assert (args.device, args.task_chunk, args.data_root) == ("cuda", [0], "../shared/data/omniglot")
