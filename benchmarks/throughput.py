@@ -17,7 +17,7 @@ import torch
 
 from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, loop_reference, new_learner
 from hypermaml.allocator import keep_heap_warm
-from hypermaml.training import chunks, load_data, make_sampler, task_chunk_size
+from hypermaml.training import chunks, episode_sampler, load_data, task_chunk_size
 
 CASES = {
     "maml-1step": MAMLConfig(inner_steps=1, inner_lr=0.4),
@@ -70,7 +70,7 @@ def main() -> None:
                                 device=args.device, task_chunk=chunk_arg)
             config = RunConfig(train, algo).validate()
             data = data or load_data(config, ("train",))
-            sampler = make_sampler(config, data["train"].to(device), "train")
+            sampler = episode_sampler(config, data["train"].to(device), "train")
             generator = torch.Generator(device).manual_seed(0)
             learner = new_learner(config, device)
             optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)

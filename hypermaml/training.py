@@ -74,11 +74,12 @@ def load_data(config: RunConfig, splits: tuple[str, ...] = ("train", "val", "tes
     data = {}
     for split in splits:
         data[split] = load_split(t.dataset, split, t.data_root, t.cache_dir or None, download=t.download)
-        make_sampler(config, data[split], split)
+        episode_sampler(config, data[split], split)  # built only to fail early if the shape does not fit
     return data
 
 
-def make_sampler(config: RunConfig, split_data: FewShotSplit, split: str) -> EpisodeSampler:
+def episode_sampler(config: RunConfig, split_data: FewShotSplit, split: str) -> EpisodeSampler:
+    """An EpisodeSampler of the configured way/shot/query on one split; a shape that does not fit is a ConfigError."""
     t = config.train
     try:
         return EpisodeSampler(split_data, t.way, t.shot, t.query)
@@ -118,7 +119,7 @@ def evaluate(
     device = next(learner.parameters()).device
     if data is None:
         data = load_data(config, (split,))[split]
-    sampler = make_sampler(config, data.to(device), split)
+    sampler = episode_sampler(config, data.to(device), split)
     seed = config.train.eval_seed if seed is None else seed
     accuracies, seconds = [], 0.0
     with torch.no_grad():
@@ -154,7 +155,7 @@ def fit(
     t = config.train
     device = resolve_device(t.device)
     data = data if data is not None else load_data(config, ("train", "val"))
-    train_sampler = make_sampler(config, data["train"].to(device), "train")
+    train_sampler = episode_sampler(config, data["train"].to(device), "train")
     val_data = data["val"].to(device)
     learner = new_learner(config, device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=t.outer_lr)
