@@ -5,24 +5,19 @@
 Each row times full outer steps (episode sampling, meta-loss, backward, Adam step) on real Omniglot
 5-way 1-shot episodes, after warm-up steps, and prints episodes/s for our learner (vectorized over
 `--task-chunk` tasks per pass) and for the plain loop (one task at a time, torch.autograd.grad,
-tests/loop_reference.py). Prints figures only: speed targets are read here, not asserted in tests.
+hypermaml/loop_reference.py). Prints figures only: speed targets are read here, not asserted in tests.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, new_learner  # noqa: E402
-from hypermaml.allocator import keep_heap_warm  # noqa: E402
-from hypermaml.training import chunks, load_data, make_sampler, task_chunk_size  # noqa: E402
-from tests import loop_reference  # noqa: E402
+from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, loop_reference, new_learner
+from hypermaml.allocator import keep_heap_warm
+from hypermaml.training import chunks, episode_sampler, load_data, task_chunk_size
 
 CASES = {
     "maml-1step": MAMLConfig(inner_steps=1, inner_lr=0.4),
@@ -79,7 +74,7 @@ def main() -> None:
                                 device=args.device, task_chunk=chunk_arg)
             config = RunConfig(train, algo).validate()
             data = data or load_data(config, ("train",))
-            sampler = make_sampler(config, data["train"].to(device), "train")
+            sampler = episode_sampler(config, data["train"].to(device), "train")
             generator = torch.Generator(device).manual_seed(0)
             learner = new_learner(config, device)
             optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)

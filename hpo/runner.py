@@ -98,7 +98,8 @@ class WarmupAwareASHA(ASHAScheduler):
         return super().on_trial_result(tune_controller, trial, result)
 
 
-def make_sampler(searcher: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+def optuna_sampler(searcher: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler (search algorithm) named by the study's `searcher`."""
     if searcher == "tpe":
         # Optuna's default of 10 random start-up trials would make a 12-trial study random search:
         # a third of the budget explores, the rest is guided.
@@ -167,7 +168,7 @@ def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: t
     else:
         searcher = StudySearch(
             space=partial(trial_space, space, spec.fixed_settings(algorithm), spec.episodes_per_epoch),
-            metric=METRIC, mode=MODE, sampler=make_sampler(spec.searcher, spec.seed, spec.trials),
+            metric=METRIC, mode=MODE, sampler=optuna_sampler(spec.searcher, spec.seed, spec.trials),
             study_name=f"{spec.name}-{algorithm}", storage=optuna.storages.RDBStorage(optuna_storage_url(spec)),
             points_to_evaluate=[reference[0]] if reference else None, full_epochs=spec.epochs,
         )

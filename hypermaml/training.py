@@ -77,11 +77,12 @@ def load_data(config: RunConfig, splits: tuple[str, ...] = ("train", "val", "tes
     data = {}
     for split in splits:
         data[split] = load_split(t.dataset, split, t.data_root, t.cache_dir or None, download=t.download)
-        make_sampler(config, data[split], split)
+        episode_sampler(config, data[split], split)  # built only to fail early if the shape does not fit
     return data
 
 
-def make_sampler(config: RunConfig, split_data: FewShotSplit, split: str) -> EpisodeSampler:
+def episode_sampler(config: RunConfig, split_data: FewShotSplit, split: str) -> EpisodeSampler:
+    """An EpisodeSampler of the configured way/shot/query on one split; a shape that does not fit is a ConfigError."""
     t = config.train
     try:
         return EpisodeSampler(split_data, t.way, t.shot, t.query)
@@ -121,7 +122,7 @@ def evaluate(
     device = next(learner.parameters()).device
     if data is None:
         data = load_data(config, (split,))[split]
-    sampler = make_sampler(config, data.to(device), split)
+    sampler = episode_sampler(config, data.to(device), split)
     seed = config.train.eval_seed if seed is None else seed
     accuracies, seconds = [], 0.0
     with torch.no_grad():
@@ -136,6 +137,27 @@ def evaluate(
     per_episode = torch.cat(accuracies).cpu()
     ci95 = 1.96 * per_episode.std().item() / math.sqrt(episodes) if episodes > 1 else float("nan")
     return EvalResult(per_episode.mean().item(), ci95, 1000 * seconds / episodes, episodes, per_episode)
+
+
+@dataclass
+class TrainingProgress:
+    """Everything `fit` carries from one epoch to the next, and what last.pt stores."""
+
+    learner: MAML | HyperMAML
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # draws the training episodes
+    epochs_done: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_acc: float = -1.0
+    best_epoch: int = 0  # 1-based; 0 before the first validation
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EpochTraining:
+    loss: float  # mean query loss over the epoch's training tasks
+    accuracy: float  # mean query accuracy over the same tasks
+    seconds: float  # meta-training time of the epoch, validation excluded
 
 
 def fit(
@@ -157,94 +179,135 @@ def fit(
     t = config.train
     device = resolve_device(t.device)
     data = data if data is not None else load_data(config, ("train", "val"))
-    train_sampler = make_sampler(config, data["train"].to(device), "train")
+    train_sampler = episode_sampler(config, data["train"].to(device), "train")
     val_data = data["val"].to(device)
-    learner = new_learner(config, device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=t.outer_lr)
-    generator = torch.Generator(device).manual_seed(t.seed)
-    chunk = task_chunk_size(config, device)
-    history: list[dict[str, float]] = []
-    best_val_acc, best_epoch, best_state = -1.0, 0, {}
-    start_epoch = 0
+    progress = start_training(config, device)
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        check_resumable(config, state["config"])
-        learner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["train_generator"])
-        history, start_epoch = list(state["history"]), state["epoch"]
-        best_val_acc, best_epoch = state["best_val_acc"], state["best_epoch"]
-        best_state = state.get("best_model", learner.state_dict())
+        restore_from_checkpoint(progress, config, resume_from)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
-    train_seconds = sum(h["train_s"] for h in history)
-    for epoch in range(start_epoch, t.epochs):
+    for epoch in range(progress.epochs_done, t.epochs):
         epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct_sum = torch.zeros((), device=device)
-        for _ in range(t.steps_per_epoch):
-            episodes = train_sampler.sample(t.meta_batch, generator)
-            optimizer.zero_grad(set_to_none=True)
-            for part in chunks(episodes, chunk):
-                loss, accuracy = learner.meta_loss(part, epoch)
-                (loss * (part.tasks / episodes.tasks)).backward()
-                loss_sum += loss.detach() * part.tasks
-                correct_sum += accuracy.sum()
-            optimizer.step()
-        n_train = t.steps_per_epoch * t.meta_batch
-        train_loss = (loss_sum / n_train).item()  # the one host sync of the epoch
-        train_s = time.perf_counter() - epoch_start
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: train loss is {train_loss}")
-        val = evaluate(learner, "val", t.val_episodes, t.eval_seed, data=val_data)
-        improved = val.accuracy > best_val_acc
-        if improved:
-            best_val_acc, best_epoch = val.accuracy, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
-        train_seconds += train_s
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "train_acc": (correct_sum / n_train).item(),
-            "val_acc": val.accuracy,
-            "val_ci95": val.ci95,
-            "best_val_acc": best_val_acc,
-            "episodes_per_s": n_train / train_s,
-            "train_s": train_s,
-            "epoch_s": time.perf_counter() - epoch_start,
-        }
-        if isinstance(learner, HyperMAML):
-            metrics["hn_weight"] = 1.0 - learner.cfg.maml_weight(epoch)
-        history.append(metrics)
+        training = train_epoch(progress, train_sampler, config, epoch)
+        val = evaluate(progress.learner, "val", t.val_episodes, t.eval_seed, data=val_data)
+        improved = record_epoch(progress, config, epoch, training, val, epoch_start)
         if checkpoint_dir is not None:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "config": to_flat(config),
-                "epoch": epoch + 1,
-                "model": learner.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "train_generator": generator.get_state(),
-                "history": history,
-                "best_val_acc": best_val_acc,
-                "best_epoch": best_epoch,
-                "best_model": best_state,
-            }
-            save_checkpoint(state, checkpoint_dir / LAST)
-            if improved:
-                save_checkpoint({"format": CHECKPOINT_FORMAT, "config": to_flat(config), "epoch": epoch + 1,
-                                 "model": best_state, "val_acc": best_val_acc}, checkpoint_dir / BEST)
+            write_checkpoints(progress, config, checkpoint_dir, improved)
         if report is not None:
-            report(dict(metrics))
+            report(dict(progress.history[-1]))
+
+    train_seconds = sum(h["train_s"] for h in progress.history)
     total_train_episodes = t.epochs * t.steps_per_epoch * t.meta_batch
     return FitResult(
-        learner=learner,
-        best_state=best_state,
-        best_val_acc=best_val_acc,
-        best_epoch=best_epoch,
-        history=history,
+        learner=progress.learner,
+        best_state=progress.best_state,
+        best_val_acc=progress.best_val_acc,
+        best_epoch=progress.best_epoch,
+        history=progress.history,
         train_seconds=train_seconds,
         train_episodes_per_s=total_train_episodes / train_seconds if train_seconds > 0 else float("nan"),
     )
+
+
+def start_training(config: RunConfig, device: torch.device) -> TrainingProgress:
+    """A fresh learner, its Adam optimizer and the seeded episode generator, before epoch 1."""
+    learner = new_learner(config, device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=config.train.outer_lr)
+    generator = torch.Generator(device).manual_seed(config.train.seed)
+    return TrainingProgress(learner, optimizer, generator)
+
+
+def restore_from_checkpoint(progress: TrainingProgress, config: RunConfig, resume_from: str | Path) -> None:
+    """Put `progress` back in the state a checkpoint saved, after checking it was made by this config."""
+    state = load_checkpoint(resume_from)
+    check_resumable(config, state["config"])
+    progress.learner.load_state_dict(state["model"])
+    progress.optimizer.load_state_dict(state["optimizer"])
+    progress.generator.set_state(state["train_generator"])
+    progress.epochs_done = state["epoch"]
+    progress.history = list(state["history"])
+    progress.best_val_acc, progress.best_epoch = state["best_val_acc"], state["best_epoch"]
+    progress.best_state = state.get("best_model", progress.learner.state_dict())
+
+
+def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: RunConfig, epoch: int) -> EpochTraining:
+    """steps_per_epoch outer steps (sample a meta-batch, meta-loss in task chunks, one Adam step).
+
+    Raises TrainingDiverged if the epoch's mean loss is not finite.
+    """
+    t = config.train
+    learner, optimizer = progress.learner, progress.optimizer
+    device = next(learner.parameters()).device
+    chunk = task_chunk_size(config, device)
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct_sum = torch.zeros((), device=device)
+    for _ in range(t.steps_per_epoch):
+        episodes = sampler.sample(t.meta_batch, progress.generator)
+        optimizer.zero_grad(set_to_none=True)
+        for part in chunks(episodes, chunk):
+            loss, accuracy = learner.meta_loss(part, epoch)
+            (loss * (part.tasks / episodes.tasks)).backward()
+            loss_sum += loss.detach() * part.tasks
+            correct_sum += accuracy.sum()
+        optimizer.step()
+    n_train = t.steps_per_epoch * t.meta_batch
+    train_loss = (loss_sum / n_train).item()  # the one host sync of the epoch
+    seconds = time.perf_counter() - start
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: train loss is {train_loss}")
+    return EpochTraining(train_loss, (correct_sum / n_train).item(), seconds)
+
+
+def record_epoch(
+    progress: TrainingProgress, config: RunConfig, epoch: int, training: EpochTraining, val: EvalResult, epoch_start: float,
+) -> bool:
+    """Append epoch `epoch`'s (0-based) metrics to the history and keep its weights if they validate best.
+
+    Returns whether this epoch is the new best.
+    """
+    learner = progress.learner
+    improved = val.accuracy > progress.best_val_acc
+    if improved:
+        progress.best_val_acc, progress.best_epoch = val.accuracy, epoch + 1
+        progress.best_state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+    n_train = config.train.steps_per_epoch * config.train.meta_batch
+    metrics = {
+        "epoch": epoch + 1,
+        "train_loss": training.loss,
+        "train_acc": training.accuracy,
+        "val_acc": val.accuracy,
+        "val_ci95": val.ci95,
+        "best_val_acc": progress.best_val_acc,
+        "episodes_per_s": n_train / training.seconds,
+        "train_s": training.seconds,
+        "epoch_s": time.perf_counter() - epoch_start,
+    }
+    if isinstance(learner, HyperMAML):
+        metrics["hn_weight"] = 1.0 - learner.cfg.maml_weight(epoch)
+    progress.history.append(metrics)
+    progress.epochs_done = epoch + 1
+    return improved
+
+
+def write_checkpoints(progress: TrainingProgress, config: RunConfig, checkpoint_dir: Path, improved: bool) -> None:
+    """last.pt (everything `restore_from_checkpoint` needs) every epoch; best.pt when the epoch is the new best."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": to_flat(config),
+        "epoch": progress.epochs_done,
+        "model": progress.learner.state_dict(),
+        "optimizer": progress.optimizer.state_dict(),
+        "train_generator": progress.generator.get_state(),
+        "history": progress.history,
+        "best_val_acc": progress.best_val_acc,
+        "best_epoch": progress.best_epoch,
+        "best_model": progress.best_state,
+    }
+    save_checkpoint(state, checkpoint_dir / LAST)
+    if improved:
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "config": to_flat(config), "epoch": progress.epochs_done,
+                         "model": progress.best_state, "val_acc": progress.best_val_acc}, checkpoint_dir / BEST)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

@@ -4,11 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hypermaml import loop_reference
 from hypermaml.algorithms import HyperMAML, MAML
 from hypermaml.config import HyperMAMLConfig, MAMLConfig
 from hypermaml.data import Episodes
-
-from . import loop_reference
 
 WAY, SHOT, QUERY, TASKS = 5, 2, 3, 4
 

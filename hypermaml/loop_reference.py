@@ -1,7 +1,8 @@
 """Plain per-task reference implementations: one task at a time, torch.autograd.grad, own Conv4 code.
 
 Used by the correctness tests (vectorized == reference) and by benchmarks/throughput.py (speed of the
-vectorized learners against this loop). Shares parameters with our learners by name, not code.
+vectorized learners against this loop), so it lives in the package that both import. It shares
+parameters with our learners by name, not code.
 """
 
 import torch
