@@ -434,7 +434,7 @@ def check_trial_runs(client: MlflowClient, trials) -> None:
     for run in trials:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert steps == list(range(1, len(steps) + 1)) and steps, f"epochs lost or logged twice: {steps}"
-        assert run.info.status in ("FINISHED", "KILLED"), run.info.status
+        assert run.info.status == "FINISHED", run.info.status  # ASHA-stopped trials end FINISHED too
         assert run.data.tags["node"].endswith("/" + run.data.tags["node_id"][:12])
 
 
@@ -442,9 +442,9 @@ def test_smoke_study_as_a_ray_job_uses_both_nodes_and_logs_to_the_mlflow_server(
     job = f"cluster-smoke-{secrets.token_hex(3)}"
     proc = submit(cluster, job, study_args(cluster, omniglot_root, "cluster-smoke"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    status, logs = wait_job(cluster, job, timeout=240)
+    status, logs = wait_job(cluster, job, timeout=480)
     assert status == "SUCCEEDED", logs[-4000:]
-    assert "| maml" in logs and "| hypermaml" in logs  # the head-to-head table the driver printed
+    assert "| maml | rank" in logs and "| hypermaml | rank" in logs  # the per-seed table the driver printed
 
     client, parents = study_runs(cluster, "cluster-smoke", "study")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -454,7 +454,10 @@ def test_smoke_study_as_a_ray_job_uses_both_nodes_and_logs_to_the_mlflow_server(
     _, summaries = study_runs(cluster, "cluster-smoke", "summary")
     assert len(summaries) == 1 and summaries[0].info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(summaries[0].info.run_id)}
-    assert {"summary.md", "summary.csv", "spec.json", "plots", "best_checkpoints"} <= artifacts
+    assert {"summary.md", "summary.csv", "spec.json", "plots"} <= artifacts
+    _, replicates = study_runs(cluster, "cluster-smoke", "replicate")
+    assert {r.data.tags["algorithm"] for r in replicates} == {"maml", "hypermaml"}
+    assert all(r.info.status == "FINISHED" and "test_acc" in r.data.metrics for r in replicates)
     # The artifacts went through the server into its artifact store.
     assert list((cluster.root / "mlflow" / "artifacts").rglob("summary.md"))
 
@@ -500,7 +503,7 @@ def test_killed_worker_node_trials_are_retried_on_the_head_and_nothing_is_lost(c
         time.sleep(0.3)
     _kill_node(cluster, "worker", cluster.root / "worker")
 
-    status, logs = wait_job(cluster, job, timeout=300)
+    status, logs = wait_job(cluster, job, timeout=600)
     assert status == "SUCCEEDED", logs[-4000:]
     client, trials = study_runs(cluster, "cluster-fault", "trial")
     check_trial_runs(client, trials)
