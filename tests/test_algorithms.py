@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from hypermaml import loop_reference
-from hypermaml.algorithms import HyperMAML, MAML
+from hypermaml.algorithms import HyperMAML, MAML, adapt_heads
 from hypermaml.config import HyperMAMLConfig, MAMLConfig
 from hypermaml.data import Episodes
+from hypermaml.models import FEATURES
 
 WAY, SHOT, QUERY, TASKS = 5, 2, 3, 4
 
@@ -57,18 +58,38 @@ def test_maml_chunks_of_tasks_give_the_same_gradient_as_one_pass():
         torch.testing.assert_close(w, a + b, atol=1e-10, rtol=0)
 
 
-def test_maml_test_time_steps_are_configurable_and_default_to_training_steps():
+def manually_adapted_query_logits(model: MAML, ep: Episodes, steps: int) -> torch.Tensor:
+    """Query logits after `steps` plain SGD steps per task, one task at a time (loop reference's Conv4)."""
+    cfg = model.cfg
+    adapted = [k for k, _ in model.named_parameters() if cfg.inner_params == "all" or k.startswith("head.")]
+    logits = []
+    with torch.enable_grad():
+        for t in range(ep.tasks):
+            fast = {k: v.detach().clone().requires_grad_(k in adapted) for k, v in model.named_parameters()}
+            for _ in range(steps):
+                loss = F.cross_entropy(loop_reference.maml_forward(fast, ep.x_support[t]), ep.y_support[t])
+                grads = torch.autograd.grad(loss, [fast[k] for k in adapted])
+                fast.update({k: (fast[k] - cfg.inner_lr * g).detach().requires_grad_() for k, g in zip(adapted, grads)})
+            logits.append(loop_reference.maml_forward(fast, ep.x_query[t]).detach())
+    return torch.stack(logits)
+
+
+@pytest.mark.parametrize("inner_params", ["all", "head"])
+def test_maml_query_logits_adapt_for_test_inner_steps_or_else_for_the_training_steps(inner_params):
+    """query_logits (what validation and test evaluate) runs test_inner_steps SGD steps on each task's
+    support set when it is set, and inner_steps when it is not."""
     torch.manual_seed(3)
-    ep = random_episodes(dtype=torch.float32)
-    base = MAML(MAMLConfig(inner_steps=1, inner_lr=0.5), WAY, 1, 28)
-    more = MAML(MAMLConfig(inner_steps=1, inner_lr=0.5, test_inner_steps=4), WAY, 1, 28)
-    more.load_state_dict(base.state_dict())
-    with torch.no_grad():
-        one, four = base.query_logits(ep), more.query_logits(ep)
-    assert MAMLConfig(inner_steps=3).eval_inner_steps == 3
-    assert not torch.allclose(one, four)
-    # query_logits must adapt (not just run the initial model)
-    assert not torch.allclose(one, base(ep.x_query))
+    ep = random_episodes()
+    default = MAML(MAMLConfig(inner_steps=1, inner_lr=0.5, inner_params=inner_params), WAY, 1, 28).double()
+    four = MAML(MAMLConfig(inner_steps=1, inner_lr=0.5, inner_params=inner_params, test_inner_steps=4), WAY, 1, 28).double()
+    four.load_state_dict(default.state_dict())
+    with torch.no_grad():  # as evaluate() calls it
+        default_logits, four_logits = default.query_logits(ep), four.query_logits(ep)
+    torch.testing.assert_close(default_logits, manually_adapted_query_logits(default, ep, 1), atol=1e-10, rtol=0)
+    torch.testing.assert_close(four_logits, manually_adapted_query_logits(four, ep, 4), atol=1e-10, rtol=0)
+    # The step counts are told apart: 4 steps are not 1 step, and 1 step is not the unadapted model.
+    assert (four_logits - default_logits).abs().max() > 1e-3
+    assert (default_logits - manually_adapted_query_logits(default, ep, 0)).abs().max() > 1e-3
 
 
 # ---- HyperMAML -------------------------------------------------------------------------------------
@@ -125,16 +146,35 @@ def test_no_gradient_flows_through_the_universal_head_predictions():
     assert not torch.allclose(d_weight_2, d_weight.detach())
 
 
-def test_hypermaml_head_update_uses_the_universal_head_not_a_previous_tasks_head():
-    """The reference computed the predictions with the previous episode's adapted head (stale fast
-    weights). Here the same episode gives the same update whatever ran before it."""
-    model = hypermaml()
-    a, b = random_episodes(tasks=1, seed=7), random_episodes(tasks=1, seed=8)
+def test_hypermaml_reads_the_universal_heads_softmax_not_an_adapted_heads():
+    """The reference fed the hypernetwork the predictions of the previous episode's adapted head
+    (stale fast weights). Here the softmax columns of the hypernetwork's input are those of the
+    universal head theta_H on the task's own support embeddings, also mid-switch, when a MAML-adapted
+    head exists in the same pass."""
+    model = hypermaml(warmup=True, warmup_epochs=0, switch_epochs=1, warmup_inner_steps=2, warmup_inner_lr=0.5)
+    assert model.cfg.maml_weight(0) == 0.5  # both the MAML step and the hypernetwork take part
+    ep = random_episodes(tasks=2, seed=7)
+    hypernet_inputs = []
+    hook = model.hypernet.register_forward_hook(lambda module, args, out: hypernet_inputs.append(args[0].detach()))
+    try:
+        model.meta_loss(random_episodes(tasks=2, seed=8), epoch=0)  # another episode first: nothing may carry over
+        model.meta_loss(ep, epoch=0)
+    finally:
+        hook.remove()
+    probs_seen = hypernet_inputs[-1][..., FEATURES:FEATURES + WAY]  # [mean embedding | mean softmax | one-hot]
+
     with torch.no_grad():
-        first = model.query_logits(a)
-        model.query_logits(b)
-        again = model.query_logits(a)
-    torch.testing.assert_close(first, again, atol=0, rtol=0)
+        z_support = model.backbone(ep.x_support)
+        universal = torch.softmax(z_support @ model.head.weight.T + model.head.bias, -1)
+        # The support is class-major, so a class's shots are consecutive rows; mean aggregation.
+        expected = universal.view(2, WAY, SHOT, WAY).mean(2)
+    torch.testing.assert_close(probs_seen, expected, atol=1e-12, rtol=0)
+    # ... and that check can tell the universal head from the task's MAML-adapted head.
+    adapted_w, adapted_b = adapt_heads(
+        model.head.weight, model.head.bias, z_support, ep.y_support, steps=2, lr=0.5, first_order=True
+    )
+    adapted = torch.softmax(torch.einsum("tsd,tnd->tsn", z_support, adapted_w) + adapted_b[:, None], -1)
+    assert (adapted.view(2, WAY, SHOT, WAY).mean(2) - expected).abs().max() > 1e-3
 
 
 def test_warmup_and_switch_schedule_weights():
@@ -172,14 +212,37 @@ def test_warmup_mixes_maml_and_hypernetwork_updates_with_the_schedule_weight():
         torch.testing.assert_close(logits, expected, atol=1e-10, rtol=0)
 
 
-def test_delta_penalty_adds_the_mean_squared_update_to_the_loss():
+def test_delta_penalty_is_an_l2_penalty_on_the_hypernetworks_update():
     ep = random_episodes(tasks=2, seed=10)
     plain, penalized = hypermaml(seed=1), hypermaml(seed=1, delta_penalty=0.5)
+    # Without a penalty the training loss is the query cross-entropy of the test-time path.
+    loss_plain, _ = plain.meta_loss(ep, 0)
+    query_logits = plain.query_logits(ep)
+    cross_entropy = torch.stack([F.cross_entropy(query_logits[t], ep.y_query[t]) for t in range(2)]).mean()
+    torch.testing.assert_close(loss_plain, cross_entropy, atol=1e-12, rtol=0)
+
+    # The penalty's gradient w.r.t. the hypernetwork's output bias is that of lambda * mean over tasks
+    # of |delta|^2: 2 * lambda * (sum over classes, mean over tasks) of the update [dW_i | db_i].
+    # A penalty on the hypernetwork's weights, a sum over tasks, a wrong power or sign would fail.
+    loss_pen, _ = penalized.meta_loss(ep, 0)
+    (g_pen,) = torch.autograd.grad(loss_pen, [penalized.hypernet.net[-1].bias])
+    (g_plain,) = torch.autograd.grad(loss_plain, [plain.hypernet.net[-1].bias])
+    d_w, d_b = penalized.head_update(penalized.backbone(ep.x_support), ep.y_support)
+    update = torch.cat([d_w, d_b.unsqueeze(-1)], -1).detach()  # [T, N, D + 1], as the hypernetwork outputs it
+    torch.testing.assert_close(g_pen - g_plain, 2 * 0.5 * update.sum(1).mean(0), atol=1e-10, rtol=0)
+    assert update.abs().max() > 1e-3  # (a zero update would make the check above empty)
+
+    # A zero update costs nothing: the loss and every gradient are those without a penalty.
+    with torch.no_grad():
+        for model in (plain, penalized):
+            model.hypernet.net[-1].weight.zero_()
+            model.hypernet.net[-1].bias.zero_()
     loss_plain, _ = plain.meta_loss(ep, 0)
     loss_pen, _ = penalized.meta_loss(ep, 0)
-    d_w, d_b = plain.head_update(plain.backbone(ep.x_support), ep.y_support)
-    expected = loss_plain + 0.5 * (d_w.pow(2).sum((1, 2)) + d_b.pow(2).sum(1)).mean()
-    torch.testing.assert_close(loss_pen, expected, atol=1e-10, rtol=0)
+    assert loss_pen.item() == loss_plain.item()
+    g_pen = torch.autograd.grad(loss_pen, list(penalized.parameters()))
+    for a, b in zip(g_pen, torch.autograd.grad(loss_plain, list(plain.parameters()))):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 def test_hypermaml_gradients_reach_backbone_head_and_hypernetwork():
