@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
-import tempfile
 from pathlib import Path
 
 import optuna
@@ -107,12 +107,14 @@ def preflight(spec: StudySpec) -> dict:
 
 
 def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise ConfigError(f"storage {folder} is not writable ({error.strerror or error})") from None
+    """The folder is writable, or can be created: checked without creating anything (a dry run leaves no trace)."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"storage {folder} is not writable ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"storage {folder} is not writable ({existing} is read-only)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                           "space_samples": {a: sample_space(spaces[a], seed=spec.seed) for a in spec.algorithms}},
                          indent=2, default=str))
         return 0
+    if spec.tracking_uri.startswith("sqlite:///"):  # SQLite creates its file, not the folder it is in
+        Path(spec.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     from .runner import run_study  # imports Ray: only once the input is known to be good
 
     run_study(spec, spaces, references)

@@ -51,7 +51,7 @@ def test_dry_run_prints_the_resolved_study_and_a_sample_of_each_space(omniglot_r
     assert out["study"]["algorithms"] == ["maml", "hypermaml"]
     assert "inner_lr" in out["space_samples"]["maml"] and "hn_hidden" in out["space_samples"]["hypermaml"]
     assert out["budget"]["trials per algorithm"] == 4
-    assert not (tmp_path / "ray" / "dry").exists() and not (tmp_path / "m.db").exists()  # started nothing
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "m.db").exists()  # started nothing, not even a folder
 
 
 def test_data_root_from_the_environment(omniglot_root, tmp_path):
