@@ -229,4 +229,4 @@ def test_cluster_and_gpu_commands_parse():
     throughput = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(throughput)
     args = throughput.build_parser().parse_args(shlex.split(THROUGHPUT)[2:])
-    assert (args.device, args.task_chunk, args.data_root) == ("cuda", [0], "../shared/data/omniglot")
+    assert (args.device, args.task_chunk, args.data_root) == ("cuda", 0, "../shared/data/omniglot")
