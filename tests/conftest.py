@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Omniglot beside the repo (../shared) and one decoded-image cache per session."""
+"""Shared fixtures: the real Omniglot beside the repo (../shared), one decoded-image cache per session, and
+one smoke study per session (its store and stdout are read by several test files)."""
 
 import os
 from pathlib import Path
@@ -22,3 +23,14 @@ def image_cache(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HYPERMAML_CACHE", str(cache))
         yield cache
+
+
+@pytest.fixture(scope="session")
+def smoke(omniglot_root, tmp_path_factory):
+    """(folder, finished process) of `python -m hpo.search --preset smoke --name smoke`, run once."""
+    from .studies import run_study, study_cmd  # imports MLflow: only for the tests that run a study
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    proc = run_study(study_cmd(omniglot_root, tmp, "smoke"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, proc

@@ -1,46 +1,21 @@
 """`python -m hpo.search` end to end on real Omniglot: real Ray, a real MLflow SQLite store and a real
-Optuna storage. The smoke study runs once for the module; its store is then inspected."""
+Optuna storage. The smoke study runs once for the session (conftest.py); its store is then inspected."""
 
 import csv
 import io
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 
 from hypermaml import evaluate, load_learner
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def study_cmd(root, tmp, name, *extra):
-    return [sys.executable, "-m", "hpo.search", "--preset", "smoke", "--data-root", str(root),
-            "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--storage-path", str(tmp / "ray"), "--name", name, *extra]
-
-
-def run_study(cmd, timeout=900):
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def runs(tmp, name, role):
-    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(name)
-    return client, client.search_runs([experiment.experiment_id], filter_string=f"tags.`hpo.role` = '{role}'", max_results=1000)
-
-
-@pytest.fixture(scope="module")
-def smoke(omniglot_root, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("smoke")
-    proc = run_study(study_cmd(omniglot_root, tmp, "smoke"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp, proc
+from .studies import REPO, run_study, runs, study_cmd
 
 
 def test_smoke_study_prints_the_verdict_and_writes_the_summary(smoke):
