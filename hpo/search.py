@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a search space file (.py with space(trial[, epochs]) or .yaml) replacing the built-in one")
     p.add_argument("--resume", action="store_true", help="continue the study of this --name (re-running the name does too)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved study and one sample of each space; start nothing")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print Ray Tune's status tables (default: one line per trial event)")
     return p
 
 
@@ -97,7 +99,7 @@ def parse_spaces(entries: list[str], algorithms: tuple[str, ...]) -> dict[str, s
 
 
 def resolve_spec(args: argparse.Namespace) -> StudySpec:
-    overrides = {k: v for k, v in vars(args).items() if k not in ("preset", "space", "resume", "dry_run")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("preset", "space", "resume", "dry_run", "verbose")}
     if overrides.get("algorithms"):
         overrides["algorithms"] = tuple(dict.fromkeys(overrides["algorithms"]))
     spec = resolve(args.preset, overrides)
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .runner import run_study  # imports Ray: only once the input is known to be good
 
-    run_study(spec, spaces, references)
+    run_study(spec, spaces, references, verbose=args.verbose)
     return 0
 
 
