@@ -1,0 +1,91 @@
+"""What a researcher sees after the smoke study (conftest.py): the printed MLflow link opened by a real
+headless Chromium (Debian's, driven by Playwright) on a real `mlflow server`, and a real optuna-dashboard
+serving the study's Optuna storage. Screenshots are kept in $HPO_TEST_ARTIFACTS (default test-artifacts/)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from hpo.screenshot import _stop, capture, chromium, free_port, serve
+from hpo.tracking import UI
+
+from .studies import REPO, runs
+
+BIN = Path(sys.executable).parent
+ARTIFACTS = Path(os.environ.get("HPO_TEST_ARTIFACTS") or REPO / "test-artifacts")
+
+
+def test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict(smoke):
+    tmp, proc = smoke
+    link = next(line for line in proc.stdout.splitlines() if line.startswith("MLflow: ")).removeprefix("MLflow: ")
+    _, trials = runs(tmp, "smoke", "trial")
+    _, replicates = runs(tmp, "smoke", "replicate")
+    verdict = runs(tmp, "smoke", "study")[1][0].data.tags["verdict"]
+    with serve(f"sqlite:///{tmp / 'mlflow.db'}") as base, chromium() as browser:
+        shots = capture(browser, base, "smoke", ARTIFACTS, "smoke")
+    page = shots["runs"]
+    assert page.link == link.replace(UI, base)  # the printed link, on this server
+    assert "/runs?" in page.url and "workflowType=machine_learning" in page.url  # not sent to another view
+    assert "No data available" not in page.text and "Detect Issues" not in page.text  # not the GenAI overview
+    assert "hpo: trials and replicates" in page.text  # the study's saved view
+    for algorithm in ("maml", "hypermaml"):  # tuning trials and replicates of both, without a click
+        for role in (trials, replicates):
+            assert any(r.info.run_name in page.text for r in role if r.data.tags["algorithm"] == algorithm), page.text
+    for run in trials + replicates:  # all of them, with their descriptions (the UI shows 50 characters)
+        assert run.info.run_name in page.text and run.data.tags["mlflow.note.content"][:50] in page.text
+    assert "test_acc" in page.text and "best_val_acc" in page.text
+    assert verdict in page.text  # the experiment's description, above the table
+    assert verdict in shots["experiments"].text  # and in the experiments list
+
+    # The head-to-head view: a group per algorithm whose row is the mean over the final configuration's seeds.
+    final = shots["final"]
+    averages = [float(value) for value in re.findall(r"(-?[\d.]+) \(average\)", final.text)]
+    for algorithm in ("maml", "hypermaml"):
+        seeds = [r for r in replicates if r.data.tags["algorithm"] == algorithm and r.data.tags.get("hpo.final") == "true"]
+        assert f"Group: {algorithm}" in final.text and all(r.info.run_name in final.text for r in seeds)
+        mean = sum(r.data.metrics["test_acc"] for r in seeds) / len(seeds)
+        assert any(abs(value - mean) < 1e-6 for value in averages), (mean, averages)
+    assert "Model metrics" in shots["charts"].text
+    for shot in shots.values():
+        assert shot.path.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_optuna_dashboard_serves_the_studys_optuna_storage(smoke):
+    tmp, _ = smoke
+    port = free_port()
+    log = tmp / "optuna-dashboard.log"
+    with open(log, "w") as out:
+        dashboard = subprocess.Popen([str(BIN / "optuna-dashboard"), f"sqlite:///{tmp / 'ray' / 'smoke' / 'optuna.db'}",
+                                      "--host", "127.0.0.1", "--port", str(port)],
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        studies = _get_json(f"http://127.0.0.1:{port}/api/studies", dashboard, log)["study_summaries"]
+        assert sorted(s["study_name"] for s in studies) == ["smoke-hypermaml", "smoke-maml"]
+        _, trials = runs(tmp, "smoke", "trial")
+        for study in studies:
+            algorithm = study["study_name"].removeprefix("smoke-")
+            detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", dashboard, log)
+            states = sorted(t["state"] for t in detail["trials"])
+            mine = [r for r in trials if r.data.tags["algorithm"] == algorithm]
+            # the searcher's view of the same trials: those ASHA stopped are pruned, the others complete
+            stopped = sum("stopped_by" in r.data.tags for r in mine)
+            assert states == sorted(["Pruned"] * stopped + ["Complete"] * (len(mine) - stopped))
+    finally:
+        _stop(dashboard)
+
+
+def _get_json(url: str, server: subprocess.Popen, log: Path, timeout: float = 60):
+    deadline = time.time() + timeout
+    while True:
+        assert server.poll() is None, log.read_text()[-2000:]
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            assert time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
