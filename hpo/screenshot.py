@@ -1,5 +1,6 @@
-"""`python -m hpo.screenshot`: open a study's MLflow link in headless Chromium, as a new user would, and
-save screenshots of what it shows.
+"""`python -m hpo.screenshot`: screenshots of a study in the MLflow UI, opened in headless Chromium.
+
+It opens the study's link as a new user would (a fresh browser profile) and saves what it shows.
 
     python -m hpo.screenshot --tracking-uri sqlite:///$PWD/mlflow.db --experiment NAME --out docs
 
@@ -36,6 +37,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 VIEWPORT = {"width": 1500, "height": 900}
 TIMEOUT_MS = 90_000  # a cold MLflow UI on a busy 2-core machine
 SETTLE_MS = 1_000
+# [chart title, names of its traces (runs)] of each Plotly chart the page has drawn (Plotly keeps a
+# chart's traces in its element's `data`).
+CHARTED = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(chart => [
+    chart.closest('[data-testid=experiment-view-compare-runs-card]')?.innerText.split('\\n')[0] ?? '',
+    (chart.data || []).map(trace => trace.name)])"""
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Shot:
     url: str  # where the page was once ready (the UI adds its state to the link)
     text: str  # its visible text
     path: Path  # its screenshot
+    charted: dict[str, set[str]]  # chart title -> the runs it draws, of the charts drawn (in view)
 
 
 def free_port() -> int:
@@ -166,6 +173,7 @@ def capture(browser, base: str, experiment: str, out: str | Path, prefix: str = 
             if drawn:  # the charts are drawn after the run list
                 page.locator(drawn).first.wait_for()
             text = page.inner_text("body")
+            charted = {title: set(names) for title, names in page.evaluate(CHARTED)}
             assistant = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
             if assistant.count():
                 assistant.first.click()
@@ -173,7 +181,7 @@ def capture(browser, base: str, experiment: str, out: str | Path, prefix: str = 
             page.wait_for_timeout(SETTLE_MS)  # the table and charts resize to the freed width
             path = out / f"{prefix}-{name}.png"
             page.screenshot(path=path)
-            shots[name] = Shot(url, page.url, text, path)
+            shots[name] = Shot(url, page.url, text, path, charted)
         finally:
             context.close()
     return shots

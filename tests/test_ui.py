@@ -38,6 +38,8 @@ def test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict(s
             assert any(r.info.run_name in page.text for r in role if r.data.tags["algorithm"] == algorithm), page.text
     for run in trials + replicates:  # all of them, with their descriptions (the UI shows 50 characters)
         assert run.info.run_name in page.text and run.data.tags["mlflow.note.content"][:50] in page.text
+    # newest first: the replicates, then the trials
+    assert max(page.text.index(r.info.run_name) for r in replicates) < min(page.text.index(r.info.run_name) for r in trials)
     assert "test_acc" in page.text and "best_val_acc" in page.text
     assert verdict in page.text  # the experiment's description, above the table
     assert verdict in shots["experiments"].text  # and in the experiments list
@@ -48,9 +50,11 @@ def test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict(s
     for algorithm in ("maml", "hypermaml"):
         seeds = [r for r in replicates if r.data.tags["algorithm"] == algorithm and r.data.tags.get("hpo.final") == "true"]
         assert f"Group: {algorithm}" in final.text and all(r.info.run_name in final.text for r in seeds)
-        mean = sum(r.data.metrics["test_acc"] for r in seeds) / len(seeds)
-        assert any(abs(value - mean) < 1e-6 for value in averages), (mean, averages)
-    assert "Model metrics" in shots["charts"].text
+        for key in ("test_acc", "test_ci95", "best_val_acc", "adapt_ms_per_task"):
+            mean = sum(r.data.metrics[key] for r in seeds) / len(seeds)
+            assert any(abs(value - mean) < 1e-6 for value in averages), (key, mean, averages)
+    charted = shots["charts"].charted  # every run in the charts, not MLflow's default first 10
+    assert charted["best_val_acc"] == {r.info.run_name for r in trials + replicates}, charted
     for shot in shots.values():
         assert shot.path.stat().st_size > 20_000  # a rendered page, not a blank one
 
