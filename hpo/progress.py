@@ -75,10 +75,11 @@ class ProgressLines(tune.Callback):
                  reference: dict | None = None):
         self.role, self.total, self.epochs = role, total, epochs
         self.scheduler, self.time_budget_s, self.reference = scheduler, time_budget_s, reference
-        self._started = time.time()
+        self._running: set[str] = set()  # ids of the trials started and not ended
+        self._started = time.time()  # just before its Tune experiment starts, as in tracking.TrialRuns
 
-    def setup(self, **info):
-        self._started = time.time()
+    def __setstate__(self, state):
+        self.__dict__.update(state, _running=set(), _started=time.time())  # a restored experiment
 
     def _name(self, trial) -> str:
         return replicate_name(trial.config["replicate"]) if self.role == "replicate" else trial.trial_id
@@ -88,6 +89,7 @@ class ProgressLines(tune.Callback):
         return f"[{done}/{self.total}]"
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._running.add(trial.trial_id)
         reference = self.role == "trial" and self.reference is not None and is_reference(trial.config, self.reference)
         say(f"  {self._name(trial)} started" + (" (published reference)" if reference else ""))
 
@@ -96,6 +98,7 @@ class ProgressLines(tune.Callback):
             say(f"  {self._name(trial)} epoch {int(result.get('epoch', 0))}/{self.epochs}: val {100 * result['val_acc']:.1f}%")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._running.discard(trial.trial_id)
         result = trial.last_result or {}
         epoch = int(result.get("epoch", 0))
         if self.role == "replicate" and "test_acc" in result:
@@ -105,9 +108,22 @@ class ProgressLines(tune.Callback):
             text = ending(epoch, self.epochs, result.get("best_val_acc"), stopped_by)
         say(f"  {self._name(trial)} {text} {self._done(trials, trial)}")
 
+    def on_experiment_end(self, trials, **info):
+        """The trials the time budget stopped (Tune tells on_trial_complete nothing of them)."""
+        if stop_reason(self.scheduler, self.time_budget_s, self._started) != "time_budget":
+            return
+        for trial in trials:
+            if trial.trial_id in self._running:
+                result = trial.last_result or {}
+                epoch = int(result.get("epoch", 0))
+                stopped_by = "" if epoch >= self.epochs else "time_budget"
+                say(f"  {self._name(trial)} {ending(epoch, self.epochs, result.get('best_val_acc'), stopped_by)}")
+        self._running.clear()
+
     def on_trial_recover(self, iteration, trials, trial, **info):
         say(f"  {self._name(trial)} failed, retrying from its last checkpoint: {error_line(trial)[:200]}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._running.discard(trial.trial_id)
         epoch = int((trial.last_result or {}).get("epoch", 0))
         say(f"  {self._name(trial)} failed at epoch {epoch}: {error_line(trial)[:200]} {self._done(trials, trial)}")

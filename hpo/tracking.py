@@ -328,13 +328,16 @@ class TrialRuns(tune.Callback):
         self.common_tags = {"dataset": spec.dataset, "way": str(spec.way), "shot": str(spec.shot)}
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_epoch: dict[str, int] = {}
+        self._ended: set[str] = set()  # trial ids whose run has ended
+        # Made just before its Tune experiment starts (or is restored: __setstate__), so when Tune's time
+        # budget is spent, so is this one (stop_reason).
         self._started = time.time()
 
     def __getstate__(self):
-        return {**self.__dict__, "_runs": {}, "_last_epoch": {}}
+        return {**self.__dict__, "_runs": {}, "_last_epoch": {}, "_ended": set()}
 
-    def setup(self, **info):
-        self._started = time.time()
+    def __setstate__(self, state):
+        self.__dict__.update(state, _started=time.time())  # a restored experiment's time budget starts anew
 
     def _describe(self, trial) -> tuple[str, dict[str, str], dict[str, Any]]:
         """Run name, tags and params of a trial's run."""
@@ -399,21 +402,37 @@ class TrialRuns(tune.Callback):
 
     @_guarded
     def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        if self.role == "replicate":
+            self._ended.add(trial.trial_id)
+            run_id = self._run_id(trial)
+            item = trial.config["replicate"]
+            source = f"candidate #{item['candidate_rank']} (tuning trial {item['source_trial']})"
+            self.ledger.client.set_tag(run_id, NOTE, f"{tested(result)}; {source}" if "test_acc" in result else source)
+            self.ledger.client.set_terminated(run_id, "FINISHED")
+            return
+        self._end(trial, stop_reason(self.scheduler, self.time_budget_s, self._started))
+
+    @_guarded
+    def on_experiment_end(self, trials, **info):
+        """Tune stops the trials still running when the time budget runs out without telling
+        on_trial_complete: their runs end here, like the trials ASHA stopped."""
+        if self.role == "trial" and stop_reason(self.scheduler, self.time_budget_s, self._started) == "time_budget":
+            for trial in trials:
+                if trial.trial_id in self._runs and trial.trial_id not in self._ended:
+                    self._end(trial, "time_budget")
+
+    def _end(self, trial, stopped_by: str) -> None:
+        """End a tuning trial's run FINISHED, its tags and description saying how: stopping a trial early
+        is the search working, not a failure (FAILED and KILLED are kept for errors and interruptions)."""
+        self._ended.add(trial.trial_id)
         run_id = self._run_id(trial)
         result = trial.last_result or {}
         epoch = int(result.get("epoch", 0))
         client = self.ledger.client
-        if self.role == "replicate":
-            item = trial.config["replicate"]
-            source = f"candidate #{item['candidate_rank']} (tuning trial {item['source_trial']})"
-            client.set_tag(run_id, NOTE, f"{tested(result)}; {source}" if "test_acc" in result else source)
-            client.set_terminated(run_id, "FINISHED")
-            return
-        stopped_by = ""
-        if epoch < self.epochs:
-            # Stopping a trial early is the search working, not a failure: FINISHED, with the tags saying
-            # why. FAILED and KILLED are kept for errors and interruptions.
-            stopped_by = stop_reason(self.scheduler, self.time_budget_s, self._started)
+        if epoch >= self.epochs:
+            stopped_by = ""
+        else:
             client.set_tag(run_id, "stopped_by", stopped_by)
             client.set_tag(run_id, "stopped_at_epoch", str(epoch))
         note = ending(epoch, self.epochs, result.get("best_val_acc"), stopped_by)
@@ -424,6 +443,7 @@ class TrialRuns(tune.Callback):
 
     @_guarded
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended.add(trial.trial_id)
         run_id = self._run_id(trial)
         error = error_line(trial)
         epoch = int((trial.last_result or {}).get("epoch", 0))

@@ -33,6 +33,8 @@ def test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict(s
     assert "/runs?" in page.url and "workflowType=machine_learning" in page.url  # not sent to another view
     assert "No data available" not in page.text and "Detect Issues" not in page.text  # not the GenAI overview
     assert "hpo: trials and replicates" in page.text  # the study's saved view
+    # what else a first visit shows (the screenshots close the Assistant)
+    assert "You're viewing a shared view" in page.text and "MLflow Assistant" in page.text
     for algorithm in ("maml", "hypermaml"):  # tuning trials and replicates of both, without a click
         for role in (trials, replicates):
             assert any(r.info.run_name in page.text for r in role if r.data.tags["algorithm"] == algorithm), page.text
