@@ -12,7 +12,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -23,6 +23,9 @@ from .diagnostics import Diagnostic
 from .plots import plot_anytime, plot_seed_results, plot_validation_curves
 from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TuneOutcome
 from .spec import StudySpec
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 CSV_COLUMNS = (
     "algorithm", "candidate_rank", "source_trial", "final", "seed", "best_val_acc", "test_acc", "test_ci95",
@@ -183,17 +186,7 @@ def plot_optuna_study(study: optuna.Study, out_dir: str | Path, prefix: str) -> 
         ),
     }
 
-    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    reason = ""
-    if len(study.directions) != 1:
-        reason = "multi-objective study, plots need one objective"
-    elif len(completed) < 2:
-        reason = f"not enough completed trials ({len(completed)})"
-    elif len({trial.value for trial in completed}) == 1:
-        reason = f"all {len(completed)} completed trials have the same objective value"
-    varied, fixed = _varied_params(completed)
-    if not reason and not varied:
-        reason = f"no parameter varied across the {len(completed)} completed trials"
+    reason, varied, fixed = _plottable(study)
     if reason:
         return [], [f"{name} for {prefix}: {reason}" for name in plots]
 
@@ -223,6 +216,34 @@ def plot_optuna_study(study: optuna.Study, out_dir: str | Path, prefix: str) -> 
             plt.close(figure)
         written.append(path)
     return written, notes
+
+
+def interactive_parallel_coordinate(study: optuna.Study, algorithm: str) -> tuple[go.Figure | None, str | None]:
+    """Optuna's parallel-coordinate plot of a tuning study as an interactive Plotly figure, the
+    objective in points: (figure, None), or (None, a note saying why it cannot be drawn)."""
+    reason, varied, _ = _plottable(study)
+    if reason:
+        return None, f"interactive parallel coordinate for {algorithm}: {reason}"
+    figure = optuna.visualization.plot_parallel_coordinate(
+        study, params=varied, target=lambda trial: 100 * trial.value, target_name="best val acc (%)")
+    figure.update_layout(title=f"{algorithm}: completed tuning trials (ASHA-stopped ones are left out)")
+    return figure, None
+
+
+def _plottable(study: optuna.Study) -> tuple[str, list[str], list[str]]:
+    """(why the study cannot be plotted or "", params varied in every completed trial, the other params)."""
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    reason = ""
+    if len(study.directions) != 1:
+        reason = "multi-objective study, plots need one objective"
+    elif len(completed) < 2:
+        reason = f"not enough completed trials ({len(completed)})"
+    elif len({trial.value for trial in completed}) == 1:
+        reason = f"all {len(completed)} completed trials have the same objective value"
+    varied, fixed = _varied_params(completed)
+    if not reason and not varied:
+        reason = f"no parameter varied across the {len(completed)} completed trials"
+    return reason, varied, fixed
 
 
 def _varied_params(completed: list[optuna.trial.FrozenTrial]) -> tuple[list[str], list[str]]:

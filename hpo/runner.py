@@ -33,6 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from . import report
 from .diagnostics import diagnose
+from .progress import ProgressLines, duration, say
 from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
 from .spaces import FIXED_SETTINGS, SpaceFn, is_reference
 from .spec import SPEC_FILE, StudySpec
@@ -126,41 +127,67 @@ def optuna_storage_url(spec: StudySpec) -> str:
 
 # ---- the driver --------------------------------------------------------------------------------------
 
-def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, tuple[dict, str]]) -> None:
+def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, tuple[dict, str]],
+              verbose: bool = False) -> None:
+    """Run the study. stdout tells the story in short lines (hpo.progress): where to look in MLflow, each
+    trial event, and at the end the verdict, the summary's path and the MLflow link again; `verbose`
+    adds Ray Tune's own status tables."""
     tracker = StudyTracker(spec)
     tracker.start_study()
+    say(f"study {spec.name}: {' vs '.join(spec.algorithms)} on {spec.dataset} {spec.way}-way {spec.shot}-shot, "
+        f"{spec.trials} trials x {spec.epochs} epochs per algorithm, then the top {spec.replicate_top}"
+        f"{' (+ reference)' if references else ''} x {spec.replicate_seeds} fresh seeds")
+    for line in tracker.where():
+        say(line)
     if "://" not in spec.storage_path:  # what a later run of this --name is checked against
         Path(spec.study_dir).mkdir(parents=True, exist_ok=True)
         (Path(spec.study_dir) / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+    # Ray Tune's output engine prints its experiment banner even when silent (verbose=0); the legacy
+    # engine prints nothing then. --verbose keeps the current engine and its status tables.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     # No address: a fresh local instance, never a cluster that `ray start` happened to leave on this
     # machine. In a Ray job, RAY_ADDRESS (hence --address) points at the job's cluster.
     ray.init(address=spec.address or "local", include_dashboard=False if not spec.address else None)
     try:
-        outcomes = {a: tune_algorithm(spec, a, spaces[a], references.get(a), tracker) for a in spec.algorithms}
-        replicates = replicate(spec, outcomes, tracker)
+        outcomes = {a: tune_algorithm(spec, a, spaces[a], references.get(a), tracker, verbose) for a in spec.algorithms}
+        replicates = replicate(spec, outcomes, tracker, verbose)
         finalists = choose_finalists(replicates)
         tracker.mark_finalists(finalists)
+        say("final configurations (best mean val over seeds): " + ", ".join(
+            f"{a} #{f.candidate_rank} ({100 * f.mean_val_acc:.1f}%)" for a, f in finalists.items()))
         comparison = compare(spec, outcomes, finalists)
         diagnostics = diagnose(outcomes, finalists, comparison, spec.grace_period)
         summary = write_report(spec, outcomes, replicates, finalists, comparison, diagnostics, tracker)
         tracker.finish_study("FINISHED")
-        print(summary)
     except BaseException:
         tracker.finish_study("FAILED")
         raise
     finally:
         ray.shutdown()
+    # The answer last: the diagnostics, the summary's bold opening lines (a time-budget warning, the
+    # verdict), then where the rest is.
+    opening = summary.split("\n## ")[0].splitlines()
+    for line in [d.message for d in diagnostics] + [line.strip("*") for line in opening if line.startswith("**")]:
+        say(line)
+    local = "://" not in spec.storage_path
+    say(f"Summary: {Path(spec.study_dir) / 'summary.md' if local else 'in MLflow, the study run description'}")
+    for line in tracker.where():
+        say(line)
 
 
 # ---- phase 1: tune ---------------------------------------------------------------------------------
 
 def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: tuple[dict, str] | None,
-                   tracker: StudyTracker) -> TuneOutcome:
+                   tracker: StudyTracker, verbose: bool = False) -> TuneOutcome:
     start = time.perf_counter()
     experiment = f"{spec.study_dir}/{algorithm}"
     trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     time_budget = spec.time_budget_s / len(spec.algorithms) if spec.time_budget_s else None
-    callbacks = [tracker.trial_callback(algorithm, spec.epochs, reference)]
+    callbacks = [tracker.trial_callback(algorithm, spec.epochs, reference),
+                 ProgressLines("trial", spec.trials, spec.epochs, spec.scheduler, time_budget or 0.0,
+                               reference[0] if reference else None)]
+    say(f"tune {algorithm}: {spec.trials} trials of up to {spec.epochs} epochs, {spec.max_concurrent} at a time "
+        f"({spec.searcher}, {spec.scheduler})")
     if tune.Tuner.can_restore(experiment):
         # Continue an interrupted study: finished trials stay, unfinished ones (RUNNING when the driver
         # died) resume from their checkpoints; trials that failed on their own stay failed.
@@ -183,7 +210,7 @@ def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: t
                 max_concurrent_trials=spec.max_concurrent, reuse_actors=True, trial_dirname_creator=trial_dirname,
                 time_budget_s=time_budget,
             ),
-            run_config=_run_config(spec, algorithm, callbacks),
+            run_config=_run_config(spec, algorithm, callbacks, verbose),
         )
     results = tuner.fit()
     tracker.reconcile(algorithm, results)
@@ -192,15 +219,30 @@ def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: t
     proposals = _optuna_proposals(spec, algorithm)
     trials = sorted((_trial_record(spec, algorithm, r, reference, budget_end, proposals) for r in results),
                     key=lambda t: t.number)
-    return TuneOutcome(algorithm, trials, wall, spec.epochs * spec.episodes_per_epoch)
+    outcome = TuneOutcome(algorithm, trials, wall, spec.epochs * spec.episodes_per_epoch)
+    tracker.note_best_trial(outcome)
+    say(f"tune {algorithm} done in {duration(wall)}: {_tally(outcome)}")
+    return outcome
 
 
-def _run_config(spec: StudySpec, name: str, callbacks: list) -> tune.RunConfig:
+def _tally(outcome: TuneOutcome) -> str:
+    """How a tuning phase went: "2 ran all epochs, 2 stopped early; best val 75.4% (3ee199ea)"."""
+    counts = {"ran all epochs": outcome.count(COMPLETED), "stopped early": outcome.count(EARLY_STOPPED),
+              "cut by the time budget": outcome.count(TIME_BUDGET), "failed": outcome.count(FAILED)}
+    text = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+    scored = [t for t in outcome.trials if t.best_val_acc is not None]
+    if scored:
+        best = max(scored, key=lambda t: t.best_val_acc)
+        text += f"; best val {100 * best.best_val_acc:.1f}% ({best.trial_id})"
+    return text
+
+
+def _run_config(spec: StudySpec, name: str, callbacks: list, verbose: bool) -> tune.RunConfig:
     return tune.RunConfig(
         name=name, storage_path=spec.study_dir, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        verbose=1,
+        verbose=1 if verbose else 0,  # 0: no status tables (hpo.progress prints the events)
     )
 
 
@@ -267,7 +309,8 @@ def candidates(outcome: TuneOutcome, top: int) -> list[tuple[int, TrialRecord]]:
     return chosen
 
 
-def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker) -> list[ReplicateRecord]:
+def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker,
+              verbose: bool = False) -> list[ReplicateRecord]:
     """Retrain every candidate with each fresh seed at the full trial budget, as one Tune experiment
     (parallel, retried and resumable like the tuning trials), each tested on the same episodes."""
     items = []
@@ -282,6 +325,9 @@ def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyT
                               "test_episodes": spec.test_episodes, "test_seeds": test_seeds})
     if not items:
         raise RuntimeError(f"no tuning trial reported a validation accuracy; see {spec.study_dir}")
+    start = time.perf_counter()
+    say(f"replicate: {len(items)} runs ({len(items) // spec.replicate_seeds} configurations x {spec.replicate_seeds} "
+        f"fresh seeds), {spec.epochs} epochs each, then the test")
     experiment = f"{spec.study_dir}/{REPLICATES}"
     trainable = tune.with_resources(replicate_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     if tune.Tuner.can_restore(experiment):
@@ -291,10 +337,13 @@ def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyT
             trainable, param_space={"replicate": tune.grid_search(items)},
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=trial_dirname),
-            run_config=_run_config(spec, REPLICATES, [tracker.replicate_callback(spec.epochs)]),
+            run_config=_run_config(spec, REPLICATES, [tracker.replicate_callback(spec.epochs),
+                                                      ProgressLines("replicate", len(items), spec.epochs)], verbose),
         )
     records = []
-    for result in tuner.fit():
+    results = tuner.fit()
+    say(f"replicate done in {duration(time.perf_counter() - start)}")
+    for result in results:
         item = result.config["replicate"]
         metrics = result.metrics or {}
         if result.error is not None or "test_acc" not in metrics:
@@ -349,7 +398,7 @@ def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, d
     out = Path(tempfile.mkdtemp(prefix="hpo-summary-"))
     try:
         files = report.write_files(spec, outcomes, replicates, finalists, comparison, diagnostics, out)
-        notes = []
+        notes, figures = [], {}
         storage = optuna_storage_url(spec)
         for algorithm in spec.algorithms:
             try:
@@ -357,10 +406,13 @@ def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, d
             except KeyError:
                 continue
             _, study_notes = report.plot_optuna_study(study, out / "plots", algorithm)
-            notes += study_notes
+            figure, note = report.interactive_parallel_coordinate(study, algorithm)
+            if figure is not None:
+                figures[f"plots/{algorithm}_parallel_coordinate.html"] = figure
+            notes += study_notes + ([note] if note else [])
         for note in notes:
             print(f"note: {note}", file=sys.stderr, flush=True)
-        tracker.log_summary(comparison, finalists, diagnostics, files, notes)
+        tracker.log_summary(comparison, diagnostics, files, notes, figures)
         if "://" not in spec.storage_path:  # a local folder; a URI (s3://, gs://, file://...) is not a Path
             for name in ("summary.md", "summary.csv"):
                 shutil.copy2(out / name, Path(spec.study_dir) / name)

@@ -39,6 +39,8 @@ def build_parser() -> cli.Parser:
                    help="a search space file (.py with space(trial[, epochs]) or .yaml) replacing the built-in one")
     p.add_argument("--resume", action="store_true", help="continue the study of this --name (re-running the name does too)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved study and one sample of each space; start nothing")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print Ray Tune's status tables (default: one line per trial event)")
     return p
 
 
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(spec.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     from .runner import run_study  # imports Ray: only once the input is known to be good
 
-    run_study(spec, spaces, references)
+    run_study(spec, spaces, references, verbose=args.verbose)
     return 0
 
 

@@ -1,8 +1,10 @@
 """MLflow bookkeeping of a study, done on the driver.
 
-One experiment per study; a parent run holding the resolved spec; one nested run per Ray trial
-(full config as params, per-epoch metrics, tags, final status); a nested "summary" run with the
-comparison table, plots and the best checkpoint of each algorithm.
+One experiment per study; a study run holding the resolved spec; one run per Ray trial (full config
+as params, per-epoch metrics, tags, final status, a one-line description), beside it rather than
+nested, so the UI lists them all; a "summary" run, nested in the study run, with the comparison
+table and plots. The experiment's description is the verdict and the link to the study's runs
+(runs_link). Accuracies are logged in points (percent).
 
 Runs are found again by tags (study, role, Ray trial id), so re-running or resuming a study adds
 no duplicates. If MLflow cannot be reached, the study goes on: a one-line warning is printed and
@@ -12,26 +14,37 @@ the results stay in Ray's storage.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from .progress import ending, error_line, replicate_name, stop_reason, tested
 from .spaces import is_reference
 from .spec import StudySpec
 
 LOGGED_METRICS = ("train_loss", "train_acc", "val_acc", "val_ci95", "best_val_acc", "episodes_per_s", "epoch_s", "hn_weight",
                   "test_acc", "test_ci95", "adapt_ms_per_task", "parameters")
+# Accuracies and their CIs go to MLflow in points (percent), the unit of the verdict and the summary.
+POINTS = frozenset({"train_acc", "val_acc", "val_ci95", "best_val_acc", "test_acc", "test_ci95"})
 STUDY_TAG, ROLE_TAG, TRIAL_TAG = "hpo.study", "hpo.role", "ray.trial_id"
+NOTE = "mlflow.note.content"  # a run's or an experiment's description in the MLflow UI
 MAX_NOTE = 7500  # MLflow caps tag values at 8000 characters
+UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
+# The study's trial and replicate runs: those with an algorithm.
+RUNS_FILTER = "tags.algorithm IS NOT NULL"
+# The MLflow UI's saved views (its "Views" menu) are experiment tags "mlflow.sharedViewState.<id>";
+# a link opens one with viewStateShareKey=<id>. Each study gets two (SAVED_VIEWS).
+RUNS_VIEW, FINAL_VIEW = "hpo-runs", "hpo-final"
 
 # A tracking server that disappears mid-study must not stall the driver for minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -58,6 +71,54 @@ def reachable(uri: str) -> str | None:
         folder = Path(uri[len("sqlite:///"):]).parent
         return None if folder.is_dir() and os.access(folder, os.W_OK) else f"{folder} is not a writable folder"
     return None
+
+
+def runs_link(ui_url: str, experiment_id: str, view: str = RUNS_VIEW) -> str:
+    """The MLflow UI page of a study's runs in one of its saved views (SAVED_VIEWS), in the classic ML
+    mode: MLflow 3.17's UI otherwise opens an experiment in its GenAI overview, by a per-browser
+    setting the experiment cannot change."""
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", "viewStateShareKey": view})
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+# id -> (name, state) of the study's saved views, in the MLflow 3.17 UI's format. "All of them in the
+# charts": the UI's default charts only the first 10 runs.
+SAVED_VIEWS = {
+    # The printed link: every trial and replicate, newest first (the replicates, then the trials), with
+    # their one-line descriptions and accuracies as columns.
+    RUNS_VIEW: ("hpo: trials and replicates", {
+        "searchFilter": RUNS_FILTER, "orderByKey": "attributes.start_time", "orderByAsc": False,
+        "selectedColumns": ["attributes.`Description`", "metrics.`test_acc`", "metrics.`best_val_acc`"],
+        "runsHiddenMode": "SHOW_ALL"}),
+    # The head-to-head: the final configuration's replicates of each algorithm, grouped by algorithm,
+    # so a group's row holds the means over its fresh seeds.
+    FINAL_VIEW: ("hpo: head-to-head", {
+        "searchFilter": "tags.`hpo.final` = 'true'", "orderByKey": "attributes.start_time", "orderByAsc": False,
+        "selectedColumns": ["metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_val_acc`",
+                            "metrics.`adapt_ms_per_task`"],
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "algorithm"}]},
+        "runsHiddenMode": "SHOW_ALL"}),
+}
+
+
+def saved_view(view: str) -> tuple[str, str]:
+    """(experiment tag, value) storing a saved view as the UI does: name, times, and the state as JSON."""
+    name, state = SAVED_VIEWS[view]
+    now = int(time.time() * 1000)
+    value = json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+    return f"mlflow.sharedViewState.{view}", value
+
+
+def ui_url(tracking_uri: str) -> str:
+    """Where the MLflow UI of a tracking URI is: the server itself, or `mlflow ui` on its default port."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI
+
+
+def serve_command(tracking_uri: str) -> str | None:
+    """The command that serves a store with no server of its own (sqlite:, a folder), else None."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
 class _Ledger:
@@ -123,9 +184,16 @@ class StudyTracker:
             ledger.experiment_id = client.create_experiment(self.spec.name, artifact_location=_artifact_location(self.spec))
         else:
             ledger.experiment_id = experiment.experiment_id
-        # MLflow 3's UI opens an untagged experiment in its GenAI (traces) view; this tag makes it open
-        # the runs table, where the study's parent, trial and summary runs are.
+        # What the experiment is for, in MLflow's own words; MLflow 3.17's UI opens experiments by a
+        # per-browser setting instead, hence the link with workflowType (runs_link).
         client.set_experiment_tag(ledger.experiment_id, "mlflow.experimentKind", "custom_model_development")
+        for view in SAVED_VIEWS:
+            client.set_experiment_tag(ledger.experiment_id, *saved_view(view))
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        client.set_experiment_tag(ledger.experiment_id, NOTE, (
+            f"Running since {started}: {' vs '.join(self.spec.algorithms)} on {self.spec.dataset} "
+            f"{self.spec.way}-way {self.spec.shot}-shot, {self.spec.trials} tuning trials each, then fresh-seed "
+            f"replicates. The verdict replaces this line when the study ends.\n\nTrial and replicate runs: {self.link}"))
         existing = ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "study"})
         if existing:
             ledger.parent_run_id = existing[0].info.run_id
@@ -138,6 +206,23 @@ class StudyTracker:
         params = [Param(k, _param_value(v)) for k, v in self.spec.to_dict().items()]
         client.log_batch(ledger.parent_run_id, params=params)
 
+    @property
+    def link(self) -> str | None:
+        """The study's runs in the MLflow UI (None without MLflow)."""
+        return self.view_link(RUNS_VIEW)
+
+    def view_link(self, view: str) -> str | None:
+        if not self.ledger.enabled or self.ledger.experiment_id is None:
+            return None
+        return runs_link(ui_url(self.spec.tracking_uri), self.ledger.experiment_id, view)
+
+    def where(self) -> list[str]:
+        """Lines saying where to look in MLflow: the link, and the command serving a local store."""
+        if self.link is None:
+            return [f"MLflow: unavailable; the results are in {self.spec.study_dir}"]
+        command = serve_command(self.spec.tracking_uri)
+        return [f"MLflow: {self.link}"] + ([f"  (serve the store first: {command})"] if command else [])
+
     def trial_callback(self, algorithm: str, epochs: int, reference: tuple[dict, str] | None) -> "TrialRuns":
         return TrialRuns(self.ledger, "trial", epochs, self.spec, git_commit(), algorithm=algorithm, reference=reference)
 
@@ -145,12 +230,27 @@ class StudyTracker:
         return TrialRuns(self.ledger, "replicate", epochs, self.spec, git_commit())
 
     @_guarded
+    def note_best_trial(self, outcome) -> None:
+        """Say on the best tuning trial's run (by best validation accuracy) that it is the best."""
+        ranked = [t for t in outcome.trials if t.best_val_acc is not None]
+        if not ranked:
+            return
+        best = max(ranked, key=lambda t: t.best_val_acc)
+        for run in self.ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "trial", TRIAL_TAG: best.trial_id}):
+            note = run.data.tags.get(NOTE, "")
+            if not note.startswith("best "):
+                self.ledger.client.set_tag(run.info.run_id, NOTE, f"best {outcome.algorithm} trial; {note}")
+
+    @_guarded
     def mark_finalists(self, finalists) -> None:
-        """Tag the final configuration's replicate runs `hpo.final=true`."""
+        """Tag the final configuration's replicate runs `hpo.final=true`, and say so in their descriptions."""
         for finalist in finalists.values():
             for record in finalist.replicates:
                 for run in self.ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "replicate", TRIAL_TAG: record.trial_id}):
                     self.ledger.client.set_tag(run.info.run_id, "hpo.final", "true")
+                    note = run.data.tags.get(NOTE, "")
+                    if not note.startswith("final "):
+                        self.ledger.client.set_tag(run.info.run_id, NOTE, f"final {finalist.algorithm}; {note}")
 
     @_guarded
     def reconcile(self, algorithm: str, results) -> None:
@@ -163,14 +263,18 @@ class StudyTracker:
                 self.ledger.client.delete_run(run.info.run_id)
 
     @_guarded
-    def log_summary(self, comparison, finalists, diagnostics, files: list[Path], notes: list[str]) -> None:
-        """The summary run (tables, plots) and, on the study run, the verdict, its numbers and the
-        diagnostics as tags and metrics; the summary is the run description of both."""
+    def log_summary(self, comparison, diagnostics, files: list[Path], notes: list[str], figures: dict) -> None:
+        """The summary run (tables, plots, interactive plots) and, on the study run, the verdict, its
+        numbers and the diagnostics as tags and metrics; the summary is the run description of both,
+        and the verdict with the link is the experiment's description.
+
+        `figures` maps artifact paths ("plots/x.html") to Plotly figures, stored self-contained (they
+        open without the internet)."""
         ledger, client = self.ledger, self.ledger.client
         for old in ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "summary"}):
             client.delete_run(old.info.run_id)  # a re-run of the summary replaces the previous one
         summary_md = files[0].read_text()[:MAX_NOTE]
-        tags = {"mlflow.note.content": summary_md}
+        tags = {NOTE: summary_md}
         if comparison is not None:
             tags.update({"verdict": comparison.sentence[:5000], "verdict.kind": comparison.kind})
         tags.update({d.key: d.message[:5000] for d in diagnostics})
@@ -179,27 +283,32 @@ class StudyTracker:
         run_id = client.create_run(ledger.experiment_id, run_name="summary: head-to-head", tags={
             **tags, STUDY_TAG: self.spec.name, ROLE_TAG: "summary", "mlflow.parentRunId": ledger.parent_run_id,
             "git_commit": git_commit()}).info.run_id
-        now = int(time.time() * 1000)
-        values = {}
-        for algorithm, finalist in finalists.items():
-            values[f"{algorithm}.test_acc"] = float(np.mean([r.test_acc for r in finalist.replicates]))
-            values[f"{algorithm}.best_val_acc"] = finalist.mean_val_acc
-            values[f"{algorithm}.seeds"] = len(finalist.replicates)
-        if comparison is not None:
-            values.update({"effect_points": comparison.effect, "effect_ci95_low": comparison.ci_low,
-                           "effect_ci95_high": comparison.ci_high, "p_value": comparison.p_value,
-                           "p_improvement": comparison.p_improvement})
-        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
-        client.log_batch(run_id, metrics=metrics)
         for path in files:
             if path.is_dir():
                 client.log_artifacts(run_id, str(path), path.name)
             else:
                 client.log_artifact(run_id, str(path))
+        for artifact, figure in figures.items():
+            client.log_figure(run_id, figure, artifact, save_kwargs={"include_plotlyjs": True})
         client.set_terminated(run_id, "FINISHED")
+        # The comparison's numbers, in points like every accuracy in MLflow; each algorithm's own results
+        # are on its replicate runs (test_acc, ...), the same keys as the trials.
+        metrics = []
+        if comparison is not None:
+            now = int(time.time() * 1000)
+            values = {"effect_points": comparison.effect, "effect_ci95_low": comparison.ci_low,
+                      "effect_ci95_high": comparison.ci_high, "p_value": comparison.p_value,
+                      "p_improvement": comparison.p_improvement}
+            metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
         client.log_batch(ledger.parent_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         client.log_artifact(ledger.parent_run_id, str(files[0]))
         client.log_artifacts(ledger.parent_run_id, str(next(p for p in files if p.is_dir())), "plots")
+        verdict = comparison.sentence if comparison is not None else "No verdict: it needs two algorithms with at least 2 successful replicates each."
+        client.set_experiment_tag(ledger.experiment_id, NOTE, (
+            f"{verdict}\n\nTrial and replicate runs of both algorithms: {self.link}\n\n"
+            f"Head-to-head, the final configurations' fresh seeds grouped by algorithm: {self.view_link(FINAL_VIEW)}\n\n"
+            f"The full summary is the description of the run `study {self.spec.name}`. "
+            f"Accuracies are in points (percent)."))
 
     @_guarded
     def finish_study(self, status: str) -> None:
@@ -219,13 +328,16 @@ class TrialRuns(tune.Callback):
         self.common_tags = {"dataset": spec.dataset, "way": str(spec.way), "shot": str(spec.shot)}
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_epoch: dict[str, int] = {}
+        self._ended: set[str] = set()  # trial ids whose run has ended
+        # Made just before its Tune experiment starts (or is restored: __setstate__), so when Tune's time
+        # budget is spent, so is this one (stop_reason).
         self._started = time.time()
 
     def __getstate__(self):
-        return {**self.__dict__, "_runs": {}, "_last_epoch": {}}
+        return {**self.__dict__, "_runs": {}, "_last_epoch": {}, "_ended": set()}
 
-    def setup(self, **info):
-        self._started = time.time()
+    def __setstate__(self, state):
+        self.__dict__.update(state, _started=time.time())  # a restored experiment's time budget starts anew
 
     def _describe(self, trial) -> tuple[str, dict[str, str], dict[str, Any]]:
         """Run name, tags and params of a trial's run."""
@@ -233,8 +345,7 @@ class TrialRuns(tune.Callback):
             item = trial.config["replicate"]
             tags = {"algorithm": item["algorithm"], "seed": str(item["seed"]), "hpo.candidate_rank": str(item["candidate_rank"]),
                     "hpo.source_trial": item["source_trial"]}
-            name = f"{item['algorithm']} replicate rank {item['candidate_rank']} seed {item['seed']}"
-            return name, tags, item["settings"]
+            return replicate_name(item), tags, item["settings"]
         tags = {"algorithm": self.algorithm}
         if self.reference and is_reference({k: v for k, v in trial.config.items()}, self.reference[0]):
             tags["hpo.reference"] = self.reference[1]
@@ -252,8 +363,10 @@ class TrialRuns(tune.Callback):
             ledger.client.update_run(run_id, status="RUNNING")
         else:
             name, own_tags, config = self._describe(trial)
+            # Not nested under the study run: MLflow's UI folds nested runs under their parent, and a study
+            # is read by comparing its trials and replicates. The hpo.study tag ties them to their study.
             tags = {**self.common_tags, **own_tags, STUDY_TAG: ledger.study, ROLE_TAG: self.role, TRIAL_TAG: trial.trial_id,
-                    "mlflow.parentRunId": ledger.parent_run_id, "git_commit": self.commit}
+                    "git_commit": self.commit}
             run_id = ledger.client.create_run(ledger.experiment_id, run_name=name, tags=tags).info.run_id
             params = [Param(k, _param_value(v)) for k, v in sorted(config.items())]
             ledger.client.log_batch(run_id, params=params)
@@ -273,7 +386,8 @@ class TrialRuns(tune.Callback):
             return  # already logged before a restore: no duplicate steps
         self._last_epoch[trial.trial_id] = epoch
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, epoch) for k in LOGGED_METRICS if k in result]
+        metrics = [Metric(k, _points(float(result[k])) if k in POINTS else float(result[k]), now, epoch)
+                   for k in LOGGED_METRICS if k in result]
         node_ip, node_id = result.get("node_ip", "unknown"), str(result.get("node_id", "unknown"))
         tags = [RunTag("node", f"{node_ip}/{node_id[:12]}"), RunTag("node_id", node_id),
                 RunTag("hostname", str(result.get("hostname", "unknown")))]
@@ -284,27 +398,57 @@ class TrialRuns(tune.Callback):
         run_id = self._run_id(trial)
         retries = int(self.ledger.client.get_run(run_id).data.tags.get("retries", "0")) + 1
         self.ledger.client.set_tag(run_id, "retries", str(retries))
-        self.ledger.client.set_tag(run_id, "last_error", _error_line(trial))
+        self.ledger.client.set_tag(run_id, "last_error", error_line(trial))
 
     @_guarded
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run_id(trial)
-        epoch = int((trial.last_result or {}).get("epoch", 0))
-        if epoch >= self.epochs:
+        result = trial.last_result or {}
+        if self.role == "replicate":
+            self._ended.add(trial.trial_id)
+            run_id = self._run_id(trial)
+            item = trial.config["replicate"]
+            source = f"candidate #{item['candidate_rank']} (tuning trial {item['source_trial']})"
+            self.ledger.client.set_tag(run_id, NOTE, f"{tested(result)}; {source}" if "test_acc" in result else source)
             self.ledger.client.set_terminated(run_id, "FINISHED")
             return
-        over_budget = self.time_budget_s and time.time() - self._started >= self.time_budget_s
-        stopped_by = "time_budget" if over_budget else ("ASHA" if self.scheduler == "asha" else "stopped")
-        self.ledger.client.set_tag(run_id, "stopped_by", stopped_by)
-        self.ledger.client.set_tag(run_id, "stopped_at_epoch", str(epoch))
-        # Stopping a trial early is the search working, not a failure: FINISHED, with the tags saying
-        # why. FAILED and KILLED are kept for errors and interruptions.
-        self.ledger.client.set_terminated(run_id, "FINISHED")
+        self._end(trial, stop_reason(self.scheduler, self.time_budget_s, self._started))
+
+    @_guarded
+    def on_experiment_end(self, trials, **info):
+        """Tune stops the trials still running when the time budget runs out without telling
+        on_trial_complete: their runs end here, like the trials ASHA stopped."""
+        if self.role == "trial" and stop_reason(self.scheduler, self.time_budget_s, self._started) == "time_budget":
+            for trial in trials:
+                if trial.trial_id in self._runs and trial.trial_id not in self._ended:
+                    self._end(trial, "time_budget")
+
+    def _end(self, trial, stopped_by: str) -> None:
+        """End a tuning trial's run FINISHED, its tags and description saying how: stopping a trial early
+        is the search working, not a failure (FAILED and KILLED are kept for errors and interruptions)."""
+        self._ended.add(trial.trial_id)
+        run_id = self._run_id(trial)
+        result = trial.last_result or {}
+        epoch = int(result.get("epoch", 0))
+        client = self.ledger.client
+        if epoch >= self.epochs:
+            stopped_by = ""
+        else:
+            client.set_tag(run_id, "stopped_by", stopped_by)
+            client.set_tag(run_id, "stopped_at_epoch", str(epoch))
+        note = ending(epoch, self.epochs, result.get("best_val_acc"), stopped_by)
+        if self.reference and is_reference(trial.config, self.reference[0]):
+            note = f"published reference; {note}"
+        client.set_tag(run_id, NOTE, note)
+        client.set_terminated(run_id, "FINISHED")
 
     @_guarded
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended.add(trial.trial_id)
         run_id = self._run_id(trial)
-        self.ledger.client.set_tag(run_id, "error", _error_line(trial))
+        error = error_line(trial)
+        epoch = int((trial.last_result or {}).get("epoch", 0))
+        self.ledger.client.set_tag(run_id, "error", error)
+        self.ledger.client.set_tag(run_id, NOTE, f"failed at epoch {epoch}: {error}"[:MAX_NOTE])
         if trial.error_file and Path(trial.error_file).is_file():
             self.ledger.client.log_artifact(run_id, trial.error_file)
         self.ledger.client.set_terminated(run_id, "FAILED")
@@ -319,14 +463,9 @@ def trial_id_of(path: str) -> str:
     return Path(path).name.removeprefix("trial_")
 
 
-def _error_line(trial) -> str:
-    """The exception line of a trial's error (the last non-empty line of Tune's error file)."""
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
-        if lines:
-            return lines[-1][:5000]
-    return "unknown error (no error file)"
+def _points(fraction: float) -> float:
+    """An accuracy in points, rounded to 1e-4 (float32 noise such as 31.600004 would show in the UI)."""
+    return round(100 * fraction, 4)
 
 
 def _param_value(value: Any) -> str:

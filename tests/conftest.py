@@ -2,7 +2,8 @@
 
 The zips are taken from $HYPERMAML_DATA_ROOT, else from ../shared/data/omniglot beside the repo. When
 a collected test needs them (the `omniglot_root` fixture) and they are not there, the run stops before
-any test with one line saying what to set.
+any test with one line saying what to set. One smoke study runs per session (its store and stdout are
+read by several test files).
 """
 
 import os
@@ -62,3 +63,16 @@ def serve():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def smoke(omniglot_root, tmp_path_factory):
+    """(the folder the README's smoke study ran in, its finished process), run once per session."""
+    from .readme_commands import run_as_printed, scratch_checkout
+    from .studies import SMOKE, SMOKE_DB, SMOKE_NAME  # imports MLflow: only for the tests that run a study
+
+    assert f"--name {SMOKE_NAME}" in SMOKE and f"sqlite:///$PWD/{SMOKE_DB}" in SMOKE and "--storage-path $PWD/ray" in SMOKE
+    checkout = scratch_checkout(tmp_path_factory.mktemp("smoke"), omniglot_root)
+    proc = run_as_printed(SMOKE, checkout, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return checkout, proc

@@ -42,6 +42,9 @@ TRAIN = (".venv/bin/python -m hypermaml.train --algorithm hypermaml --data-root 
          "--steps-per-epoch 25 --meta-batch 8 --hn-hidden 256 --output runs/hypermaml")
 HELP = ["python -m hpo.search --help", "python -m hypermaml.train --help"]
 MLFLOW_UI = ".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000"
+SCREENSHOT = "python -m hpo.screenshot --tracking-uri sqlite:///$PWD/m.db --experiment try1 --out docs"
+DASHBOARD_INSTALL = ".venv/bin/pip install -e '.[dashboard]'"
+DASHBOARD = ".venv/bin/optuna-dashboard sqlite:///$PWD/ray/try1/optuna.db --host 127.0.0.1 --port 8080"
 THROUGHPUT = "python benchmarks/throughput.py --data-root ../shared/data/omniglot --device cuda --task-chunk 0"
 RAY = ["ray get-auth-token --generate", "ray up ray_cluster.yaml", "ray dashboard ray_cluster.yaml &",
        "ray dashboard ray_cluster.yaml --port 5000 --remote-port 5000 &",
@@ -62,6 +65,9 @@ COVERED = {
     TRAIN: "test_the_training_command_gives_the_results_row",
     **{c: "test_help_lists_every_flag" for c in HELP},
     MLFLOW_UI: "test_the_mlflow_ui_command_serves_the_store",
+    SCREENSHOT: "tests/test_ui.py: test_the_screenshot_command_saves_the_pages (beside the smoke study)",
+    DASHBOARD_INSTALL: ".ci/run runs it",
+    DASHBOARD: "tests/test_ui.py: test_optuna_dashboard_serves_the_studys_optuna_storage (beside the smoke study)",
     THROUGHPUT: "parsed: test_cluster_and_gpu_commands_parse (needs a GPU)",
     **{c: "parsed: test_cluster_and_gpu_commands_parse" for c in RAY + KUBECTL},
     "export RAY_AUTH_MODE=token": "parsed: test_cluster_and_gpu_commands_parse",
@@ -77,7 +83,7 @@ def test_every_readme_command_is_run_or_parsed_by_a_test():
 
 def test_ci_runs_the_set_up_and_test_commands_as_printed():
     lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
-    assert SETUP in lines and TESTS in lines
+    assert SETUP in lines and TESTS in lines and DASHBOARD_INSTALL in lines
 
 
 @pytest.fixture

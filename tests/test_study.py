@@ -1,57 +1,24 @@
 """`python -m hpo.search` end to end on real Omniglot: real Ray, a real MLflow SQLite store and a real
-Optuna storage. The smoke study runs once for the module, as the README prints it; its store is then
-inspected."""
+Optuna storage. The smoke study runs once for the session, as the README prints it (conftest.py); its
+store is then inspected."""
 
 import csv
 import io
 import os
+import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 
 from hypermaml import evaluate, load_learner
-from tests.readme_commands import readme_commands, run_as_printed, scratch_checkout
+from tests.readme_commands import run_as_printed
 
-REPO = Path(__file__).resolve().parents[1]
-# The README's smoke study: a study named try1, its MLflow store in m.db and its Ray storage in ray/.
-SMOKE = next(c for c in readme_commands() if c.startswith("python -m hpo.search --preset smoke"))
-SMOKE_NAME, SMOKE_DB = "try1", "m.db"
-
-
-def study_cmd(root, tmp, name, *extra):
-    return [sys.executable, "-m", "hpo.search", "--preset", "smoke", "--data-root", str(root),
-            "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--storage-path", str(tmp / "ray"), "--name", name, *extra]
-
-
-def run_study(cmd, timeout=900):
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def runs(tmp, name, role, db="mlflow.db"):
-    client = MlflowClient(f"sqlite:///{tmp / db}")
-    experiment = client.get_experiment_by_name(name)
-    return client, client.search_runs([experiment.experiment_id], filter_string=f"tags.`hpo.role` = '{role}'", max_results=1000)
-
-
-@pytest.fixture(scope="module")
-def smoke(omniglot_root, tmp_path_factory):
-    """(the folder the README's smoke study ran in, its process)."""
-    assert f"--name {SMOKE_NAME}" in SMOKE and f"sqlite:///$PWD/{SMOKE_DB}" in SMOKE and "--storage-path $PWD/ray" in SMOKE
-    checkout = scratch_checkout(tmp_path_factory.mktemp("smoke"), omniglot_root)
-    proc = run_as_printed(SMOKE, checkout, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return checkout, proc
-
-
-def smoke_runs(tmp, role):
-    return runs(tmp, SMOKE_NAME, role, SMOKE_DB)
+from .studies import REPO, SMOKE, SMOKE_DB, SMOKE_NAME, run_study, runs, smoke_runs, study_cmd
 
 
 def test_smoke_study_prints_the_verdict_and_writes_the_summary(smoke):
@@ -59,10 +26,37 @@ def test_smoke_study_prints_the_verdict_and_writes_the_summary(smoke):
     summary = (tmp / "ray" / SMOKE_NAME / "summary.md").read_text()
     verdict_line = summary.splitlines()[2]
     assert verdict_line.startswith("**") and "95% CI" in verdict_line and "training seeds" in verdict_line
-    assert verdict_line in proc.stdout  # the printed summary is the stored one
+    assert verdict_line.strip("*") in proc.stdout.splitlines()  # the printed verdict is the stored one
 
 
-def test_mlflow_has_parent_nested_trials_replicates_and_summary(smoke):
+def test_stdout_is_short_and_ends_with_the_verdict_the_summary_and_the_link(smoke):
+    tmp, proc = smoke
+    assert len(proc.stdout.encode()) < 5000, proc.stdout
+    assert "│" not in proc.stdout and "Trial status" not in proc.stdout  # no Ray status tables
+    client, _ = smoke_runs(tmp, "study")
+    experiment_id = client.get_experiment_by_name(SMOKE_NAME).experiment_id
+    lines = proc.stdout.splitlines()
+    verdict = (tmp / "ray" / SMOKE_NAME / "summary.md").read_text().splitlines()[2].strip("*")
+    link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=hpo-runs"
+    assert lines[-4:] == [
+        verdict,
+        f"Summary: {tmp / 'ray' / SMOKE_NAME / 'summary.md'}",
+        f"MLflow: {link}",
+        f"  (serve the store first: mlflow ui --backend-store-uri sqlite:///{tmp / SMOKE_DB} --host 127.0.0.1 --port 5000)",
+    ]
+    assert lines[1] == f"MLflow: {link}"  # also as soon as the study starts
+    # one line per trial event: every tuning trial's start and end, every epoch it reported
+    _, trials = smoke_runs(tmp, "trial")
+    for run in trials:
+        trial_id = run.data.tags["ray.trial_id"]
+        epochs = len(client.get_metric_history(run.info.run_id, "val_acc"))
+        assert sum(line.startswith(f"  {trial_id} started") for line in lines) == 1
+        assert sum(line.startswith(f"  {trial_id} epoch ") for line in lines) == epochs
+        ending = run.data.tags["mlflow.note.content"].split("; ")[-1]  # as its run description says
+        assert sum(bool(re.fullmatch(rf"  {trial_id} {re.escape(ending)} \[[1-4]/4\]", line)) for line in lines) == 1
+
+
+def test_mlflow_has_the_study_run_its_trials_replicates_and_summary(smoke):
     tmp, _ = smoke
     client, parents = smoke_runs(tmp, "study")
     assert len(parents) == 1
@@ -76,7 +70,7 @@ def test_mlflow_has_parent_nested_trials_replicates_and_summary(smoke):
     assert {a: len(r) for a, r in by_algorithm.items()} == {"maml": 4, "hypermaml": 4}
     for run in trials:
         tags, params = run.data.tags, run.data.params
-        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["hpo.study"] == SMOKE_NAME and "mlflow.parentRunId" not in tags  # listed, not folded in the study run
         assert {"dataset", "way", "shot", "ray.trial_id", "node", "git_commit"} <= set(tags)
         assert tags["dataset"] == "omniglot" and tags["way"] == "5" and tags["shot"] == "1"
         assert params["algorithm"] == tags["algorithm"] and params["epochs"] == "3"  # the full config as params
@@ -85,15 +79,27 @@ def test_mlflow_has_parent_nested_trials_replicates_and_summary(smoke):
         assert int(params["steps_per_epoch"]) == max(1, 24 // int(params["meta_batch"]))
         history = client.get_metric_history(run.info.run_id, "val_acc")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
-        assert all(0 <= m.value <= 1 for m in history)
+        # accuracies in points: Ray's reported fractions times 100
+        progress = tmp / "ray" / SMOKE_NAME / tags["algorithm"] / f"trial_{tags['ray.trial_id']}" / "progress.csv"
+        reported = list(csv.DictReader(io.StringIO(progress.read_text())))
+        assert [m.value for m in history] == pytest.approx([100 * float(row["val_acc"]) for row in reported], abs=1e-4)
+        best = max(m.value for m in history)
         for key in ("train_loss", "train_acc", "val_ci95", "episodes_per_s"):
             assert len(client.get_metric_history(run.info.run_id, key)) == len(history)
         assert run.info.status == "FINISHED"  # stopping early is the search working, not a failure
+        note = tags["mlflow.note.content"]  # the run's one-line description
         if "stopped_by" in tags:
             assert tags["stopped_by"] == "ASHA" and int(tags["stopped_at_epoch"]) == len(history) < 3
+            assert note.endswith(f"stopped by ASHA at epoch {len(history)}, best val {best:.1f}%")
         else:
             assert len(history) == 3
+            assert note.endswith(f"ran all 3 epochs, best val {best:.1f}%")
+        assert ("published reference; " in note) == ("hpo.reference" in tags)
     assert any(r.data.tags.get("stopped_by") == "ASHA" for r in trials), "ASHA stopped no trial"
+    for algorithm, mine in by_algorithm.items():
+        best_val = {r.info.run_id: max(m.value for m in client.get_metric_history(r.info.run_id, "val_acc")) for r in mine}
+        described = [r for r in mine if r.data.tags["mlflow.note.content"].startswith(f"best {algorithm} trial; ")]
+        assert len(described) == 1 and best_val[described[0].info.run_id] == max(best_val.values())
     assert len({r.data.params["meta_batch"] for r in trials}) > 1  # tuned, not pinned to the study default
     assert "hn_hidden" in by_algorithm["hypermaml"][0].data.params
     assert "inner_lr" in by_algorithm["maml"][0].data.params
@@ -108,6 +114,28 @@ def test_mlflow_has_parent_nested_trials_replicates_and_summary(smoke):
     assert {"summary.md", "summary.csv", "spec.json", "plots"} <= artifacts
     plots = {Path(a.path).name for a in client.list_artifacts(summary.info.run_id, "plots")}
     assert {"validation_curves.png", "anytime.png", "seed_results.png"} <= plots
+    for algorithm in ("maml", "hypermaml"):  # interactive, or a note saying why not
+        if f"{algorithm}_parallel_coordinate.html" in plots:
+            html = Path(client.download_artifacts(summary.info.run_id, f"plots/{algorithm}_parallel_coordinate.html"))
+            text = html.read_text()
+            assert 'src="https://cdn.plot.ly' not in text and len(text) > 1_000_000  # plotly.js inside: opens offline
+            assert "best val acc (%)" in text  # the objective in points
+        else:
+            assert f"interactive parallel coordinate for {algorithm}: " in summary.data.tags["notes"]
+    # the study's numbers live on the study run, each algorithm's on its replicate runs: no per-algorithm
+    # metrics of a single run, which the UI would chart as lone bars
+    assert set(parent.data.metrics) == {"effect_points", "effect_ci95_low", "effect_ci95_high", "p_value", "p_improvement"}
+    assert summary.data.metrics == {}
+
+
+def test_the_experiment_description_is_the_verdict_and_the_link(smoke):
+    tmp, proc = smoke
+    client, parents = smoke_runs(tmp, "study")
+    experiment = client.get_experiment_by_name(SMOKE_NAME)
+    note = experiment.tags["mlflow.note.content"]
+    assert note.startswith(parents[0].data.tags["verdict"] + "\n")  # the experiments list shows it first
+    link = next(line for line in proc.stdout.splitlines() if line.startswith("MLflow: ")).removeprefix("MLflow: ")
+    assert link in note
 
 
 def test_each_algorithm_runs_its_published_reference_first(smoke):
@@ -146,7 +174,13 @@ def test_replicates_retrain_with_fresh_seeds_and_the_final_one_is_chosen_on_vali
         final = [r for r in mine if r.data.tags.get("hpo.final") == "true"]
         assert len(final) == 2 and len({r.data.tags["seed"] for r in final}) == 2  # smoke: 2 fresh seeds
         assert all(r.data.tags["seed"] != "0" and r.data.params["seed"] == r.data.tags["seed"] for r in mine)
-        assert all(r.info.status == "FINISHED" and 0 <= r.data.metrics["test_acc"] <= 1 for r in mine)
+        assert all(r.info.status == "FINISHED" and 0 <= r.data.metrics["test_acc"] <= 100 for r in mine)
+        for run in mine:  # described by its result (in points), its source, and whether it is final
+            tags, metrics = run.data.tags, run.data.metrics
+            assert tags["mlflow.note.content"] == (
+                (f"final {algorithm}; " if run.data.tags.get("hpo.final") == "true" else "")
+                + f"test {metrics['test_acc']:.1f}% ± {metrics['test_ci95']:.1f}, best val {metrics['best_val_acc']:.1f}%; "
+                f"candidate #{tags['hpo.candidate_rank']} (tuning trial {tags['hpo.source_trial']})")
         assert all({"test_ci95", "adapt_ms_per_task", "val_acc"} <= set(r.data.metrics) for r in mine)
         assert all(len(client.get_metric_history(r.info.run_id, "val_acc")) == 3 for r in mine)
         # The final candidate has the best mean validation accuracy over its seeds, and the reference
@@ -165,7 +199,7 @@ def test_replicates_retrain_with_fresh_seeds_and_the_final_one_is_chosen_on_vali
     for row in rows:  # the summary table holds the runs' own numbers
         run = next(r for r in replicates if r.data.tags["seed"] == row["seed"] and r.data.tags["algorithm"] == row["algorithm"]
                    and r.data.tags["hpo.candidate_rank"] == row["candidate_rank"])
-        assert float(row["test_acc"]) == pytest.approx(run.data.metrics["test_acc"], abs=1e-12)
+        assert 100 * float(row["test_acc"]) == pytest.approx(run.data.metrics["test_acc"], abs=1e-4)  # points in MLflow
     assert len(by_id) == len(replicates)
 
 
@@ -179,7 +213,7 @@ def test_replicates_test_their_own_best_checkpoint_on_identical_episodes(smoke, 
         result = evaluate(learner, "test", 60, seed=0)  # the smoke study's test set: 60 episodes, eval seed 0
         stored = np.load(folder / "test_episode_accs.npy")
         assert np.array_equal(result.per_episode.numpy(), stored)
-        assert result.accuracy == pytest.approx(run.data.metrics["test_acc"], abs=1e-6)
+        assert 100 * result.accuracy == pytest.approx(run.data.metrics["test_acc"], abs=1e-4)
         tested[run.data.tags["algorithm"]] = learner.run_config.train
     # the same episodes for both: same split, shape, episode count and eval seed
     shape = {a: (t.way, t.shot, t.query, t.test_episodes, t.eval_seed) for a, t in tested.items()}
@@ -255,11 +289,13 @@ def test_a_diverging_trial_fails_and_the_study_completes(omniglot_root, tmp_path
 
 def test_unreachable_mlflow_warns_and_the_study_still_runs(omniglot_root, tmp_path):
     cmd = study_cmd(omniglot_root, tmp_path, "offline", "--algorithms", "hypermaml", "--trials", "2", "--epochs", "1",
-                    "--scheduler", "none", "--tracking-uri", "http://127.0.0.1:9")
+                    "--scheduler", "none", "--tracking-uri", "http://127.0.0.1:9", "--verbose")
     proc = run_study(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "warning: MLflow at http://127.0.0.1:9 is unavailable" in proc.stderr
     assert (tmp_path / "ray" / "offline" / "summary.md").is_file()  # results kept in Ray's storage
+    assert f"MLflow: unavailable; the results are in {tmp_path / 'ray' / 'offline'}" in proc.stdout.splitlines()
+    assert "Trial status" in proc.stdout and "│" in proc.stdout  # --verbose: Ray Tune's status tables too
 
 
 def _kill_group(pid):
