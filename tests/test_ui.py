@@ -71,7 +71,7 @@ def test_the_screenshot_command_saves_the_pages(smoke):
     checkout, _ = smoke
     proc = run_as_printed(SCREENSHOT, checkout, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    saved = [Path(line) for line in proc.stdout.splitlines()]
+    saved = [checkout / line for line in proc.stdout.splitlines()]  # as printed: relative to --out
     assert sorted(p.name for p in saved) == sorted(p.name for p in (checkout / "docs").iterdir())
     assert {"mlflow-runs.png", "mlflow-final.png"} <= {p.name for p in saved}
     for path in saved:
