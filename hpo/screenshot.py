@@ -4,6 +4,9 @@ It opens the study's link as a new user would (a fresh browser profile) and save
 
     python -m hpo.screenshot --tracking-uri sqlite:///$PWD/mlflow.db --experiment NAME --out docs
 
+It saves <prefix>-<page>.png for each page and <prefix>-pages.json with what each page showed (its
+link, final URL, visible text and charted runs), and prints their paths.
+
 A local store (sqlite:) is served from a copy by a real `mlflow server` on a free 127.0.0.1 port, stopped
 afterwards; a tracking server (http://...) is opened as it is. The browser is Debian's Chromium
 (/usr/bin/chromium) driven by Playwright (`pip install -e '.[browser]'`), every page in a fresh context:
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -200,8 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     except (LookupError, ValueError) as error:
         print(f"python -m hpo.screenshot: error: {error}", file=sys.stderr)
         return 2
+    # What each page showed, beside its screenshot: the browser test reads it, and a reader can grep it.
+    pages = Path(args.out) / f"{args.prefix}-pages.json"
+    pages.write_text(json.dumps({name: {"server": base, "link": shot.link, "url": shot.url, "text": shot.text,
+                                        "screenshot": str(shot.path),
+                                        "charted": {title: sorted(runs) for title, runs in shot.charted.items()}}
+                                 for name, shot in shots.items()}, indent=1))
     for shot in shots.values():
         print(shot.path)
+    print(pages)
     return 0
 
 

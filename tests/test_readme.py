@@ -65,7 +65,7 @@ COVERED = {
     TRAIN: "test_the_training_command_gives_the_results_row",
     **{c: "test_help_lists_every_flag" for c in HELP},
     MLFLOW_UI: "test_the_mlflow_ui_command_serves_the_store",
-    SCREENSHOT: "tests/test_ui.py: test_the_screenshot_command_saves_the_pages (beside the smoke study)",
+    SCREENSHOT: "tests/test_ui.py: test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict (beside the smoke study)",
     DASHBOARD_INSTALL: ".ci/run runs it",
     DASHBOARD: "tests/test_ui.py: test_optuna_dashboard_serves_the_studys_optuna_storage (beside the smoke study)",
     THROUGHPUT: "parsed: test_cluster_and_gpu_commands_parse (needs a GPU)",

@@ -272,7 +272,7 @@ def test_a_diverging_trial_fails_and_the_study_completes(omniglot_root, tmp_path
         "  inner_steps: 3\n"
         "  inner_params: head\n"
     )
-    cmd = study_cmd(omniglot_root, tmp_path, "failing", "--algorithms", "maml", "--trials", "4", "--searcher", "random",
+    cmd = study_cmd(omniglot_root, tmp_path, "failing", "--algorithms", "maml", "--trials", "4", "--epochs", "2", "--searcher", "random",
                     "--scheduler", "none", "--space", f"maml={space}", "--max-failures", "1")
     proc = run_study(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -5,20 +5,22 @@ serving the study's Optuna storage. Screenshots are kept in $HPO_TEST_ARTIFACTS 
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from hpo.screenshot import _stop, capture, chromium, serve
+from hpo.screenshot import _stop
 from hpo.tracking import UI
 
 from .readme_commands import command_env, run_as_printed
-from .studies import REPO, SMOKE_DB, SMOKE_NAME, smoke_runs
+from .studies import REPO, SMOKE_NAME, smoke_runs
 from .test_readme import DASHBOARD, SCREENSHOT
 
 BIN = Path(sys.executable).parent
@@ -26,15 +28,27 @@ ARTIFACTS = Path(os.environ.get("HPO_TEST_ARTIFACTS") or REPO / "test-artifacts"
 
 
 def test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict(smoke):
-    tmp, proc = smoke
-    link = next(line for line in proc.stdout.splitlines() if line.startswith("MLflow: ")).removeprefix("MLflow: ")
-    _, trials = smoke_runs(tmp, "trial")
-    _, replicates = smoke_runs(tmp, "replicate")
-    verdict = smoke_runs(tmp, "study")[1][0].data.tags["verdict"]
-    with serve(f"sqlite:///{tmp / SMOKE_DB}") as base, chromium() as browser:
-        shots = capture(browser, base, SMOKE_NAME, ARTIFACTS, "smoke")
+    """The README's screenshot command, as printed beside the smoke study, opens the printed link; what
+    each page showed is in the pages file it writes beside the screenshots."""
+    checkout, study = smoke
+    proc = run_as_printed(SCREENSHOT, checkout, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = [checkout / line for line in proc.stdout.splitlines()]  # relative to --out, as given
+    assert sorted(p.name for p in printed) == sorted(p.name for p in (checkout / "docs").iterdir()) == [
+        "mlflow-charts.png", "mlflow-experiments.png", "mlflow-final.png", "mlflow-pages.json", "mlflow-runs.png"]
+    shots = {name: SimpleNamespace(**shot) for name, shot in json.loads((checkout / "docs" / "mlflow-pages.json").read_text()).items()}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name, shot in shots.items():
+        path = checkout / shot.screenshot
+        assert path.stat().st_size > 20_000  # a rendered page, not a blank one
+        shutil.copy(path, ARTIFACTS / f"smoke-{name}.png")
+
+    link = next(line for line in study.stdout.splitlines() if line.startswith("MLflow: ")).removeprefix("MLflow: ")
+    _, trials = smoke_runs(checkout, "trial")
+    _, replicates = smoke_runs(checkout, "replicate")
+    verdict = smoke_runs(checkout, "study")[1][0].data.tags["verdict"]
     page = shots["runs"]
-    assert page.link == link.replace(UI, base)  # the printed link, on this server
+    assert page.link == link.replace(UI, page.server)  # the printed link, on the screenshot's server
     assert "/runs?" in page.url and "workflowType=machine_learning" in page.url  # not sent to another view
     assert "No data available" not in page.text and "Detect Issues" not in page.text  # not the GenAI overview
     assert "hpo: trials and replicates" in page.text  # the study's saved view
@@ -61,21 +75,7 @@ def test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict(s
             mean = sum(r.data.metrics[key] for r in seeds) / len(seeds)
             assert any(abs(value - mean) < 1e-6 for value in averages), (key, mean, averages)
     charted = shots["charts"].charted  # every run in the charts, not MLflow's default first 10
-    assert charted["best_val_acc"] == {r.info.run_name for r in trials + replicates}, charted
-    for shot in shots.values():
-        assert shot.path.stat().st_size > 20_000  # a rendered page, not a blank one
-
-
-def test_the_screenshot_command_saves_the_pages(smoke):
-    """The README's `python -m hpo.screenshot` command, as printed, beside the smoke study."""
-    checkout, _ = smoke
-    proc = run_as_printed(SCREENSHOT, checkout, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    saved = [checkout / line for line in proc.stdout.splitlines()]  # as printed: relative to --out
-    assert sorted(p.name for p in saved) == sorted(p.name for p in (checkout / "docs").iterdir())
-    assert {"mlflow-runs.png", "mlflow-final.png"} <= {p.name for p in saved}
-    for path in saved:
-        assert path.stat().st_size > 20_000  # a rendered page, not a blank one
+    assert set(charted["best_val_acc"]) == {r.info.run_name for r in trials + replicates}, charted
 
 
 def test_optuna_dashboard_serves_the_studys_optuna_storage(smoke):
