@@ -92,6 +92,8 @@ class TrainConfig:
     seed: int = setting("seed of model init and training episodes", 0)
     device: str = setting("torch device: cpu, cuda, cuda:1, ...", "cpu")
     task_chunk: int = setting("tasks vectorized together in one pass (0: 4 on CPU, all of the meta-batch on a GPU)", 0, low=0)
+    dense_conv: bool = setting("backbone weights shared by all tasks run one dense convolution over all tasks' images "
+                               "(else the grouped convolution that per-task weights use); same results", True)
 
     def validate(self) -> None:
         check_settings(self)
