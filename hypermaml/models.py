@@ -2,18 +2,19 @@
 
 Every tensor carries a leading task dimension T: images are [T, B, C, H, W]. The backbone's
 parameters are either shared by all tasks (a conv weight [O, I, 3, 3]) or per task (the same with
-a leading T, as MAML's inner loop makes them). Batch norm always uses each task's own batch
-statistics per channel — the transductive, per-episode BN of the literature.
+a leading T, as MAML's inner loop makes them). Activations are laid out batch-major,
+[B, T*C, H, W], where F.batch_norm over the T*C channels is exactly per-(task, channel) batch
+statistics — the transductive, per-episode BN of the literature. The same memory is [B*T, C, H, W]:
 
-- Shared weights (HyperMAML, head-only MAML): ONE dense convolution over all tasks' images laid out
-  task-major, [T*B, C, H, W]; batch norm then takes its statistics per (task, channel) over a
-  [T, B, C, H, W] view of the same memory (`batch_norm_per_task`).
-- Per-task weights (MAML's fast weights): ONE grouped convolution over a [B, T*C, H, W] layout, where
-  F.batch_norm over the T*C channels is exactly per-(task, channel) statistics.
+- shared weights (HyperMAML, head-only MAML) run ONE dense convolution over it, [B*T, C, H, W] ->
+  [B*T, O, H, W] = [B, T*O, H, W], with no copy before or after (`dense_shared=True`, the default);
+- per-task weights (MAML's fast weights) run ONE grouped convolution over [B, T*C, H, W]
+  (`dense_shared=False` sends shared weights there too, for benchmarks that compare the two).
 
-Both agree with one plain Conv4 per task (hypermaml/loop_reference.py) to rounding, in features and
-in first- and second-order gradients (float64: tests/test_models.py). `dense_shared=False` makes
-shared weights take the grouped path too (expanded views), for benchmarks that compare the two.
+`channels_last=True` runs shared weights in channels-last memory order instead, task-major, with the
+per-task statistics computed by `batch_norm_per_task`. All paths agree with one plain Conv4 per task
+(hypermaml/loop_reference.py) to rounding, in features and first- and second-order gradients
+(float64: tests/test_models.py).
 
 Why not `torch.func.vmap` over the backbone: on this project's CPUs vmapped conv/BN ran 2.5x slower
 than a per-task loop, and `F.batch_norm` under vmap gave wrong second-order gradients (abs. error
@@ -37,7 +38,7 @@ class Conv4(nn.Module):
     the same blocks then a spatial mean, so 84x84 input still gives 64 features.
     The convs have no bias: BN right after them would cancel it exactly.
     `dense_shared`: shared weights run one dense conv (else the grouped conv, as per-task weights do).
-    `channels_last`: the dense path keeps images and activations in channels-last memory order.
+    `channels_last`: the dense convs of shared weights run in channels-last memory order.
     """
 
     def __init__(self, in_channels: int, global_pool: bool = False, width: int = FEATURES,
@@ -56,17 +57,35 @@ class Conv4(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[T, B, C, H, W] -> [T, B, features]."""
+        tasks, batch = x.shape[:2]
         shared = all(block.conv.weight.dim() == 4 and block.bn.weight.dim() == 1 for block in self.blocks)
-        if shared and self.dense_shared:
-            return self._dense(x)
-        return self._grouped(x)
+        if shared and self.dense_shared and self.channels_last:
+            return self._dense_channels_last(x)
+        # Batch-major: image b of task t is row b*T + t. The activations [B, T*C, H, W] are, in the same
+        # memory, [B*T, C, H, W]: the input of a dense conv, whose output is again [B, T*O, H, W].
+        h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:]).contiguous()
+        for block in self.blocks:
+            weight, gamma, beta = block.conv.weight, block.bn.weight, block.bn.bias
+            if weight.dim() == 4 and self.dense_shared:  # shared by all tasks: one dense conv
+                h = F.conv2d(h.view(batch * tasks, -1, *h.shape[2:]), weight, padding=1).view(batch, -1, *h.shape[2:])
+            else:
+                if weight.dim() == 4:  # shared, on the grouped path: a view, gradients sum back over tasks
+                    weight = weight.expand(tasks, *weight.shape)
+                h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), padding=1, groups=tasks)
+            if gamma.dim() == 1:  # channel t*O + o is channel o of task t
+                gamma, beta = gamma.repeat(tasks), beta.repeat(tasks)
+            h = F.batch_norm(h, None, None, gamma.reshape(-1), beta.reshape(-1), training=True, eps=block.bn.eps)
+            h = F.max_pool2d(F.relu(h), 2)
+        h = h.reshape(batch, tasks, -1, *h.shape[2:])
+        h = h.mean(dim=(3, 4)) if self.global_pool else h.flatten(2)
+        return h.transpose(0, 1)
 
-    def _dense(self, x: torch.Tensor) -> torch.Tensor:
-        """Shared weights: one dense conv over [T*B, C, H, W] per block, batch norm per task."""
+    def _dense_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """Shared weights, channels-last: dense convs over task-major [T*B, C, H, W] in channels-last
+        memory; batch norm per task by `batch_norm_per_task` (the (task, channel) view that
+        F.batch_norm needs does not exist in this memory order)."""
         tasks = x.shape[0]
-        h = x.flatten(0, 1)
-        if self.channels_last:
-            h = h.to(memory_format=torch.channels_last)  # (.contiguous() would keep a 1-channel NCHW batch as is)
+        h = x.flatten(0, 1).to(memory_format=torch.channels_last)  # (.contiguous() keeps a 1-channel batch as is)
         for block in self.blocks:
             h = F.conv2d(h, block.conv.weight, padding=1)
             h = batch_norm_per_task(h, tasks, block.bn.weight, block.bn.bias, block.bn.eps)
@@ -74,32 +93,13 @@ class Conv4(nn.Module):
         h = h.unflatten(0, (tasks, -1))
         return h.mean(dim=(3, 4)) if self.global_pool else h.flatten(2)
 
-    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-task weights (shared ones are expanded): one grouped conv over [B, T*C, H, W] per block."""
-        tasks, batch = x.shape[:2]
-        h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
-        for block in self.blocks:
-            weight, gamma, beta = block.conv.weight, block.bn.weight, block.bn.bias
-            if weight.dim() == 4:  # shared by all tasks: a view, gradients sum back over tasks
-                weight = weight.expand(tasks, *weight.shape)
-            if gamma.dim() == 1:
-                gamma, beta = gamma.expand(tasks, -1), beta.expand(tasks, -1)
-            h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), padding=1, groups=tasks)
-            h = F.batch_norm(h, None, None, gamma.reshape(-1), beta.reshape(-1), training=True, eps=block.bn.eps)
-            h = F.max_pool2d(F.relu(h), 2)
-        h = h.reshape(batch, tasks, -1, *h.shape[2:])
-        h = h.mean(dim=(3, 4)) if self.global_pool else h.flatten(2)
-        return h.transpose(0, 1)
-
 
 def batch_norm_per_task(h: torch.Tensor, tasks: int, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
     """Training-mode batch norm of a task-major batch [T*B, C, H, W] with each task's own statistics.
 
     Per (task, channel) over (B, H, W), with the biased variance: what F.batch_norm gives on one task
-    alone. Computed on a [T, B, C, H, W] view of the same memory (no copy, in either memory format)
-    as one var_mean reduction and one fused multiply-add; plain autograd ops, so second-order
-    gradients need nothing special. (F.batch_norm itself would need the channels to be (task,
-    channel) pairs, i.e. a transposed copy of the activations before and after every block.)
+    alone. Computed on a [T, B, C, H, W] view of the same memory (no copy, in any memory order) as
+    one var_mean reduction and one multiply-add, plain autograd ops (second order included).
     Statistics are taken in at least float32, also when autocast gives bf16 conv outputs.
     """
     h5 = h.unflatten(0, (tasks, -1))
