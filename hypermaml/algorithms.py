@@ -179,7 +179,7 @@ class HyperMAML(nn.Module):
 
 def build_learner(config: RunConfig, in_channels: int, image_size: int) -> MAML | HyperMAML:
     train = config.train
-    backbone = backbone_for(in_channels, image_size, dense_shared=train.dense_conv)
+    backbone = backbone_for(in_channels, image_size, dense_shared=train.dense_conv, channels_last=train.channels_last)
     if train.algorithm == "maml":
         return MAML(config.algo, train.way, in_channels, image_size, backbone=backbone)
     return HyperMAML(config.algo, train.way, train.shot, in_channels, image_size, backbone=backbone)

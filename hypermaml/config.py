@@ -94,6 +94,7 @@ class TrainConfig:
     task_chunk: int = setting("tasks vectorized together in one pass (0: 4 on CPU, all of the meta-batch on a GPU)", 0, low=0)
     dense_conv: bool = setting("backbone weights shared by all tasks run one dense convolution over all tasks' images "
                                "(else the grouped convolution that per-task weights use); same results", True)
+    channels_last: bool = setting("keep images and activations of the dense convolutions in channels-last memory order", False)
 
     def validate(self) -> None:
         check_settings(self)

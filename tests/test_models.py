@@ -147,8 +147,9 @@ def test_conv4pool_dense_and_grouped_agree_on_larger_images():
     torch.testing.assert_close(a, b, atol=FEATURE_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("dense_conv", [True, False])
-def test_learners_take_the_backbone_options_from_the_train_config(dense_conv):
+@pytest.mark.parametrize("dense_conv,channels_last", [(True, False), (False, True)])
+def test_learners_take_the_backbone_options_from_the_train_config(dense_conv, channels_last):
     for algorithm, algo in (("maml", MAMLConfig()), ("hypermaml", HyperMAMLConfig(hn_hidden=8))):
-        learner = new_learner(RunConfig(TrainConfig(algorithm=algorithm, dense_conv=dense_conv), algo))
-        assert learner.backbone.dense_shared is dense_conv
+        train = TrainConfig(algorithm=algorithm, dense_conv=dense_conv, channels_last=channels_last)
+        learner = new_learner(RunConfig(train, algo))
+        assert (learner.backbone.dense_shared, learner.backbone.channels_last) == (dense_conv, channels_last)
