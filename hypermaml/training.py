@@ -40,7 +40,7 @@ class TrainingDiverged(FloatingPointError):
 class EvalResult:
     accuracy: float  # mean query accuracy over the episodes
     ci95: float  # 1.96 * std / sqrt(episodes)
-    ms_per_task: float  # adaptation + query prediction time per episode
+    ms_per_task: float  # time per episode: drawing it, adapting to its support set, predicting its queries
     episodes: int
     per_episode: torch.Tensor = field(repr=False)  # [episodes] accuracies, on the CPU
 
@@ -124,17 +124,16 @@ def evaluate(
         data = load_data(config, (split,))[split]
     sampler = episode_sampler(config, data.to(device), split)
     seed = config.train.eval_seed if seed is None else seed
-    accuracies, seconds = [], 0.0
+    accuracies = []
+    _sync(device)
+    start = time.perf_counter()
     with torch.no_grad():
         for block in fixed_episodes(sampler, episodes, seed, EVAL_BLOCK):
             for ep in chunks(block, task_chunk_size(config, device)):
-                _sync(device)
-                start = time.perf_counter()
                 logits = learner.query_logits(ep)
-                _sync(device)
-                seconds += time.perf_counter() - start
-                accuracies.append((logits.argmax(-1) == ep.y_query).float().mean(1))
-    per_episode = torch.cat(accuracies).cpu()
+                accuracies.append((logits.argmax(-1) == ep.y_query).float().mean(1))  # stays on the device
+    per_episode = torch.cat(accuracies).cpu()  # the one host sync of the evaluation
+    seconds = time.perf_counter() - start
     ci95 = 1.96 * per_episode.std().item() / math.sqrt(episodes) if episodes > 1 else float("nan")
     return EvalResult(per_episode.mean().item(), ci95, 1000 * seconds / episodes, episodes, per_episode)
 
