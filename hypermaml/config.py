@@ -95,6 +95,9 @@ class TrainConfig:
     dense_conv: bool = setting("backbone weights shared by all tasks run one dense convolution over all tasks' images "
                                "(else the grouped convolution that per-task weights use); same results", True)
     channels_last: bool = setting("keep images and activations of the dense convolutions in channels-last memory order", False)
+    precision: Literal["fp32", "bf16"] = setting(
+        "meta-training forward in float32, or under bfloat16 autocast (convolutions and matmuls in bf16: CPUs with "
+        "avx512_bf16 or AMX, GPUs); parameters, optimizer and evaluation stay float32", "fp32")
 
     def validate(self) -> None:
         check_settings(self)

@@ -127,7 +127,7 @@ def evaluate(
     accuracies = []
     _sync(device)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad():  # float32 whatever the training precision
         for block in fixed_episodes(sampler, episodes, seed, EVAL_BLOCK):
             for ep in chunks(block, task_chunk_size(config, device)):
                 logits = learner.query_logits(ep)
@@ -230,32 +230,50 @@ def restore_from_checkpoint(progress: TrainingProgress, config: RunConfig, resum
 
 
 def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: RunConfig, epoch: int) -> EpochTraining:
-    """steps_per_epoch outer steps (sample a meta-batch, meta-loss in task chunks, one Adam step).
+    """steps_per_epoch outer steps (`outer_step` on a freshly sampled meta-batch).
 
     Raises TrainingDiverged if the epoch's mean loss is not finite.
     """
     t = config.train
-    learner, optimizer = progress.learner, progress.optimizer
-    device = next(learner.parameters()).device
-    chunk = task_chunk_size(config, device)
+    device = next(progress.learner.parameters()).device
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
     for _ in range(t.steps_per_epoch):
-        episodes = sampler.sample(t.meta_batch, progress.generator)
-        optimizer.zero_grad(set_to_none=True)
-        for part in chunks(episodes, chunk):
-            loss, accuracy = learner.meta_loss(part, epoch)
-            (loss * (part.tasks / episodes.tasks)).backward()
-            loss_sum += loss.detach() * part.tasks
-            correct_sum += accuracy.sum()
-        optimizer.step()
+        loss, correct = outer_step(progress, sampler.sample(t.meta_batch, progress.generator), config, epoch)
+        loss_sum += loss
+        correct_sum += correct
     n_train = t.steps_per_epoch * t.meta_batch
     train_loss = (loss_sum / n_train).item()  # the one host sync of the epoch
     seconds = time.perf_counter() - start
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: train loss is {train_loss}")
     return EpochTraining(train_loss, (correct_sum / n_train).item(), seconds)
+
+
+def outer_step(progress: TrainingProgress, episodes: Episodes, config: RunConfig, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One outer step on a meta-batch: the meta-loss in task chunks (in the configured precision),
+    their backward passes, one Adam step. Returns the sums over the tasks of the query loss and of
+    the query accuracy, on the device (no host sync)."""
+    learner, optimizer = progress.learner, progress.optimizer
+    device = next(learner.parameters()).device
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = correct_sum = torch.zeros((), device=device)
+    for part in chunks(episodes, task_chunk_size(config, device)):
+        with autocast(config.train.precision, device):
+            loss, accuracy = learner.meta_loss(part, epoch)
+        (loss * (part.tasks / episodes.tasks)).backward()  # outside autocast, as torch recommends
+        loss_sum = loss_sum + loss.detach() * part.tasks
+        correct_sum = correct_sum + accuracy.sum()
+    optimizer.step()
+    return loss_sum, correct_sum
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The meta-training forward's autocast: with precision "bf16", convolutions and matmuls run in
+    bfloat16 (cross-entropy losses in float32); with "fp32" it does nothing. Meta-gradient error
+    against float64: tests/test_execution.py."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def record_epoch(
