@@ -98,6 +98,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = setting(
         "meta-training forward in float32, or under bfloat16 autocast (convolutions and matmuls in bf16: CPUs with "
         "avx512_bf16 or AMX, GPUs); parameters, optimizer and evaluation stay float32", "fp32")
+    compile: bool = setting("torch.compile the meta-loss (static shapes: each task-chunk shape compiles once, "
+                            "in the first outer step that meets it); same results up to float rounding", False)
 
     def validate(self) -> None:
         check_settings(self)

@@ -30,6 +30,8 @@ CPU_TASK_CHUNK = 4
 EVAL_BLOCK = 50
 
 Report = Callable[[dict[str, Any]], None]
+# A learner's meta_loss(episodes, epoch) -> (mean query loss, per-task query accuracy).
+MetaLoss = Callable[[Episodes, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -145,6 +147,7 @@ class TrainingProgress:
     learner: MAML | HyperMAML
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # draws the training episodes
+    meta_loss: MetaLoss  # learner.meta_loss, or its compiled form (`meta_loss_function`)
     epochs_done: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_acc: float = -1.0
@@ -213,7 +216,25 @@ def start_training(config: RunConfig, device: torch.device) -> TrainingProgress:
     learner = new_learner(config, device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.train.outer_lr)
     generator = torch.Generator(device).manual_seed(config.train.seed)
-    return TrainingProgress(learner, optimizer, generator)
+    return TrainingProgress(learner, optimizer, generator, meta_loss_function(learner, config.train.compile))
+
+
+def meta_loss_function(learner: MAML | HyperMAML, compile: bool) -> MetaLoss:
+    """learner.meta_loss, or with `compile` its torch.compile'd form. Shapes are static
+    (dynamic=False): each task-chunk shape compiles once, the first time it comes.
+
+    The epoch enters the meta-loss only through HyperMAML's warm-up weight, and compiled code is
+    specialized on the epochs it reads: with a warm-up, every epoch after the switch is passed as
+    the first one with weight 0, so the code compiles warmup_epochs + switch_epochs + 1 times, not
+    once per epoch.
+    """
+    if not compile:
+        return learner.meta_loss
+    compiled = torch.compile(learner.meta_loss, dynamic=False)
+    if not (isinstance(learner, HyperMAML) and learner.cfg.warmup):
+        return compiled
+    last = learner.cfg.warmup_epochs + learner.cfg.switch_epochs  # maml_weight is 0 from this epoch on
+    return lambda episodes, epoch: compiled(episodes, min(epoch, last))
 
 
 def restore_from_checkpoint(progress: TrainingProgress, config: RunConfig, resume_from: str | Path) -> None:
@@ -261,7 +282,7 @@ def outer_step(progress: TrainingProgress, episodes: Episodes, config: RunConfig
     loss_sum = correct_sum = torch.zeros((), device=device)
     for part in chunks(episodes, task_chunk_size(config, device)):
         with autocast(config.train.precision, device):
-            loss, accuracy = learner.meta_loss(part, epoch)
+            loss, accuracy = progress.meta_loss(part, epoch)
         (loss * (part.tasks / episodes.tasks)).backward()  # outside autocast, as torch recommends
         loss_sum = loss_sum + loss.detach() * part.tasks
         correct_sum = correct_sum + accuracy.sum()
