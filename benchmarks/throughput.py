@@ -1,6 +1,7 @@
 """Meta-training throughput: vectorized MAML / HyperMAML against the per-task loop reference.
 
     python benchmarks/throughput.py --data-root ../shared/data/omniglot [--device cuda] [--meta-batch 32] [--rounds 3]
+    python benchmarks/throughput.py --data-root ../shared/data/omniglot --no-loop --variants default grouped-conv bf16 bf16+compile
 
 Every measurement (one learner, vectorized or loop) runs in a fresh process, as users and Ray
 workers run training: no heap, allocator or cache state is inherited from an earlier case. The
@@ -11,6 +12,11 @@ warm-up steps: our learner vectorizes `--task-chunk` tasks per pass, the loop ru
 time with torch.autograd.grad (hypermaml/loop_reference.py). Prints each run, then per case the
 median and range (min-max) of episodes/s and the ratio of the medians. Prints figures only: speed
 targets are read here, not asserted in tests.
+
+`--variants` measures the speed levers one at a time (each variant is a case of its own, in fresh
+processes, alternated with the others): `default` is the library's defaults; a variant is one or
+more LEVERS joined by "+", each changing one thing from the defaults. The vectorized learner runs
+every variant, the loop reference the default one only.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, loop_reference, new_learner
+from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, loop_reference
 from hypermaml.allocator import keep_heap_warm
-from hypermaml.training import chunks, episode_sampler, load_data, task_chunk_size
+from hypermaml.training import episode_sampler, load_data, outer_step, start_training
 
 CASES = {
     "maml-1step": MAMLConfig(inner_steps=1, inner_lr=0.4),
@@ -38,6 +44,40 @@ CASES = {
     "hypermaml": HyperMAMLConfig(hn_hidden=512, hn_layers=3),
 }
 MODES = ("vectorized", "loop")
+# Each lever changes one thing from the library's defaults: TrainConfig fields, or (no-heap-warm) the
+# allocator setting that fit/evaluate apply, left out.
+LEVERS: dict[str, dict[str, object]] = {
+    "no-heap-warm": {},
+    "grouped-conv": {"dense_conv": False},
+    "channels-last": {"channels_last": True},
+    "bf16": {"precision": "bf16"},
+    "compile": {"compile": True},
+}
+DEFAULT_VARIANT = "default"
+
+
+def variant_levers(variant: str) -> list[str]:
+    """The levers of a variant name ("default", "bf16", "bf16+compile", ...); ValueError for unknown ones."""
+    if variant == DEFAULT_VARIANT:
+        return []
+    levers = variant.split("+")
+    unknown = [lever for lever in levers if lever not in LEVERS]
+    if unknown:
+        raise ValueError(f"unknown lever(s) {', '.join(unknown)} in variant {variant!r}; levers: {', '.join(LEVERS)}")
+    return levers
+
+
+def variant_settings(variant: str) -> dict[str, object]:
+    """The TrainConfig fields a variant sets."""
+    return {k: v for lever in variant_levers(variant) for k, v in LEVERS[lever].items()}
+
+
+def variant_type(text: str) -> str:
+    try:
+        variant_levers(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def steps_per_second(step: Callable[[], None], n_steps: int, warmup: int, device: torch.device) -> float:
@@ -53,28 +93,23 @@ def steps_per_second(step: Callable[[], None], n_steps: int, warmup: int, device
     return n_steps / (time.perf_counter() - start)
 
 
-def measure_in_process(args: argparse.Namespace, case: str, mode: str) -> float:
+def measure_in_process(args: argparse.Namespace, case: str, mode: str, variant: str) -> float:
     """Episodes/s of one case in this process: the child's entry point."""
-    keep_heap_warm()  # as fit/evaluate do: the steps here call the learners directly
+    if "no-heap-warm" not in variant_levers(variant):
+        keep_heap_warm()  # as fit/evaluate do: the steps here call the training step directly
     algo = CASES[case]
     algorithm = "maml" if isinstance(algo, MAMLConfig) else "hypermaml"
     device = torch.device(args.device)
     train = TrainConfig(algorithm=algorithm, data_root=args.data_root, query=args.query, meta_batch=args.meta_batch,
-                        device=args.device, task_chunk=args.task_chunk)
+                        device=args.device, task_chunk=args.task_chunk, **variant_settings(variant))
     config = RunConfig(train, algo).validate()
     sampler = episode_sampler(config, load_data(config, ("train",))["train"].to(device), "train")
     generator = torch.Generator(device).manual_seed(0)
-    learner = new_learner(config, device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    chunk = task_chunk_size(config, device)
+    progress = start_training(config, device)  # the learner, Adam, and the configured execution options
+    learner, optimizer = progress.learner, progress.optimizer
 
-    def vectorized_step() -> None:
-        ep = sampler.sample(args.meta_batch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        for part in chunks(ep, chunk):
-            loss, _ = learner.meta_loss(part, 0)
-            (loss * part.tasks / ep.tasks).backward()
-        optimizer.step()
+    def vectorized_step() -> None:  # what fit runs
+        outer_step(progress, sampler.sample(args.meta_batch, generator), config, 0)
 
     def loop_step() -> None:
         ep = sampler.sample(args.meta_batch, generator)
@@ -90,15 +125,17 @@ def measure_in_process(args: argparse.Namespace, case: str, mode: str) -> float:
     return args.meta_batch * steps_per_second(step, args.steps, args.warmup, device)
 
 
-def measure_in_fresh_process(args: argparse.Namespace, case: str, mode: str) -> float:
+def measure_in_fresh_process(args: argparse.Namespace, case: str, mode: str, variant: str) -> float | None:
+    """Episodes/s of one case in a fresh process; None (and its stderr printed) if it failed."""
     command = [
         sys.executable, str(Path(__file__).resolve()), "--data-root", args.data_root, "--device", args.device,
         "--meta-batch", str(args.meta_batch), "--query", str(args.query), "--task-chunk", str(args.task_chunk),
-        "--steps", str(args.steps), "--warmup", str(args.warmup), "--child", case, mode,
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--child", case, mode, variant,
     ]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{case} {mode} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    if done.returncode != 0:  # reported, and the other cases still run
+        print(f"{case} {mode} {variant} failed (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return None
     return float(json.loads(done.stdout.strip().splitlines()[-1])["episodes_per_s"])
 
 
@@ -114,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=3, help="fresh-process measurements per case")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-loop", action="store_true", help="skip the loop reference")
-    parser.add_argument("--child", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--variants", nargs="+", type=variant_type, default=[DEFAULT_VARIANT],
+                        help=f"{DEFAULT_VARIANT} and/or levers joined by '+', from: {', '.join(LEVERS)} (default: {DEFAULT_VARIANT})")
+    parser.add_argument("--child", nargs=3, metavar=("CASE", "MODE", "VARIANT"), help=argparse.SUPPRESS)
     return parser
 
 
@@ -122,8 +161,8 @@ def main() -> None:
     args = build_parser().parse_args()
     args.data_root = str(Path(args.data_root).resolve())
     if args.child:  # one measurement, in this process, for the parent below
-        case, mode = args.child
-        print(json.dumps({"episodes_per_s": measure_in_process(args, case, mode)}))
+        case, mode, variant = args.child
+        print(json.dumps({"episodes_per_s": measure_in_process(args, case, mode, variant)}))
         return
 
     device = torch.device(args.device)
@@ -132,27 +171,34 @@ def main() -> None:
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, threads {torch.get_num_threads()}, "
           f"5-way 1-shot {args.query}-query Omniglot, meta-batch {args.meta_batch}, task chunk {chunk}, "
           f"{args.warmup} warm-up + {args.steps} timed steps per fresh process, {args.rounds} rounds", flush=True)
-    modes = ("vectorized",) if args.no_loop else MODES
-    rates: dict[tuple[str, str], list[float]] = {}
+    # (mode, variant) pairs of each case: the loop reference runs with the default settings only.
+    runs = [("vectorized", variant) for variant in args.variants]
+    if not args.no_loop:
+        runs.append(("loop", DEFAULT_VARIANT))
+    rates: dict[tuple[str, str, str], list[float]] = {}
     for round_ in range(args.rounds):
-        for case in args.cases:
-            for mode in modes if round_ % 2 == 0 else modes[::-1]:
-                rate = measure_in_fresh_process(args, case, mode)
-                rates.setdefault((case, mode), []).append(rate)
-                print(f"round {round_ + 1}  {case:<16} {mode:<10} {rate:6.1f} episodes/s", flush=True)
+        for mode, variant in runs if round_ % 2 == 0 else runs[::-1]:
+            for case in args.cases:
+                rate = measure_in_fresh_process(args, case, mode, variant)
+                if rate is not None:
+                    rates.setdefault((case, mode, variant), []).append(rate)
+                shown = "failed" if rate is None else f"{rate:6.1f} episodes/s"
+                print(f"round {round_ + 1}  {case:<16} {mode:<10} {variant:<28} {shown}", flush=True)
 
-    print(f"\n{'case':<16} {'vectorized ep/s (min-max)':>26} {'loop ep/s (min-max)':>22} {'vectorized/loop':>16}")
+    print(f"\n{'case':<16} {'mode':<10} {'variant':<28} {'ep/s median (min-max)':>24} {'/ default':>10} {'/ loop':>8}")
     for case in args.cases:
-        cells, medians = [], {}
-        for mode, width in zip(MODES, (26, 22)):
-            values = rates.get((case, mode))
+        medians = {key[1:]: statistics.median(values) for key, values in rates.items() if key[0] == case}
+        default, loop = medians.get(("vectorized", DEFAULT_VARIANT)), medians.get(("loop", DEFAULT_VARIANT))
+        for mode, variant in runs:
+            values = rates.get((case, mode, variant))
             if values is None:
-                cells.append(f"{'-':>{width}}")
+                print(f"{case:<16} {mode:<10} {variant:<28} {'failed':>24}")
                 continue
-            medians[mode] = statistics.median(values)
-            cells.append(f"{f'{medians[mode]:.1f} ({min(values):.1f}-{max(values):.1f})':>{width}}")
-        ratio = f"{medians['vectorized'] / medians['loop']:.2f}x" if len(medians) == 2 else "-"
-        print(f"{case:<16} {cells[0]} {cells[1]} {ratio:>16}")
+            median = medians[(mode, variant)]
+            spread = f"{median:.1f} ({min(values):.1f}-{max(values):.1f})"
+            vs_default = f"{median / default:.2f}x" if default and mode == "vectorized" else "-"
+            vs_loop = f"{median / loop:.2f}x" if loop and mode == "vectorized" else "-"
+            print(f"{case:<16} {mode:<10} {variant:<28} {spread:>24} {vs_default:>10} {vs_loop:>8}")
 
 
 if __name__ == "__main__":

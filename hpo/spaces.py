@@ -55,7 +55,8 @@ FIXED_SETTINGS: frozenset[str] = frozenset({
     "way", "shot", "query",  # the benchmark
     "epochs", "steps_per_epoch",  # the training budget (the study derives the steps from meta_batch)
     "val_episodes", "test_episodes", "eval_seed", "seed",  # what is measured, on which episodes
-    "device", "task_chunk",  # where and how a trial runs, which must not change what it learns
+    # where and how a trial runs (precision changes the rounding, so it too is the same for all trials)
+    "device", "task_chunk", "dense_conv", "channels_last", "precision", "compile",
 })
 
 # What a space function may ask for after the trial, by parameter name.

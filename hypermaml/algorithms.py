@@ -18,7 +18,7 @@ from torch.func import functional_call, grad, vmap
 
 from .config import HyperMAMLConfig, MAMLConfig, RunConfig
 from .data import Episodes
-from .models import FEATURES, HyperNetwork, backbone_for, linear
+from .models import FEATURES, Conv4, HyperNetwork, backbone_for, linear
 
 
 def query_loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,12 +62,15 @@ def adapt_heads(weight, bias, z_support, y_support, *, steps: int, lr: float, fi
 
 
 class MAML(nn.Module):
-    """MAML with a Conv4 backbone and a linear head; inner loop over all parameters or the head only."""
+    """MAML with a Conv4 backbone and a linear head; inner loop over all parameters or the head only.
 
-    def __init__(self, cfg: MAMLConfig, way: int, in_channels: int, image_size: int):
+    `backbone`: a prebuilt Conv4 (e.g. with other execution options); else `backbone_for` the images.
+    """
+
+    def __init__(self, cfg: MAMLConfig, way: int, in_channels: int, image_size: int, backbone: Conv4 | None = None):
         super().__init__()
         self.cfg = cfg
-        self.backbone = backbone_for(in_channels, image_size)
+        self.backbone = backbone if backbone is not None else backbone_for(in_channels, image_size)
         self.head = nn.Linear(FEATURES, way)
         nn.init.zeros_(self.head.bias)
 
@@ -116,10 +119,11 @@ class HyperMAML(nn.Module):
     softmax columns, so "my class's predicted probability" is one linear read-out away.
     """
 
-    def __init__(self, cfg: HyperMAMLConfig, way: int, shot: int, in_channels: int, image_size: int):
+    def __init__(self, cfg: HyperMAMLConfig, way: int, shot: int, in_channels: int, image_size: int,
+                 backbone: Conv4 | None = None):
         super().__init__()
         self.cfg = cfg
-        self.backbone = backbone_for(in_channels, image_size)
+        self.backbone = backbone if backbone is not None else backbone_for(in_channels, image_size)
         self.head = nn.Linear(FEATURES, way)
         nn.init.zeros_(self.head.bias)
         per_shot = FEATURES + 2 * way  # embedding | universal-head softmax | one-hot label
@@ -175,6 +179,7 @@ class HyperMAML(nn.Module):
 
 def build_learner(config: RunConfig, in_channels: int, image_size: int) -> MAML | HyperMAML:
     train = config.train
+    backbone = backbone_for(in_channels, image_size, dense_shared=train.dense_conv, channels_last=train.channels_last)
     if train.algorithm == "maml":
-        return MAML(config.algo, train.way, in_channels, image_size)
-    return HyperMAML(config.algo, train.way, train.shot, in_channels, image_size)
+        return MAML(config.algo, train.way, in_channels, image_size, backbone=backbone)
+    return HyperMAML(config.algo, train.way, train.shot, in_channels, image_size, backbone=backbone)

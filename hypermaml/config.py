@@ -92,6 +92,14 @@ class TrainConfig:
     seed: int = setting("seed of model init and training episodes", 0)
     device: str = setting("torch device: cpu, cuda, cuda:1, ...", "cpu")
     task_chunk: int = setting("tasks vectorized together in one pass (0: 4 on CPU, all of the meta-batch on a GPU)", 0, low=0)
+    dense_conv: bool = setting("backbone weights shared by all tasks run one dense convolution over all tasks' images "
+                               "(else the grouped convolution that per-task weights use); same results up to float rounding", True)
+    channels_last: bool = setting("keep images and activations of the dense convolutions in channels-last memory order", False)
+    precision: Literal["fp32", "bf16"] = setting(
+        "meta-training forward in float32, or under bfloat16 autocast (convolutions and matmuls in bf16: CPUs with "
+        "avx512_bf16 or AMX, GPUs); parameters, optimizer and evaluation stay float32", "fp32")
+    compile: bool = setting("torch.compile the meta-loss (static shapes: each task-chunk shape compiles once, "
+                            "in the first outer step that meets it); same results up to float rounding", False)
 
     def validate(self) -> None:
         check_settings(self)

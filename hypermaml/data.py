@@ -112,7 +112,12 @@ class Episodes:
 
 
 class EpisodeSampler:
-    """Draws N-way K-shot Q-query tasks from a split, on the split's device."""
+    """Draws N-way K-shot Q-query tasks from a split; the images are gathered on the split's device.
+
+    The random draws happen on the generator's device: a device generator for training (no host
+    round trip), a CPU generator for the fixed evaluation episodes, which are then the same on every
+    device (the drawn indices are moved to the split's device).
+    """
 
     def __init__(self, split: FewShotSplit, way: int, shot: int, query: int):
         for arg_name, value in (("way", way), ("shot", shot), ("query", query)):
@@ -131,25 +136,12 @@ class EpisodeSampler:
         self.query = query
         # A Python int read once here, so that sample() never syncs with the device.
         self._max_count = int(split.class_counts.max())
+        # The class table on the CPU as well, for draws with a CPU generator.
+        self._cpu_table = (split.class_counts.cpu(), split.class_offsets.cpu())
 
     def sample(self, tasks: int, generator: torch.Generator) -> Episodes:
-        split = self.split
-        device = split.images.device
-        per_class = self.shot + self.query
-
-        # Top-`way` of iid uniform scores = a uniform random subset in uniform random order.
-        class_scores = torch.rand(tasks, split.n_classes, generator=generator, device=device)
-        classes = class_scores.topk(self.way, dim=1).indices  # [T, N]
-
-        # Same trick per class over image positions; positions beyond the class's count get
-        # score -1 so they never win (the constructor ensures per_class <= every count).
-        counts = split.class_counts[classes]  # [T, N]
-        position_scores = torch.rand(tasks, self.way, self._max_count, generator=generator, device=device)
-        positions_out_of_range = torch.arange(self._max_count, device=device) >= counts.unsqueeze(-1)
-        position_scores = position_scores.masked_fill(positions_out_of_range, -1.0)
-        positions = position_scores.topk(per_class, dim=-1).indices  # [T, N, K+Q]
-        image_index = split.class_offsets[classes].unsqueeze(-1) + positions
-
+        device = self.split.images.device
+        image_index = self._draw_image_index(tasks, generator).to(device)  # [T, N, K+Q]
         support_index = image_index[:, :, : self.shot].reshape(tasks, -1)  # class-major
         query_index = image_index[:, :, self.shot :].reshape(tasks, -1)
         labels = torch.arange(self.way, device=device)
@@ -160,6 +152,26 @@ class EpisodeSampler:
             y_query=labels.repeat_interleave(self.query).repeat(tasks, 1),
         )
 
+    def _draw_image_index(self, tasks: int, generator: torch.Generator) -> torch.Tensor:
+        """[T, N, K+Q] indices into split.images, drawn and computed on the generator's device."""
+        device = generator.device
+        if device.type == "cpu":
+            class_counts, class_offsets = self._cpu_table
+        else:
+            class_counts, class_offsets = self.split.class_counts, self.split.class_offsets
+        # Top-`way` of iid uniform scores = a uniform random subset in uniform random order.
+        class_scores = torch.rand(tasks, self.split.n_classes, generator=generator, device=device)
+        classes = class_scores.topk(self.way, dim=1).indices  # [T, N]
+
+        # Same trick per class over image positions; positions beyond the class's count get
+        # score -1 so they never win (the constructor ensures per_class <= every count).
+        counts = class_counts[classes]  # [T, N]
+        position_scores = torch.rand(tasks, self.way, self._max_count, generator=generator, device=device)
+        positions_out_of_range = torch.arange(self._max_count, device=device) >= counts.unsqueeze(-1)
+        position_scores = position_scores.masked_fill(positions_out_of_range, -1.0)
+        positions = position_scores.topk(self.shot + self.query, dim=-1).indices  # [T, N, K+Q]
+        return class_offsets[classes].unsqueeze(-1) + positions
+
     def _images_as_float(self, index: torch.Tensor) -> torch.Tensor:
         images = self.split.images[index.reshape(-1)]
         return (images.float() / 255).reshape(*index.shape, *images.shape[1:])
@@ -168,13 +180,13 @@ class EpisodeSampler:
 def fixed_episodes(sampler: EpisodeSampler, episodes: int, seed: int, chunk: int) -> Iterator[Episodes]:
     """The fixed evaluation episodes for `seed`, in chunks of `chunk` tasks.
 
-    Uses its own generator, so the result does not depend on any other RNG state. The
-    episodes depend on `chunk` too (the random draws are shaped per chunk).
+    Uses its own CPU generator, so the result does not depend on any other RNG state, nor on the
+    device the split is on: CPU and GPU runs evaluate the same episodes. The episodes depend on
+    `chunk` too (the random draws are shaped per chunk).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
-    generator = torch.Generator(device=sampler.split.images.device)
-    generator.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     done = 0
     while done < episodes:
         tasks = min(chunk, episodes - done)

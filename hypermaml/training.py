@@ -30,6 +30,8 @@ CPU_TASK_CHUNK = 4
 EVAL_BLOCK = 50
 
 Report = Callable[[dict[str, Any]], None]
+# A learner's meta_loss(episodes, epoch) -> (mean query loss, per-task query accuracy).
+MetaLoss = Callable[[Episodes, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -40,7 +42,7 @@ class TrainingDiverged(FloatingPointError):
 class EvalResult:
     accuracy: float  # mean query accuracy over the episodes
     ci95: float  # 1.96 * std / sqrt(episodes)
-    ms_per_task: float  # adaptation + query prediction time per episode
+    ms_per_task: float  # time per episode: drawing it, adapting to its support set, predicting its queries
     episodes: int
     per_episode: torch.Tensor = field(repr=False)  # [episodes] accuracies, on the CPU
 
@@ -124,17 +126,16 @@ def evaluate(
         data = load_data(config, (split,))[split]
     sampler = episode_sampler(config, data.to(device), split)
     seed = config.train.eval_seed if seed is None else seed
-    accuracies, seconds = [], 0.0
-    with torch.no_grad():
+    accuracies = []
+    _sync(device)
+    start = time.perf_counter()
+    with torch.no_grad():  # float32 whatever the training precision
         for block in fixed_episodes(sampler, episodes, seed, EVAL_BLOCK):
             for ep in chunks(block, task_chunk_size(config, device)):
-                _sync(device)
-                start = time.perf_counter()
                 logits = learner.query_logits(ep)
-                _sync(device)
-                seconds += time.perf_counter() - start
-                accuracies.append((logits.argmax(-1) == ep.y_query).float().mean(1))
-    per_episode = torch.cat(accuracies).cpu()
+                accuracies.append((logits.argmax(-1) == ep.y_query).float().mean(1))  # stays on the device
+    per_episode = torch.cat(accuracies).cpu()  # the one host sync of the evaluation
+    seconds = time.perf_counter() - start
     ci95 = 1.96 * per_episode.std().item() / math.sqrt(episodes) if episodes > 1 else float("nan")
     return EvalResult(per_episode.mean().item(), ci95, 1000 * seconds / episodes, episodes, per_episode)
 
@@ -146,6 +147,7 @@ class TrainingProgress:
     learner: MAML | HyperMAML
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # draws the training episodes
+    meta_loss: MetaLoss  # learner.meta_loss, or its compiled form (`meta_loss_function`)
     epochs_done: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_acc: float = -1.0
@@ -214,7 +216,25 @@ def start_training(config: RunConfig, device: torch.device) -> TrainingProgress:
     learner = new_learner(config, device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.train.outer_lr)
     generator = torch.Generator(device).manual_seed(config.train.seed)
-    return TrainingProgress(learner, optimizer, generator)
+    return TrainingProgress(learner, optimizer, generator, meta_loss_function(learner, config.train.compile))
+
+
+def meta_loss_function(learner: MAML | HyperMAML, compile: bool) -> MetaLoss:
+    """learner.meta_loss, or with `compile` its torch.compile'd form. Shapes are static
+    (dynamic=False): each task-chunk shape compiles once, the first time it comes.
+
+    The epoch enters the meta-loss only through HyperMAML's warm-up weight, and compiled code is
+    specialized on the epochs it reads: with a warm-up, every epoch after the switch is passed as
+    the first one with weight 0, so the code compiles warmup_epochs + switch_epochs + 1 times, not
+    once per epoch.
+    """
+    if not compile:
+        return learner.meta_loss
+    compiled = torch.compile(learner.meta_loss, dynamic=False)
+    if not (isinstance(learner, HyperMAML) and learner.cfg.warmup):
+        return compiled
+    last = learner.cfg.warmup_epochs + learner.cfg.switch_epochs  # maml_weight is 0 from this epoch on
+    return lambda episodes, epoch: compiled(episodes, min(epoch, last))
 
 
 def restore_from_checkpoint(progress: TrainingProgress, config: RunConfig, resume_from: str | Path) -> None:
@@ -231,32 +251,50 @@ def restore_from_checkpoint(progress: TrainingProgress, config: RunConfig, resum
 
 
 def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: RunConfig, epoch: int) -> EpochTraining:
-    """steps_per_epoch outer steps (sample a meta-batch, meta-loss in task chunks, one Adam step).
+    """steps_per_epoch outer steps (`outer_step` on a freshly sampled meta-batch).
 
     Raises TrainingDiverged if the epoch's mean loss is not finite.
     """
     t = config.train
-    learner, optimizer = progress.learner, progress.optimizer
-    device = next(learner.parameters()).device
-    chunk = task_chunk_size(config, device)
+    device = next(progress.learner.parameters()).device
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
     for _ in range(t.steps_per_epoch):
-        episodes = sampler.sample(t.meta_batch, progress.generator)
-        optimizer.zero_grad(set_to_none=True)
-        for part in chunks(episodes, chunk):
-            loss, accuracy = learner.meta_loss(part, epoch)
-            (loss * (part.tasks / episodes.tasks)).backward()
-            loss_sum += loss.detach() * part.tasks
-            correct_sum += accuracy.sum()
-        optimizer.step()
+        loss, correct = outer_step(progress, sampler.sample(t.meta_batch, progress.generator), config, epoch)
+        loss_sum += loss
+        correct_sum += correct
     n_train = t.steps_per_epoch * t.meta_batch
     train_loss = (loss_sum / n_train).item()  # the one host sync of the epoch
     seconds = time.perf_counter() - start
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: train loss is {train_loss}")
     return EpochTraining(train_loss, (correct_sum / n_train).item(), seconds)
+
+
+def outer_step(progress: TrainingProgress, episodes: Episodes, config: RunConfig, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One outer step on a meta-batch: the meta-loss in task chunks (in the configured precision),
+    their backward passes, one Adam step. Returns the sums over the tasks of the query loss and of
+    the query accuracy, on the device (no host sync)."""
+    learner, optimizer = progress.learner, progress.optimizer
+    device = next(learner.parameters()).device
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = correct_sum = torch.zeros((), device=device)
+    for part in chunks(episodes, task_chunk_size(config, device)):
+        with autocast(config.train.precision, device):
+            loss, accuracy = progress.meta_loss(part, epoch)
+        (loss * (part.tasks / episodes.tasks)).backward()  # outside autocast, as torch recommends
+        loss_sum = loss_sum + loss.detach() * part.tasks
+        correct_sum = correct_sum + accuracy.sum()
+    optimizer.step()
+    return loss_sum, correct_sum
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The meta-training forward's autocast: with precision "bf16", convolutions and matmuls run in
+    bfloat16 (cross-entropy losses in float32); with "fp32" it does nothing. Meta-gradient error
+    against float64: tests/test_execution.py."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def record_epoch(

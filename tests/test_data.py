@@ -238,6 +238,31 @@ def test_fixed_episodes_are_reproducible_and_chunked():
     assert list(fixed_episodes(sampler, episodes=0, seed=3, chunk=4)) == []
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+# (class, image in class) of the first fixed episode's support and query images for seed 5 (the
+# draw of the CPU generator, the same before evaluation drew on the CPU for every device).
+PINNED_SUPPORT = ([4, 2, 0], [1, 5, 4])
+PINNED_QUERY = ([4, 4, 2, 2, 0, 0], [0, 3, 4, 3, 2, 3])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_fixed_episodes_are_the_same_on_every_device(device):
+    """Evaluation episodes are drawn with a CPU generator whatever the split's device, so a GPU run
+    validates and tests on exactly the episodes of a CPU run (and of the pinned draw below)."""
+    split = make_labelled_split(UNEVEN_COUNTS)
+    on_cpu = list(fixed_episodes(EpisodeSampler(split, way=3, shot=1, query=2), episodes=10, seed=5, chunk=4))
+    on_device = list(fixed_episodes(EpisodeSampler(split.to(device), way=3, shot=1, query=2), episodes=10, seed=5, chunk=4))
+    for a, b in zip(on_cpu, on_device, strict=True):
+        assert b.x_query.device.type == device
+        for name in ("x_support", "y_support", "x_query", "y_query"):
+            assert torch.equal(getattr(a, name), getattr(b, name).cpu()), name
+    # The draw itself is pinned: (class, image in class) of the first task's support and query images.
+    support_class, support_index = decode_pixels(on_device[0].x_support[0].cpu())
+    query_class, query_index = decode_pixels(on_device[0].x_query[0].cpu())
+    assert (support_class.tolist(), support_index.tolist()) == PINNED_SUPPORT
+    assert (query_class.tolist(), query_index.tolist()) == PINNED_QUERY
+
+
 @pytest.mark.parametrize(
     "way, shot, query, message",
     [

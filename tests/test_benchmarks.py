@@ -1,0 +1,56 @@
+"""The benchmark scripts' commands parse (they are run by hand, benchmarks/gpu_check.sh only on a GPU)."""
+
+import importlib.util
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hypermaml.train import build_parser as train_parser, parse_config
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+GPU_CHECK = BENCHMARKS / "gpu_check.sh"
+
+
+def throughput_module():
+    spec = importlib.util.spec_from_file_location("throughput", BENCHMARKS / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gpu_check_commands(program: str) -> list[list[str]]:
+    """The script's command lines that run `program`, with its variables filled in as bash would."""
+    text = GPU_CHECK.read_text()
+    variants = re.search(r'^VARIANTS="(.*)"$', text, flags=re.MULTILINE).group(1)
+    commands = []
+    for line in text.splitlines():
+        if program in line and not line.lstrip().startswith(("#", "echo")):
+            line = line.replace("$VARIANTS", variants).replace("$MB", "32").replace('"$DATA"', "/data/omniglot")
+            line = line.replace('"$OUT/run"', "/tmp/run").replace("$PY", "python")
+            words = shlex.split(line.split("|")[0])
+            commands.append(words[words.index("python") + 1:])
+    return commands
+
+
+def test_gpu_check_is_valid_bash_and_its_commands_parse():
+    assert subprocess.run(["bash", "-n", str(GPU_CHECK)], capture_output=True).returncode == 0
+    throughput = throughput_module()
+    (benchmark,) = gpu_check_commands("benchmarks/throughput.py")
+    args = throughput.build_parser().parse_args(benchmark[1:])  # exits 2 on a flag or variant it does not know
+    assert args.device == "cuda" and args.variants == ["default", "bf16", "compile", "bf16+compile"]
+    assert args.cases == ["maml-1step", "hypermaml"] and args.no_loop
+    (train,) = gpu_check_commands("-m hypermaml.train")
+    config = parse_config(train_parser().parse_args(train[2:]))
+    assert (config.train.device, config.train.algorithm, config.algo.hn_hidden) == ("cuda", "hypermaml", 512)
+
+
+def test_throughput_variants_are_levers_joined_by_plus():
+    throughput = throughput_module()
+    assert throughput.variant_settings("default") == {}
+    assert throughput.variant_settings("bf16+grouped-conv") == {"precision": "bf16", "dense_conv": False}
+    assert throughput.variant_settings("no-heap-warm") == {}  # the allocator lever is no TrainConfig field
+    with pytest.raises(ValueError, match="unknown lever"):
+        throughput.variant_levers("bf16+turbo")
