@@ -7,17 +7,15 @@ thresholds below leave a margin for other CPUs. Longer runs are in the README.
 
 import pytest
 
-from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, evaluate, fit
+from hypermaml import MAMLConfig, RunConfig, TrainConfig, evaluate, fit
 from hypermaml.training import load_data
 
 BUDGET = dict(way=5, shot=1, query=15, epochs=4, steps_per_epoch=25, meta_batch=8, val_episodes=100, test_episodes=600)
 
 
-@pytest.mark.parametrize(
-    "algo, min_test_acc",
-    [(MAMLConfig(inner_steps=1, inner_lr=0.4), 0.65), (HyperMAMLConfig(hn_hidden=256, hn_layers=3), 0.80)],
-    ids=["maml", "hypermaml"],
-)
+# HyperMAML at this very budget (hidden 256 x 3) is the README's training command, which
+# tests/test_readme.py runs as printed and holds to the README's 84.3% within 3 points: not run twice.
+@pytest.mark.parametrize("algo, min_test_acc", [(MAMLConfig(inner_steps=1, inner_lr=0.4), 0.65)], ids=["maml"])
 def test_learns_omniglot_5way_1shot(omniglot_root, algo, min_test_acc):
     algorithm = "maml" if isinstance(algo, MAMLConfig) else "hypermaml"
     config = RunConfig(TrainConfig(algorithm=algorithm, data_root=str(omniglot_root), **BUDGET), algo).validate()
