@@ -91,7 +91,7 @@ def serve(tracking_uri: str) -> Iterator[str]:
             _wait_healthy(base, server, Path(folder) / "server.log")
             yield base
         finally:
-            _stop(server)
+            stop_process(server)
             log.close()
 
 
@@ -109,7 +109,7 @@ def _wait_healthy(base: str, server: subprocess.Popen, log: Path, timeout: float
     raise RuntimeError(f"mlflow server not healthy after {timeout:.0f} s: {log.read_text()[-2000:]}")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
     """Stop a process started in a session of its own, with everything it started."""
     for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
         try:

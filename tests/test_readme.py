@@ -10,10 +10,8 @@ preset, fetches or finds the data, loads all three splits and samples and checks
 
 import importlib.util
 import json
-import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hpo.screenshot import stop_process
 from hpo.search import build_parser as search_parser
 from tests.helpers import files_under
 from tests.readme_commands import README, REPO, command_env, readme_commands, run_as_printed, scratch_checkout
@@ -170,16 +169,7 @@ def test_the_mlflow_ui_command_serves_the_store(omniglot_root, tmp_path):
         assert [e["name"] for e in experiments] == ["Default"]
         assert (checkout / "mlflow.db").is_file()  # the store the command names, in the folder it runs in
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(ui.pid, sig)  # the UI and its workers: the session bash started
-            except ProcessLookupError:
-                break
-            try:
-                ui.wait(15)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process(ui)  # the UI and its workers: the session bash started
 
 
 def test_the_suite_without_data_stops_with_one_line(tmp_path):

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hpo.screenshot import _stop
+from hpo.screenshot import stop_process
 from hpo.tracking import UI
 
 from .readme_commands import command_env, run_as_printed
@@ -101,7 +101,7 @@ def test_optuna_dashboard_serves_the_studys_optuna_storage(smoke):
             stopped = sum("stopped_by" in r.data.tags for r in mine)
             assert states == sorted(["Pruned"] * stopped + ["Complete"] * (len(mine) - stopped))
     finally:
-        _stop(dashboard)
+        stop_process(dashboard)
 
 
 def _get_json(url: str, server: subprocess.Popen, log: Path, timeout: float = 60):
