@@ -95,3 +95,10 @@ class Finalist:
     def episode_matrix(self) -> np.ndarray:
         """[seeds, episodes] test accuracies."""
         return np.stack([r.episode_accs for r in self.replicates])
+
+
+def reference_gap(reference: TrialRecord, best: TrialRecord) -> float:
+    """Points by which the best trial's validation accuracy leads the reference's, after as many
+    epochs as both ran (an early-stopped reference is compared at its last epoch, not with a full run)."""
+    epochs = min(reference.epochs_run, best.epochs_run)
+    return 100 * (max(best.val_curve[:epochs]) - max(reference.val_curve[:epochs]))

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from .diagnostics import Diagnostic
 from .plots import plot_anytime, plot_seed_results, plot_validation_curves
-from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TuneOutcome
+from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TuneOutcome, reference_gap
 from .spec import StudySpec
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
         lines.append(f"| {algorithm} | {rank}{chosen} | {group[0].source_trial} | {'yes' if trial and trial.reference else ''} | "
                      f"{100 * np.mean([r.best_val_acc for r in group]):.2f}% | {100 * np.mean([r.test_acc for r in group]):.2f}% | "
                      f"{len(group)} |")
+    lines += _unretrained_references(spec, outcomes, replicates)
     lines += ["", "## Final hyperparameters", ""]
     for algorithm, finalist in finalists.items():
         lines += [f"### {algorithm} (tuning trial {finalist.source_trial}, candidate rank {finalist.candidate_rank})", ""]
@@ -156,6 +157,23 @@ def _groups(replicates: list[ReplicateRecord]) -> dict[tuple[str, int], list[Rep
     for r in replicates:
         groups.setdefault((r.algorithm, r.candidate_rank), []).append(r)
     return groups
+
+
+def _unretrained_references(spec: StudySpec, outcomes: dict[str, TuneOutcome],
+                             replicates: list[ReplicateRecord]) -> list[str]:
+    """A line for each published reference that was not retrained, and why (it was clearly beaten)."""
+    retrained = {r.source_trial for r in replicates}
+    lines = []
+    for algorithm, outcome in outcomes.items():
+        scored = [t for t in outcome.trials if t.best_val_acc is not None]
+        for reference in (t for t in scored if t.reference and t.trial_id not in retrained):
+            best = max(scored, key=lambda t: t.best_val_acc)
+            epochs = min(reference.epochs_run, best.epochs_run)
+            lines.append(f"\n{algorithm}'s published reference (trial {reference.trial_id}) was not retrained: after "
+                         f"{epochs} epoch(s) its validation accuracy trailed the top trial's by "
+                         f"{reference_gap(reference, best):.1f} points, more than the {spec.reference_margin:g}-point "
+                         "`--reference-margin`.")
+    return lines
 
 
 def _replicate_shape(replicates: list[ReplicateRecord], algorithm: str) -> str:

@@ -2,8 +2,9 @@
 
 - tune: one Ray Tune experiment per algorithm (Optuna searcher, ASHA), its published reference
   configuration first; -> TuneOutcome per algorithm.
-- replicate: the top-k configurations of each algorithm (and its reference) retrained from scratch
-  with fresh seeds, as one Ray Tune experiment, each tested on the same fixed test episodes;
+- replicate: the top-k configurations of each algorithm (and its reference, unless clearly beaten)
+  retrained from scratch with fresh seeds, as one Ray Tune experiment, each tested on the same
+  fixed test episodes;
   -> ReplicateRecords; the finalist of each algorithm is the candidate with the best mean
   *validation* accuracy over its seeds.
 - compare: statistics with the training seed as the unit (hpo.stats).
@@ -34,7 +35,8 @@ from ray.tune.search.optuna import OptunaSearch
 from . import report
 from .diagnostics import diagnose
 from .progress import ProgressLines, duration, say
-from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
+from .records import (COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TrialRecord, TuneOutcome,
+                      reference_gap)
 from .spaces import FIXED_SETTINGS, SpaceFn, is_reference
 from .spec import SPEC_FILE, StudySpec
 from .stats import compare_seeds
@@ -136,7 +138,7 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str,
     tracker.start_study()
     say(f"study {spec.name}: {' vs '.join(spec.algorithms)} on {spec.dataset} {spec.way}-way {spec.shot}-shot, "
         f"{spec.trials} trials x {spec.epochs} epochs per algorithm, then the top {spec.replicate_top}"
-        f"{' (+ reference)' if references else ''} x {spec.replicate_seeds} fresh seeds")
+        f"{f' (+ reference if within {spec.reference_margin:g} points)' if references else ''} x {spec.replicate_seeds} fresh seeds")
     for line in tracker.where():
         say(line)
     if "://" not in spec.storage_path:  # what a later run of this --name is checked against
@@ -294,18 +296,21 @@ def _tuned(config: dict[str, Any]) -> dict[str, Any]:
 
 # ---- phase 2: replicate ------------------------------------------------------------------------------
 
-def candidates(outcome: TuneOutcome, top: int) -> list[tuple[int, TrialRecord]]:
+def candidates(outcome: TuneOutcome, top: int, reference_margin: float) -> list[tuple[int, TrialRecord]]:
     """(rank, trial) of the top configurations by best validation accuracy (identical configurations
-    counted once), plus the reference trial when it is not among them: the finalist is then chosen
-    between the tuned and the published configuration on fresh seeds, so tuning cannot end below
-    the reference."""
+    counted once), plus the reference trial when it is not among them and is not clearly beaten: the
+    finalist is then chosen between the tuned and the published configuration on fresh seeds, so
+    tuning cannot end below the reference. `reference_margin` (points) is "clearly": a reference
+    whose validation accuracy trails the top trial's, after the same epochs, by more than that is
+    not retrained (a single seed's accuracy was seen to move by up to ~4 points between seeds)."""
     ranked, seen = [], []
     for trial in sorted((t for t in outcome.trials if t.best_val_acc is not None), key=lambda t: -t.best_val_acc):
         if trial.tuned not in seen:
             seen.append(trial.tuned)
             ranked.append(trial)
     chosen = [(rank, trial) for rank, trial in enumerate(ranked, start=1) if rank <= top]
-    chosen += [(rank, trial) for rank, trial in enumerate(ranked, start=1) if rank > top and trial.reference]
+    chosen += [(rank, trial) for rank, trial in enumerate(ranked, start=1)
+               if rank > top and trial.reference and reference_gap(trial, ranked[0]) <= reference_margin]
     return chosen
 
 
@@ -317,7 +322,7 @@ def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyT
     test_seeds = [spec.seed + r for r in range(spec.test_repeats)]
     for seed in spec.replicate_seed_list():
         for algorithm, outcome in outcomes.items():
-            for rank, trial in candidates(outcome, spec.replicate_top):
+            for rank, trial in candidates(outcome, spec.replicate_top, spec.reference_margin):
                 settings = {**spec.fixed_settings(algorithm), **trial.tuned, "seed": seed}
                 settings["steps_per_epoch"] = max(1, spec.episodes_per_epoch // settings["meta_batch"])
                 items.append({"algorithm": algorithm, "candidate_rank": rank, "source_trial": trial.trial_id,

@@ -39,7 +39,7 @@ def space(trial: optuna.Trial, epochs: int, shot: int) -> None:
     trial.suggest_int("hn_layers", 2, 4)
     trial.suggest_float("outer_lr", 1e-4, 1e-2, log=True)
     # Tuned for both algorithms with the same menu, so neither gets a knob the other lacks.
-    trial.suggest_categorical("meta_batch", [4, 8, 16, 32])
+    trial.suggest_categorical("meta_batch", [2, 4, 8, 16, 32])
     if shot > 1:  # with one shot per class, mean and concat are the same model: no dead dimension
         trial.suggest_categorical("aggregation", ["mean", "concat"])
     # A fixed menu rather than a log range: "no penalty" (0) must be reachable, and a log range

@@ -31,4 +31,4 @@ def space(trial: optuna.Trial) -> None:
     trial.suggest_categorical("first_order", [False, True])
     trial.suggest_categorical("inner_params", ["all", "head"])
     trial.suggest_float("outer_lr", 1e-4, 1e-2, log=True)
-    trial.suggest_categorical("meta_batch", [4, 8, 16, 32])
+    trial.suggest_categorical("meta_batch", [2, 4, 8, 16, 32])

@@ -69,6 +69,18 @@ def test_a_time_budget_cut_is_the_first_thing_the_summary_says():
     assert text.splitlines()[2].startswith("**warning: the time budget cut hypermaml short: 1 hypermaml trial(s)")
 
 
+def test_the_summary_says_why_a_reference_was_not_retrained():
+    outcomes, replicates, finalists, comparison = study_records()
+    # maml's reference (trial maml_t, 80% after 2 epochs) was left out; the top trial led it by 12.5 points.
+    top = TrialRecord("maml", "maml_w", 2, {"outer_lr": 0.003}, [0.75, 0.925], 0.925, 30.0, COMPLETED)
+    outcomes["maml"] = TuneOutcome("maml", [*outcomes["maml"].trials, top], 50.0, 1000)
+    kept = [r for r in replicates if r.source_trial != "maml_t"]
+    text = summary_markdown(StudySpec(trials=3), outcomes, kept, finalists, comparison, [])
+    assert ("maml's published reference (trial maml_t) was not retrained: after 2 epoch(s) its validation accuracy "
+            "trailed the top trial's by 12.5 points, more than the 10-point `--reference-margin`.") in text
+    assert "hypermaml's published reference" not in text  # retrained: its replicates are there
+
+
 def test_csv_has_one_row_per_replicate_with_the_final_ones_marked():
     _, replicates, finalists, _ = study_records()
     rows = list(csv.DictReader(io.StringIO(summary_csv(replicates, finalists))))

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pytest
 
 from hpo.records import COMPLETED, EARLY_STOPPED, FAILED, ReplicateRecord, TrialRecord, TuneOutcome
-from hpo.runner import candidates, choose_finalists, trial_space
+from hpo.runner import candidates, choose_finalists, reference_gap, trial_space
 from hpo.spaces import load_space
 from hpo.spec import resolve
 
@@ -30,7 +31,7 @@ def test_sampled_values_win_over_study_defaults_and_epochs_hold_the_same_episode
         assert config["way"] == spec.way and config["epochs"] == spec.epochs
         seen.add(config["meta_batch"])
         study.tell(trial, 0.5)
-    assert seen == {4, 8, 16, 32}
+    assert seen == {2, 4, 8, 16, 32}
 
 
 def only_outer_lr(trial):
@@ -56,8 +57,9 @@ def test_trial_workers_import_neither_the_drivers_libraries_nor_torchvision():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def trial(number, val, tuned, reference="", status=COMPLETED):
-    return TrialRecord("maml", f"t{number}", number, tuned, [] if val is None else [val], val, 1.0, status, reference)
+def trial(number, val, tuned, reference="", status=COMPLETED, curve=None):
+    curve = curve if curve is not None else ([] if val is None else [val])
+    return TrialRecord("maml", f"t{number}", number, tuned, curve, val, 1.0, status, reference)
 
 
 def test_candidates_are_the_top_distinct_configurations_plus_the_reference():
@@ -68,9 +70,25 @@ def test_candidates_are_the_top_distinct_configurations_plus_the_reference():
         trial(3, 0.80, {"lr": 3}, status=EARLY_STOPPED),
         trial(4, None, {"lr": 4}, status=FAILED),
     ], 10.0, 100)
-    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=2)] == [(1, "t1"), (2, "t3"), (3, "t0")]
-    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=3)] == [(1, "t1"), (2, "t3"), (3, "t0")]
-    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=1)] == [(1, "t1"), (3, "t0")]
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=2, reference_margin=100)] == [(1, "t1"), (2, "t3"), (3, "t0")]
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=3, reference_margin=100)] == [(1, "t1"), (2, "t3"), (3, "t0")]
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=1, reference_margin=100)] == [(1, "t1"), (3, "t0")]
+    # 30 points behind the top trial: clearly beaten at a 10-point margin, so not retrained ...
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=1, reference_margin=10)] == [(1, "t1")]
+    # ... but still retrained when it is one of the top configurations itself.
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=3, reference_margin=10)] == [(1, "t1"), (2, "t3"), (3, "t0")]
+
+
+def test_an_early_stopped_reference_is_compared_after_the_epochs_it_ran():
+    top = trial(1, 0.90, {"lr": 2}, curve=[0.50, 0.70, 0.90])
+    # Stopped after its first epoch at 45%: 45 points behind the top's final 90%, but only 5 behind
+    # the top trial's own first epoch, so it is not clearly beaten and is retrained.
+    stopped = trial(0, 0.45, {"lr": 1}, reference="Finn et al.", status=EARLY_STOPPED, curve=[0.45])
+    assert reference_gap(stopped, top) == pytest.approx(5.0)
+    assert [t.trial_id for _, t in candidates(TuneOutcome("maml", [stopped, top], 1.0, 100), 1, 10)] == ["t1", "t0"]
+    clearly_behind = trial(0, 0.30, {"lr": 1}, reference="Finn et al.", status=EARLY_STOPPED, curve=[0.30])
+    assert reference_gap(clearly_behind, top) == pytest.approx(20.0)
+    assert [t.trial_id for _, t in candidates(TuneOutcome("maml", [clearly_behind, top], 1.0, 100), 1, 10)] == ["t1"]
 
 
 def replicate(algorithm, rank, seed, val, test):

@@ -20,7 +20,7 @@ FLAGS_BEFORE = {
     "--preset": "smoke", "--name": "n", "--data-root": "/d", "--cache-dir": "/c", "--dataset": "cub", "--way": "3",
     "--shot": "2", "--query": "4", "--algorithms": "maml", "--trials": "3", "--epochs": "2", "--episodes-per-epoch": "10",
     "--meta-batch": "2", "--val-episodes": "5", "--test-episodes": "6", "--test-repeats": "2", "--replicate-top": "1",
-    "--replicate-seeds": "4", "--equivalence-margin": "0.5", "--time-budget": "60", "--searcher": "random",
+    "--replicate-seeds": "4", "--equivalence-margin": "0.5", "--reference-margin": "5", "--time-budget": "60", "--searcher": "random",
     "--scheduler": "none", "--grace-period": "2", "--reduction-factor": "3", "--cpus-per-trial": "0.5",
     "--gpus-per-trial": "0.25", "--max-concurrent": "3", "--max-failures": "0", "--seed": "7",
     "--tracking-uri": "sqlite:///x.db", "--storage-path": "/s", "--address": "auto", "--space": "maml=x.py",

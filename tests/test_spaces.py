@@ -129,7 +129,7 @@ def test_builtin_maml_space_covers_its_ranges_on_log_scales():
     assert statistics.median(inner_lr) < 0.1  # log-uniform median is about 0.022; a linear one 0.25
     assert set(values_of(configs, "first_order")) == {False, True}
     assert set(values_of(configs, "inner_params")) == {"all", "head"}
-    assert set(values_of(configs, "meta_batch")) == {4, 8, 16, 32}  # overrides the study's meta_batch 8
+    assert set(values_of(configs, "meta_batch")) == {2, 4, 8, 16, 32}  # overrides the study's meta_batch 8
     assert all(1e-4 <= lr <= 1e-2 for lr in values_of(configs, "outer_lr"))
 
 
