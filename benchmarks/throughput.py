@@ -9,9 +9,9 @@ cases are alternated, round after round, so that drift of the machine's speed hi
 alike, and the vectorized/loop order flips every round. Each measurement times full outer steps
 (episode sampling, meta-loss, backward, Adam step) on real Omniglot 5-way 1-shot episodes after
 warm-up steps: our learner vectorizes `--task-chunk` tasks per pass, the loop runs one task at a
-time with torch.autograd.grad (hypermaml/loop_reference.py). Prints each run, then per case the
-median and range (min-max) of episodes/s and the ratio of the medians. Prints figures only: speed
-targets are read here, not asserted in tests.
+time with torch.autograd.grad (hypermaml/loop_reference.py), in the same precision. Prints each
+run, then per case the median and range (min-max) of episodes/s and the ratio of the medians.
+Prints figures only: speed targets are read here, not asserted in tests.
 
 `--variants` measures the speed levers one at a time (each variant is a case of its own, in fresh
 processes, alternated with the others): `default` is the library's defaults; a variant is one or
@@ -34,7 +34,7 @@ import torch
 
 from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, loop_reference
 from hypermaml.allocator import keep_heap_warm
-from hypermaml.training import episode_sampler, load_data, outer_step, start_training
+from hypermaml.training import autocast, episode_sampler, load_data, outer_step, start_training
 
 CASES = {
     "maml-1step": MAMLConfig(inner_steps=1, inner_lr=0.4),
@@ -50,6 +50,7 @@ LEVERS: dict[str, dict[str, object]] = {
     "no-heap-warm": {},
     "grouped-conv": {"dense_conv": False},
     "channels-last": {"channels_last": True},
+    "fp32": {"precision": "fp32"},
     "bf16": {"precision": "bf16"},
     "compile": {"compile": True},
 }
@@ -114,10 +115,11 @@ def measure_in_process(args: argparse.Namespace, case: str, mode: str, variant: 
     def loop_step() -> None:
         ep = sampler.sample(args.meta_batch, generator)
         optimizer.zero_grad(set_to_none=True)
-        if algorithm == "maml":
-            loss = loop_reference.maml_meta_loss(learner, algo, ep)
-        else:
-            loss = loop_reference.hypermaml_meta_loss(learner, ep)
+        with autocast(progress.precision, device):  # the same precision as the vectorized learner
+            if algorithm == "maml":
+                loss = loop_reference.maml_meta_loss(learner, algo, ep)
+            else:
+                loss = loop_reference.hypermaml_meta_loss(learner, ep)
         loss.backward()
         optimizer.step()
 

@@ -32,7 +32,7 @@ from .progress import ending, error_line, replicate_name, stop_reason, tested
 from .spaces import is_reference
 from .spec import StudySpec
 
-LOGGED_METRICS = ("train_loss", "train_acc", "val_acc", "val_ci95", "best_val_acc", "episodes_per_s", "epoch_s", "hn_weight",
+LOGGED_METRICS = ("train_loss", "train_acc", "val_acc", "val_ci95", "best_val_acc", "episodes_per_s", "epoch_s", "hn_weight", "bf16_autocast",
                   "test_acc", "test_ci95", "adapt_ms_per_task", "parameters")
 # Accuracies and their CIs go to MLflow in points (percent), the unit of the verdict and the summary.
 POINTS = frozenset({"train_acc", "val_acc", "val_ci95", "best_val_acc", "test_acc", "test_ci95"})

@@ -95,9 +95,10 @@ class TrainConfig:
     dense_conv: bool = setting("backbone weights shared by all tasks run one dense convolution over all tasks' images "
                                "(else the grouped convolution that per-task weights use); same results up to float rounding", True)
     channels_last: bool = setting("keep images and activations of the dense convolutions in channels-last memory order", False)
-    precision: Literal["fp32", "bf16"] = setting(
-        "meta-training forward in float32, or under bfloat16 autocast (convolutions and matmuls in bf16: CPUs with "
-        "avx512_bf16 or AMX, GPUs); parameters, optimizer and evaluation stay float32", "fp32")
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "meta-training forward in float32, or under bfloat16 autocast (convolutions and matmuls in bf16); auto: bf16 "
+        "where the device computes it natively (a CUDA GPU with bf16, a CPU with avx512_bf16 or AMX), else fp32; "
+        "parameters, optimizer and evaluation stay float32", "auto")
     compile: bool = setting("torch.compile the meta-loss (static shapes: each task-chunk shape compiles once, "
                             "in the first outer step that meets it); same results up to float rounding", False)
 

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_episodes": test.episodes,
         "train_episodes_per_s": result.train_episodes_per_s,
         "train_seconds": result.train_seconds,
+        "precision": result.precision,
         "adapt_ms_per_task": test.ms_per_task,
         "parameters": sum(p.numel() for p in learner.parameters()),
         "best_checkpoint": str(output / BEST),

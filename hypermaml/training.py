@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from .algorithms import HyperMAML, MAML, build_learner
+from .algorithms import MAML, HyperMAML, build_learner
 from .allocator import keep_heap_warm
 from .config import ConfigError, RunConfig, from_flat, to_flat
-from .data import CHANNELS, IMAGE_SIZE, EpisodeSampler, Episodes, FewShotSplit, fixed_episodes, load_split
+from .data import CHANNELS, IMAGE_SIZE, Episodes, EpisodeSampler, FewShotSplit, fixed_episodes, load_split
 
 CHECKPOINT_FORMAT = 1
 LAST, BEST = "last.pt", "best.pt"
@@ -56,6 +56,7 @@ class FitResult:
     history: list[dict[str, float]]
     train_seconds: float  # meta-training time, validation excluded
     train_episodes_per_s: float
+    precision: str  # what meta-training ran in: "fp32" or "bf16" (config.train.precision resolved)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -148,6 +149,7 @@ class TrainingProgress:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # draws the training episodes
     meta_loss: MetaLoss  # learner.meta_loss, or its compiled form (`meta_loss_function`)
+    precision: str  # "fp32" or "bf16": config.train.precision as resolved for the device (`training_precision`)
     epochs_done: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_acc: float = -1.0
@@ -208,6 +210,7 @@ def fit(
         history=progress.history,
         train_seconds=train_seconds,
         train_episodes_per_s=total_train_episodes / train_seconds if train_seconds > 0 else float("nan"),
+        precision=progress.precision,
     )
 
 
@@ -216,7 +219,8 @@ def start_training(config: RunConfig, device: torch.device) -> TrainingProgress:
     learner = new_learner(config, device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.train.outer_lr)
     generator = torch.Generator(device).manual_seed(config.train.seed)
-    return TrainingProgress(learner, optimizer, generator, meta_loss_function(learner, config.train.compile))
+    return TrainingProgress(learner, optimizer, generator, meta_loss_function(learner, config.train.compile),
+                            training_precision(config.train.precision, device))
 
 
 def meta_loss_function(learner: MAML | HyperMAML, compile: bool) -> MetaLoss:
@@ -281,7 +285,7 @@ def outer_step(progress: TrainingProgress, episodes: Episodes, config: RunConfig
     optimizer.zero_grad(set_to_none=True)
     loss_sum = correct_sum = torch.zeros((), device=device)
     for part in chunks(episodes, task_chunk_size(config, device)):
-        with autocast(config.train.precision, device):
+        with autocast(progress.precision, device):
             loss, accuracy = progress.meta_loss(part, epoch)
         (loss * (part.tasks / episodes.tasks)).backward()  # outside autocast, as torch recommends
         loss_sum = loss_sum + loss.detach() * part.tasks
@@ -291,10 +295,30 @@ def outer_step(progress: TrainingProgress, episodes: Episodes, config: RunConfig
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
-    """The meta-training forward's autocast: with precision "bf16", convolutions and matmuls run in
-    bfloat16 (cross-entropy losses in float32); with "fp32" it does nothing. Meta-gradient error
-    against float64: tests/test_execution.py."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """The meta-training forward's autocast: with precision "bf16" (or "auto" on a device with native
+    bf16), convolutions and matmuls run in bfloat16 (cross-entropy losses in float32); with "fp32" it
+    does nothing. Meta-gradient error against float64: tests/test_execution.py."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=training_precision(precision, device) == "bf16")
+
+
+def training_precision(precision: str, device: torch.device) -> str:
+    """The precision meta-training runs in: "auto" becomes "bf16" where the device computes bf16
+    natively, else "fp32". On CPUs without bf16 instructions autocast would emulate it, slower than
+    float32; test accuracy under bf16 on this project's CPU: README, "Throughput"."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """A CUDA GPU that supports bf16, or a CPU with avx512_bf16 / AMX-BF16 (Linux: /proc/cpuinfo)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no cheap way to know, so float32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def record_epoch(
@@ -320,6 +344,7 @@ def record_epoch(
         "episodes_per_s": n_train / training.seconds,
         "train_s": training.seconds,
         "epoch_s": time.perf_counter() - epoch_start,
+        "bf16_autocast": float(progress.precision == "bf16"),  # what precision "auto" became on this device
     }
     if isinstance(learner, HyperMAML):
         metrics["hn_weight"] = 1.0 - learner.cfg.maml_weight(epoch)

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hypermaml.train import build_parser as train_parser, parse_config
+from hpo.search import build_parser as search_parser
+from hpo.search import resolve_spec
+from hypermaml.train import build_parser as train_parser
+from hypermaml.train import parse_config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 GPU_CHECK = BENCHMARKS / "gpu_check.sh"
@@ -29,8 +32,9 @@ def gpu_check_commands(program: str) -> list[list[str]]:
     for line in text.splitlines():
         if program in line and not line.lstrip().startswith(("#", "echo")):
             line = line.replace("$VARIANTS", variants).replace("$MB", "32").replace('"$DATA"', "/data/omniglot")
-            line = line.replace('"$OUT/run"', "/tmp/run").replace("$PY", "python")
-            words = shlex.split(line.split("|")[0])
+            line = line.replace('"$OUT/run"', "/tmp/run").replace("$PY", "python").replace("$OUT", "/tmp")
+            line = line.replace('"$(awk "BEGIN { print 1 / $N }")"', "0.25").replace("$N", "4")
+            words = shlex.split(line.split("|")[0].split(" > ")[0])
             commands.append(words[words.index("python") + 1:])
     return commands
 
@@ -40,11 +44,14 @@ def test_gpu_check_is_valid_bash_and_its_commands_parse():
     throughput = throughput_module()
     (benchmark,) = gpu_check_commands("benchmarks/throughput.py")
     args = throughput.build_parser().parse_args(benchmark[1:])  # exits 2 on a flag or variant it does not know
-    assert args.device == "cuda" and args.variants == ["default", "bf16", "compile", "bf16+compile"]
+    assert args.device == "cuda" and args.variants == ["fp32", "bf16", "fp32+compile", "bf16+compile"]
     assert args.cases == ["maml-1step", "hypermaml"] and args.no_loop
     (train,) = gpu_check_commands("-m hypermaml.train")
     config = parse_config(train_parser().parse_args(train[2:]))
     assert (config.train.device, config.train.algorithm, config.algo.hn_hidden) == ("cuda", "hypermaml", 512)
+    (study,) = gpu_check_commands("-m hpo.search")
+    spec = resolve_spec(search_parser().parse_args(study[2:]))
+    assert (spec.preset, spec.trials, spec.max_concurrent, spec.gpus_per_trial) == ("smoke", 8, 4, 0.25)
 
 
 def test_throughput_variants_are_levers_joined_by_plus():

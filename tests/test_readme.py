@@ -20,10 +20,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from hpo.screenshot import stop_process
 from hpo.search import build_parser as search_parser
+from hypermaml.training import training_precision
 from tests.helpers import files_under
 from tests.readme_commands import README, REPO, command_env, readme_commands, run_as_printed, scratch_checkout
 
@@ -134,6 +136,8 @@ def test_the_training_command_gives_the_results_row(omniglot_root, tmp_path):
     print(f"README {readme_accuracy}%, this run {100 * result['test_acc']:.2f}% ± {100 * result['test_ci95']:.2f}")
     assert abs(100 * result["test_acc"] - readme_accuracy) < 3  # the same seeded run, on another CPU's floats
     assert result["test_ci95"] < 0.02  # 600 test episodes (this also stands in for test_learning's HyperMAML case)
+    # The run says what its default precision ("auto") became on this machine: bf16 on a CPU with bf16 instructions.
+    assert result["precision"] == training_precision("auto", torch.device("cpu"))
 
 
 def test_help_lists_every_flag(omniglot_root, tmp_path):

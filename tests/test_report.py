@@ -9,8 +9,8 @@ import numpy as np
 import optuna
 
 from hpo.diagnostics import Diagnostic
-from hpo.records import COMPLETED, EARLY_STOPPED, TIME_BUDGET, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
 from hpo.plots import plot_validation_curves
+from hpo.records import COMPLETED, EARLY_STOPPED, TIME_BUDGET, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
 from hpo.report import CSV_COLUMNS, plot_optuna_study, summary_csv, summary_markdown
 from hpo.spec import StudySpec
 from hpo.stats import compare_seeds

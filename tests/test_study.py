@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 
 from hypermaml import evaluate, load_learner
+from hypermaml.training import training_precision
 from tests.readme_commands import run_as_printed
 
 from .studies import REPO, SMOKE, SMOKE_DB, SMOKE_NAME, run_study, runs, smoke_runs, study_cmd
@@ -182,6 +184,9 @@ def test_replicates_retrain_with_fresh_seeds_and_the_final_one_is_chosen_on_vali
                 + f"test {metrics['test_acc']:.1f}% ± {metrics['test_ci95']:.1f}, best val {metrics['best_val_acc']:.1f}%; "
                 f"candidate #{tags['hpo.candidate_rank']} (tuning trial {tags['hpo.source_trial']})")
         assert all({"test_ci95", "adapt_ms_per_task", "val_acc"} <= set(r.data.metrics) for r in mine)
+        # Each run says the precision it trained in: the default "auto", as it resolves on this CPU, for all.
+        bf16 = float(training_precision("auto", torch.device("cpu")) == "bf16")
+        assert all(r.data.metrics["bf16_autocast"] == bf16 for r in mine)
         assert all(len(client.get_metric_history(r.info.run_id, "val_acc")) == 3 for r in mine)
         # The final candidate has the best mean validation accuracy over its seeds, and the reference
         # configuration is always among the candidates: tuning cannot end below it.
