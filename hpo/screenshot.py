@@ -59,10 +59,16 @@ class Shot:
     charted: dict[str, set[str]]  # chart title -> the runs it draws, of the charts drawn (in view)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int = 1) -> list[int]:
+    """n distinct ports free on 127.0.0.1 now (all bound at once, so none repeats; then released)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @contextlib.contextmanager
@@ -78,7 +84,7 @@ def serve(tracking_uri: str) -> Iterator[str]:
         copy = Path(folder) / "mlflow.db"
         with sqlite3.connect(tracking_uri[len("sqlite:///"):]) as source, sqlite3.connect(copy) as target:
             source.backup(target)  # consistent even while a study writes to it
-        port = free_port()
+        (port,) = free_ports()
         log = open(Path(folder) / "server.log", "w")
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{copy}",

@@ -22,7 +22,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ import pytest
 import ray
 import yaml
 from mlflow.tracking import MlflowClient
+
+from hpo.screenshot import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"
@@ -196,16 +197,6 @@ class Cluster:
     children: list[subprocess.Popen] = field(default_factory=list)  # to reap once killed
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _node_ports(ports: list[int], worker_ports: str) -> list[str]:
     # Two nodes on one host: every port a node opens must differ from the other node's.
     names = ("--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port",
@@ -353,7 +344,7 @@ def cluster(image_cache):
     env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0",
                HYPERMAML_CACHE=str(image_cache), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    gcs, dash, client, mlflow_port, *ports = _free_ports(16)
+    gcs, dash, client, mlflow_port, *ports = free_ports(16)
     c = Cluster(root, token, env, f"http://127.0.0.1:{dash}", f"http://127.0.0.1:{mlflow_port}")
     try:
         # No --node-ip-address=127.0.0.1: Ray 2.60 replaces a loopback address with this machine's IP anyway
