@@ -97,8 +97,12 @@ class Finalist:
         return np.stack([r.episode_accs for r in self.replicates])
 
 
+def compared_epochs(reference: TrialRecord, best: TrialRecord) -> int:
+    """The epochs both ran: an early-stopped reference is compared at its last epoch, not with a full run."""
+    return min(reference.epochs_run, best.epochs_run)
+
+
 def reference_gap(reference: TrialRecord, best: TrialRecord) -> float:
-    """Points by which the best trial's validation accuracy leads the reference's, after as many
-    epochs as both ran (an early-stopped reference is compared at its last epoch, not with a full run)."""
-    epochs = min(reference.epochs_run, best.epochs_run)
+    """Points by which the best trial's validation accuracy leads the reference's after `compared_epochs`."""
+    epochs = compared_epochs(reference, best)
     return 100 * (max(best.val_curve[:epochs]) - max(reference.val_curve[:epochs]))

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from .diagnostics import Diagnostic
 from .plots import plot_anytime, plot_seed_results, plot_validation_curves
-from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TuneOutcome, reference_gap
+from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TuneOutcome, compared_epochs, reference_gap
 from .spec import StudySpec
 
 if TYPE_CHECKING:
@@ -168,9 +168,8 @@ def _unretrained_references(spec: StudySpec, outcomes: dict[str, TuneOutcome],
         scored = [t for t in outcome.trials if t.best_val_acc is not None]
         for reference in (t for t in scored if t.reference and t.trial_id not in retrained):
             best = max(scored, key=lambda t: t.best_val_acc)
-            epochs = min(reference.epochs_run, best.epochs_run)
             lines.append(f"\n{algorithm}'s published reference (trial {reference.trial_id}) was not retrained: after "
-                         f"{epochs} epoch(s) its validation accuracy trailed the top trial's by "
+                         f"{compared_epochs(reference, best)} epoch(s) its validation accuracy trailed the top trial's by "
                          f"{reference_gap(reference, best):.1f} points, more than the {spec.reference_margin:g}-point "
                          "`--reference-margin`.")
     return lines

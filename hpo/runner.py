@@ -35,17 +35,8 @@ from ray.tune.search.optuna import OptunaSearch
 from . import report
 from .diagnostics import diagnose
 from .progress import ProgressLines, duration, say
-from .records import (
-    COMPLETED,
-    EARLY_STOPPED,
-    FAILED,
-    TIME_BUDGET,
-    Finalist,
-    ReplicateRecord,
-    TrialRecord,
-    TuneOutcome,
-    reference_gap,
-)
+from .records import (COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TrialRecord,
+                      TuneOutcome, reference_gap)
 from .spaces import FIXED_SETTINGS, SpaceFn, is_reference
 from .spec import SPEC_FILE, StudySpec
 from .stats import compare_seeds
