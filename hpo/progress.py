@@ -17,9 +17,11 @@ from ray import tune
 from .spaces import is_reference
 
 
-def stop_reason(scheduler: str, time_budget_s: float, started: float) -> str:
-    """Why a trial ended before its last epoch: "time_budget" once the phase's budget is spent, else the
-    scheduler ("ASHA")."""
+def stop_reason(scheduler: str, time_budget_s: float, started: float, result: dict | None = None) -> str:
+    """Why a trial ended before its last epoch: "time_cap" when its own training-time cap ended it (its
+    last `result` says so), "time_budget" once the phase's budget is spent, else the scheduler ("ASHA")."""
+    if result and result.get("capped"):
+        return "time_cap"
     if time_budget_s and time.time() - started >= time_budget_s:
         return "time_budget"
     return "ASHA" if scheduler == "asha" else "stopped"
@@ -30,6 +32,8 @@ def ending(epoch: int, epochs: int, best_val: float | None, stopped_by: str = ""
     best = f"best val {100 * best_val:.1f}%" if best_val is not None else "no validation result"
     if epoch >= epochs:
         return f"ran all {epochs} epochs, {best}"
+    if stopped_by == "time_cap":
+        return f"reached its training-time cap after epoch {epoch}, {best}"
     by = {"ASHA": "ASHA", "time_budget": "the time budget"}.get(stopped_by, "the scheduler")
     return f"stopped by {by} at epoch {epoch}, {best}"
 
@@ -104,7 +108,7 @@ class ProgressLines(tune.Callback):
         if self.role == "replicate" and "test_acc" in result:
             text = tested(result)
         else:
-            stopped_by = "" if epoch >= self.epochs else stop_reason(self.scheduler, self.time_budget_s, self._started)
+            stopped_by = "" if epoch >= self.epochs else stop_reason(self.scheduler, self.time_budget_s, self._started, result)
             text = ending(epoch, self.epochs, result.get("best_val_acc"), stopped_by)
         say(f"  {self._name(trial)} {text} {self._done(trials, trial)}")
 

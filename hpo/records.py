@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-# How a tuning trial ended.
-COMPLETED, EARLY_STOPPED, TIME_BUDGET, FAILED = "completed", "early_stopped", "time_budget", "failed"
+# How a tuning trial ended. TIME_CAP: its own training-time cap (--max-train-seconds) ended it before its
+# last epoch, so it ran its full compute budget; TIME_BUDGET: the study's time budget cut it.
+COMPLETED, TIME_CAP, EARLY_STOPPED, TIME_BUDGET, FAILED = "completed", "time_cap", "early_stopped", "time_budget", "failed"
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class TrialRecord:
     val_curve: list[float]  # validation accuracy (0..1) after each epoch it ran
     best_val_acc: float | None  # None when it failed before its first epoch
     train_seconds: float  # summed meta-training time of its epochs (its compute)
-    status: str  # COMPLETED | EARLY_STOPPED | TIME_BUDGET | FAILED
+    status: str  # COMPLETED | TIME_CAP | EARLY_STOPPED | TIME_BUDGET | FAILED
     reference: str = ""  # the source of the published configuration, when this trial is it
     # numeric param -> (low, high, log) of the distribution it was drawn from (for boundary checks)
     ranges: dict[str, tuple[float, float, bool]] = field(default_factory=dict)

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from .diagnostics import Diagnostic
 from .plots import plot_anytime, plot_seed_results, plot_validation_curves
-from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TuneOutcome, compared_epochs, reference_gap
+from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord, TuneOutcome, compared_epochs, reference_gap
 from .spec import StudySpec
 
 if TYPE_CHECKING:
@@ -37,8 +37,9 @@ DPI = 120
 def budget_clause(spec: StudySpec, outcomes: dict[str, TuneOutcome]) -> str:
     """The equal budget as it ran, for the verdict sentence."""
     trials = "/".join(str(len(o.trials)) for o in outcomes.values())
+    cap = f" and {spec.max_train_seconds:g} s of training" if spec.max_train_seconds else ""
     return (f"{trials} tuning trials ({' vs '.join(outcomes)}) of up to {spec.epochs * spec.episodes_per_epoch} "
-            f"training episodes each, replicates at that full budget, {spec.dataset} {spec.way}-way {spec.shot}-shot")
+            f"training episodes{cap} each, replicates at that full budget, {spec.dataset} {spec.way}-way {spec.shot}-shot")
 
 
 def write_files(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: list[ReplicateRecord],
@@ -77,8 +78,8 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
               "| | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
     rows = {
         "tuning trials run": lambda o: f"{len(o.trials)} of {spec.trials}",
-        "completed / early-stopped / time budget / failed": lambda o: " / ".join(
-            str(o.count(s)) for s in (COMPLETED, EARLY_STOPPED, TIME_BUDGET, FAILED)),
+        "completed / training-time cap / early-stopped / time budget / failed": lambda o: " / ".join(
+            str(o.count(s)) for s in (COMPLETED, TIME_CAP, EARLY_STOPPED, TIME_BUDGET, FAILED)),
         "training episodes per full trial": lambda o: str(o.episodes_per_trial),
         "tuning compute (trial-seconds)": lambda o: f"{o.trial_seconds:.0f}",
         "tuning wall time (s)": lambda o: f"{o.wall_seconds:.0f}",

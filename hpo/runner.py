@@ -35,8 +35,8 @@ from ray.tune.search.optuna import OptunaSearch
 from . import report
 from .diagnostics import diagnose
 from .progress import ProgressLines, duration, say
-from .records import (COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, Finalist, ReplicateRecord, TrialRecord,
-                      TuneOutcome, reference_gap)
+from .records import (COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord,
+                      TrialRecord, TuneOutcome, reference_gap)
 from .spaces import FIXED_SETTINGS, SpaceFn, is_reference
 from .spec import SPEC_FILE, StudySpec
 from .stats import compare_seeds
@@ -73,7 +73,8 @@ class StudySearch(OptunaSearch):
     Ray's OptunaSearch reports a trial that the scheduler stopped early as COMPLETE with its truncated
     value, so TPE learns that fast starters are best. Here such a trial is PRUNED (its per-epoch
     values stay as intermediate values, which is how TPE ranks pruned trials), and only trials that
-    ran all their epochs are COMPLETE.
+    ran their whole budget (all their epochs, or as many as their training-time cap allowed) are
+    COMPLETE.
     """
 
     def __init__(self, *args, full_epochs: int, **kwargs):
@@ -81,7 +82,7 @@ class StudySearch(OptunaSearch):
         self.full_epochs = full_epochs
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and not error and result.get("epoch", 0) < self.full_epochs:
+        if result and not error and result.get("epoch", 0) < self.full_epochs and not result.get("capped"):
             result = {k: v for k, v in result.items() if k != self.metric}  # no value: Ray tells PRUNED
         super().on_trial_complete(trial_id, result, error)
 
@@ -229,7 +230,8 @@ def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: t
 
 def _tally(outcome: TuneOutcome) -> str:
     """How a tuning phase went: "2 ran all epochs, 2 stopped early; best val 75.4% (3ee199ea)"."""
-    counts = {"ran all epochs": outcome.count(COMPLETED), "stopped early": outcome.count(EARLY_STOPPED),
+    counts = {"ran all epochs": outcome.count(COMPLETED), "reached the training-time cap": outcome.count(TIME_CAP),
+              "stopped early": outcome.count(EARLY_STOPPED),
               "cut by the time budget": outcome.count(TIME_BUDGET), "failed": outcome.count(FAILED)}
     text = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
     scored = [t for t in outcome.trials if t.best_val_acc is not None]
@@ -264,6 +266,8 @@ def _trial_record(spec: StudySpec, algorithm: str, result, reference, budget_end
         status = FAILED
     elif len(curve) >= spec.epochs:
         status = COMPLETED
+    elif metrics.get("capped"):
+        status = TIME_CAP
     elif budget_end is not None and metrics.get("timestamp", 0) + 1.5 * metrics.get("epoch_s", 0) >= budget_end:
         status = TIME_BUDGET  # it was still running when the time budget ended the experiment
     else:
@@ -316,7 +320,8 @@ def candidates(outcome: TuneOutcome, top: int, reference_margin: float) -> list[
 
 def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker,
               verbose: bool = False) -> list[ReplicateRecord]:
-    """Retrain every candidate with each fresh seed at the full trial budget, as one Tune experiment
+    """Retrain every candidate with each fresh seed at the full trial budget (the same epochs and
+    training-time cap as its tuning trial), as one Tune experiment
     (parallel, retried and resumable like the tuning trials), each tested on the same episodes."""
     items = []
     test_seeds = [spec.seed + r for r in range(spec.test_repeats)]

@@ -411,7 +411,7 @@ class TrialRuns(tune.Callback):
             self.ledger.client.set_tag(run_id, NOTE, f"{tested(result)}; {source}" if "test_acc" in result else source)
             self.ledger.client.set_terminated(run_id, "FINISHED")
             return
-        self._end(trial, stop_reason(self.scheduler, self.time_budget_s, self._started))
+        self._end(trial, stop_reason(self.scheduler, self.time_budget_s, self._started, result))
 
     @_guarded
     def on_experiment_end(self, trials, **info):

@@ -36,7 +36,8 @@ def train_trial(config: dict[str, Any]) -> None:
 
 def replicate_trial(config: dict[str, Any]) -> None:
     """Tune function trainable of the replicate phase: retrain a candidate from scratch with a fresh
-    seed, reporting every epoch like a tuning trial; the last epoch's report also carries the test of
+    seed, reporting every epoch like a tuning trial; the last epoch's report (the last of its epochs, or
+    the one its training-time cap ended it after) also carries the test of
     its best-validation weights on the study's fixed test episodes (test_acc, test_ci95,
     adapt_ms_per_task, parameters), and its checkpoint holds the per-episode accuracies."""
     replicate = config["replicate"]
@@ -60,7 +61,7 @@ def _train_and_report(settings: dict[str, Any], test: tuple[int, list[int]] | No
 
         def report_epoch(metrics: dict[str, float]) -> None:
             metrics = {**metrics, "node_id": node_id}
-            if test is not None and metrics["epoch"] == run_config.train.epochs:
+            if test is not None and (metrics["epoch"] == run_config.train.epochs or metrics["capped"]):
                 metrics.update(_test_best(work, run_config.train.device, *test))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
 

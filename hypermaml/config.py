@@ -83,6 +83,9 @@ class TrainConfig:
     shot: int = setting("support images per class (K)", 1, low=1)
     query: int = setting("query images per class (Q)", 15, low=1)
     epochs: int = setting("training epochs; validation and a checkpoint after each", 10, low=1)
+    max_train_seconds: float = setting(
+        "stop before an epoch that would take meta-training (validation excluded) past this many seconds, "
+        "predicting it from the epochs so far; the first epoch always runs; 0: no limit", 0.0, low=0)
     steps_per_epoch: int = setting("meta-batches (outer optimizer steps) per epoch", 100, low=1)
     meta_batch: int = setting("tasks per outer step (T)", 32, low=1)
     outer_lr: float = setting("Adam learning rate of the outer loop", 1e-3, above=0)

@@ -49,6 +49,8 @@ def _progress(metrics: dict[str, float]) -> None:
         f"  {metrics['episodes_per_s']:7.1f} episodes/s  {metrics['epoch_s']:6.1f} s"
     )
     print(line, file=sys.stderr, flush=True)
+    if metrics["capped"]:
+        print("stopping: another epoch would take training past --max-train-seconds", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "shot": config.train.shot,
         "val_acc": result.best_val_acc,
         "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
         "test_acc": test.accuracy,
         "test_ci95": test.ci95,
         "test_episodes": test.episodes,

@@ -174,8 +174,9 @@ def fit(
     """Meta-train for epochs x steps_per_epoch meta-batches, validating after every epoch.
 
     After each epoch: `report(metrics)` is called (after that epoch's checkpoint is written) with
-    epoch, train_loss, train_acc, val_acc, val_ci95, episodes_per_s, epoch_s, best_val_acc and, for
-    HyperMAML, hn_weight. `checkpoint_dir` gets last.pt (atomically, every epoch) and best.pt.
+    epoch, train_loss, train_acc, val_acc, val_ci95, episodes_per_s, epoch_s, best_val_acc, capped (1.0
+    when `max_train_seconds` ends training after this epoch, before the last) and, for HyperMAML,
+    hn_weight. `checkpoint_dir` gets last.pt (atomically, every epoch) and best.pt.
     `resume_from` (a checkpoint file, or a folder holding last.pt) continues exactly where it stopped.
     """
     config.validate()
@@ -191,17 +192,21 @@ def fit(
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     for epoch in range(progress.epochs_done, t.epochs):
+        if time_cap_reached(progress.history, t.max_train_seconds):
+            break  # a resumed run that had already stopped at its cap
         epoch_start = time.perf_counter()
         training = train_epoch(progress, train_sampler, config, epoch)
         val = evaluate(progress.learner, "val", t.val_episodes, t.eval_seed, data=val_data)
         improved = record_epoch(progress, config, epoch, training, val, epoch_start)
+        # The report says whether this is the last epoch, so that a caller can test after it.
+        progress.history[-1]["capped"] = float(epoch + 1 < t.epochs and time_cap_reached(progress.history, t.max_train_seconds))
         if checkpoint_dir is not None:
             write_checkpoints(progress, config, checkpoint_dir, improved)
         if report is not None:
             report(dict(progress.history[-1]))
 
     train_seconds = sum(h["train_s"] for h in progress.history)
-    total_train_episodes = t.epochs * t.steps_per_epoch * t.meta_batch
+    total_train_episodes = len(progress.history) * t.steps_per_epoch * t.meta_batch
     return FitResult(
         learner=progress.learner,
         best_state=progress.best_state,
@@ -212,6 +217,16 @@ def fit(
         train_episodes_per_s=total_train_episodes / train_seconds if train_seconds > 0 else float("nan"),
         precision=progress.precision,
     )
+
+
+def time_cap_reached(history: list[dict[str, float]], max_train_seconds: float) -> bool:
+    """Whether one more epoch would take meta-training past `max_train_seconds` (0: no limit), its time
+    predicted as the mean of the epochs so far. Equal compute per network: an expensive configuration
+    trains fewer epochs instead of more seconds."""
+    if not max_train_seconds or not history:
+        return False
+    spent = sum(h["train_s"] for h in history)
+    return spent + spent / len(history) > max_train_seconds
 
 
 def start_training(config: RunConfig, device: torch.device) -> TrainingProgress:

@@ -10,8 +10,8 @@ import optuna
 
 from hpo.diagnostics import Diagnostic
 from hpo.plots import plot_validation_curves
-from hpo.records import COMPLETED, EARLY_STOPPED, TIME_BUDGET, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
-from hpo.report import CSV_COLUMNS, plot_optuna_study, summary_csv, summary_markdown
+from hpo.records import COMPLETED, EARLY_STOPPED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
+from hpo.report import CSV_COLUMNS, budget_clause, plot_optuna_study, summary_csv, summary_markdown
 from hpo.spec import StudySpec
 from hpo.stats import compare_seeds
 
@@ -27,14 +27,15 @@ def replicate(algorithm, rank, seed, val, accs, trial="t"):
     )
 
 
-def study_records(time_budget_cut=False):
+def study_records(time_budget_cut=False, maml_capped=False):
     rng = np.random.default_rng(0)
     outcomes, replicates = {}, []
     for algorithm, level in (("maml", 0.80), ("hypermaml", 0.85)):
         trials = [TrialRecord(algorithm, f"{algorithm}_t", 0, {"outer_lr": 0.001}, [0.7, 0.8], 0.8, 30.0, COMPLETED,
                               reference="paper"),
                   TrialRecord(algorithm, f"{algorithm}_u", 1, {"outer_lr": 0.01}, [0.5], 0.5, 10.0,
-                              TIME_BUDGET if time_budget_cut and algorithm == "hypermaml" else EARLY_STOPPED)]
+                              TIME_BUDGET if time_budget_cut and algorithm == "hypermaml"
+                              else TIME_CAP if maml_capped and algorithm == "maml" else EARLY_STOPPED)]
         outcomes[algorithm] = TuneOutcome(algorithm, trials, 50.0, 1000)
         for seed in (1000, 1001, 1002):
             replicates.append(replicate(algorithm, 1, seed, 0.8, np.clip(level + rng.normal(0, 0.05, 40), 0, 1)))
@@ -53,7 +54,7 @@ def test_summary_opens_with_the_verdict_and_states_the_budget_that_ran():
     assert lines[2] == f"**{comparison.sentence}**"
     assert lines[4] == "warning: the seeds disagree"
     assert "| tuning trials run | 2 of 2 | 2 of 2 |" in lines
-    assert "| completed / early-stopped / time budget / failed | 1 / 1 / 0 / 0 | 1 / 1 / 0 / 0 |" in lines
+    assert "| completed / training-time cap / early-stopped / time budget / failed | 1 / 0 / 1 / 0 / 0 | 1 / 0 / 1 / 0 / 0 |" in lines
     assert "| tuning compute (trial-seconds) | 40 | 40 |" in lines
     assert "| replicates (candidates x seeds) | 2 x 3 (6 runs) | 2 x 3 (6 runs) |" in lines
     assert f"effect hypermaml − maml: {comparison.effect:+.2f} points" in text
@@ -61,6 +62,16 @@ def test_summary_opens_with_the_verdict_and_states_the_budget_that_ran():
     for r in finalists["hypermaml"].replicates:
         assert f"| hypermaml | rank 1 (trial hypermaml_t) | {r.seed} | 80.00% | {100 * r.test_acc:.2f} ± 1.00% |" in text
     assert "| hypermaml | 1 (final) | hypermaml_t | yes |" in text
+
+
+def test_the_summary_counts_trials_ended_by_their_training_time_cap_and_states_the_cap():
+    outcomes, replicates, finalists, comparison = study_records(maml_capped=True)
+    spec = StudySpec(trials=2, epochs=5, episodes_per_epoch=480, max_train_seconds=170)
+    lines = summary_markdown(spec, outcomes, replicates, finalists, comparison, []).splitlines()
+    assert "| completed / training-time cap / early-stopped / time budget / failed | 1 / 1 / 0 / 0 / 0 | 1 / 0 / 1 / 0 / 0 |" in lines
+    assert budget_clause(spec, outcomes) == ("2/2 tuning trials (maml vs hypermaml) of up to 2400 training episodes and "
+                                             "170 s of training each, replicates at that full budget, omniglot 5-way 1-shot")
+    assert "training time per network: at most 170 s (an epoch that would pass it does not start)" in "\n".join(lines)
 
 
 def test_a_time_budget_cut_is_the_first_thing_the_summary_says():

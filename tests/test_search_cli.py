@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 FLAGS_BEFORE = {
     "--preset": "smoke", "--name": "n", "--data-root": "/d", "--cache-dir": "/c", "--dataset": "cub", "--way": "3",
     "--shot": "2", "--query": "4", "--algorithms": "maml", "--trials": "3", "--epochs": "2", "--episodes-per-epoch": "10",
-    "--meta-batch": "2", "--val-episodes": "5", "--test-episodes": "6", "--test-repeats": "2", "--replicate-top": "1",
+    "--max-train-seconds": "90", "--meta-batch": "2", "--val-episodes": "5", "--test-episodes": "6", "--test-repeats": "2", "--replicate-top": "1",
     "--replicate-seeds": "4", "--equivalence-margin": "0.5", "--reference-margin": "5", "--time-budget": "60", "--searcher": "random",
     "--scheduler": "none", "--grace-period": "2", "--reduction-factor": "3", "--cpus-per-trial": "0.5",
     "--gpus-per-trial": "0.25", "--max-concurrent": "3", "--max-failures": "0", "--seed": "7",
@@ -36,8 +36,8 @@ def test_every_flag_keeps_its_spelling_and_sets_its_field():
     args = build_parser().parse_args(argv)
     given = cli.given(args, StudySpec)
     assert set(given) == {f.name for f in dataclasses.fields(StudySpec)} - {"spaces"}  # every field has its flag
-    assert (given["preset"], given["time_budget_s"], given["algorithms"], given["gpus_per_trial"], given["max_failures"]) == \
-        ("smoke", 60.0, ("maml",), 0.25, 0)
+    assert (given["preset"], given["time_budget_s"], given["algorithms"], given["gpus_per_trial"], given["max_failures"],
+            given["max_train_seconds"]) == ("smoke", 60.0, ("maml",), 0.25, 0, 90.0)
     assert (args.space, args.resume, args.dry_run, given["download"]) == (["maml=x.py"], True, True, True)
     assert set(PRESETS) == set(get_args(Preset))
 

@@ -308,3 +308,30 @@ def _kill_group(pid):
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_a_training_time_cap_ends_every_network_early_as_its_full_budget(omniglot_root, tmp_path):
+    # A cap below one epoch's time: every network, tuning trial or replicate, trains exactly one of its 3 epochs.
+    cmd = study_cmd(omniglot_root, tmp_path, "capped", "--algorithms", "hypermaml", "--trials", "2", "--epochs", "3",
+                    "--scheduler", "none", "--max-train-seconds", "1e-9")
+    proc = run_study(cmd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ended = [line for line in proc.stdout.splitlines() if "reached its training-time cap after epoch 1, best val" in line]
+    assert len(ended) == 2
+    client, trials = runs(tmp_path, "capped", "trial")
+    assert [(r.info.status, r.data.tags["stopped_by"], r.data.tags["stopped_at_epoch"]) for r in trials] == \
+        [("FINISHED", "time_cap", "1")] * 2
+    # Optuna learns from them as complete: their value is what their whole (compute) budget reached.
+    study = optuna.load_study(study_name="capped-hypermaml", storage=f"sqlite:///{tmp_path / 'ray' / 'capped' / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(t.value for t in study.trials) == pytest.approx(
+        sorted(r.data.metrics["best_val_acc"] / 100 for r in trials), abs=1e-6)
+    # The replicates stop at the same cap and are tested after that epoch.
+    _, replicates = runs(tmp_path, "capped", "replicate")
+    assert len(replicates) == 4  # the top trial and the reference (smoke: always retrained) x 2 seeds
+    for run in replicates:
+        assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 1
+        assert 0 < run.data.metrics["test_acc"] <= 100
+    summary = (tmp_path / "ray" / "capped" / "summary.md").read_text()
+    assert "| completed / training-time cap / early-stopped / time budget / failed | 0 / 2 / 0 / 0 / 0 |" in summary
+    assert "training time per network: at most 1e-09 s" in summary

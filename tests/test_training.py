@@ -1,5 +1,6 @@
 """fit / evaluate / checkpoints on real Omniglot, with tiny budgets."""
 
+import dataclasses
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from hypermaml import (
     HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, TrainingDiverged, evaluate, fit, load_checkpoint, load_learner,
 )
-from hypermaml.training import load_data
+from hypermaml.training import load_data, time_cap_reached
 
 TIMING = {"episodes_per_s", "train_s", "epoch_s"}
 
@@ -25,6 +26,10 @@ def tiny(omniglot_root, algorithm="maml", epochs=2, **algo):
 @pytest.fixture(scope="module")
 def data(omniglot_root):
     return load_data(tiny(omniglot_root))
+
+
+def replace_train(config, **changes):
+    return RunConfig(dataclasses.replace(config.train, **changes), config.algo).validate()
 
 
 def without_timing(history):
@@ -55,6 +60,24 @@ def test_resume_from_checkpoint_continues_exactly(omniglot_root, data, tmp_path,
     assert load_checkpoint(tmp_path)["epoch"] == 3
     if algorithm == "hypermaml":
         assert [h["hn_weight"] for h in full.history] == [0.0, 0.5, 1.0]
+
+
+def test_the_training_time_cap_predicts_the_next_epoch_from_the_mean_so_far():
+    history = [{"train_s": 40.0}, {"train_s": 60.0}]  # 100 s spent; the next epoch is predicted at 50 s
+    assert time_cap_reached(history, 149.0) and not time_cap_reached(history, 150.0)
+    assert not time_cap_reached(history, 0.0)  # no cap
+    assert not time_cap_reached([], 1e-9)  # the first epoch always runs
+
+
+def test_a_run_ends_at_its_training_time_cap_says_so_and_stays_ended_on_resume(omniglot_root, data, tmp_path):
+    capped, reported = replace_train(tiny(omniglot_root, epochs=3), max_train_seconds=1e-9), []
+    result = fit(capped, report=reported.append, checkpoint_dir=tmp_path, data=data)
+    assert [(m["epoch"], m["capped"]) for m in reported] == [(1, 1.0)]
+    assert len(result.history) == 1 and result.train_episodes_per_s == pytest.approx(12 / result.train_seconds)
+    resumed = fit(capped, report=reported.append, checkpoint_dir=tmp_path, resume_from=tmp_path, data=data)
+    assert len(resumed.history) == 1 and len(reported) == 1  # nothing more trained
+    uncapped = fit(replace_train(tiny(omniglot_root, epochs=3), max_train_seconds=1e6), data=data)
+    assert [h["capped"] for h in uncapped.history] == [0.0, 0.0, 0.0]
 
 
 def test_report_metrics_checkpoints_and_best_model(omniglot_root, data, tmp_path):
