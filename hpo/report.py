@@ -181,6 +181,21 @@ def _replicate_shape(replicates: list[ReplicateRecord], algorithm: str) -> str:
     return f"{len({r.candidate_rank for r in mine})} x {len({r.seed for r in mine})} ({len(mine)} runs)"
 
 
+OPTUNA_PLOTS = {"param importances": "param_importances", "parallel coordinate": "parallel_coordinate"}
+
+
+def optuna_plot(study: optuna.Study, name: str, params: list[str]):
+    """One of Optuna's matplotlib plots (a key of OPTUNA_PLOTS) of `params`: its Axes."""
+    with warnings.catch_warnings():
+        # Optuna marks its matplotlib plots experimental and warns on every call; that warning says
+        # nothing about this study.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "param importances":  # seeded so the same study always gives the same importances
+            return optuna.visualization.matplotlib.plot_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params)
+        return optuna.visualization.matplotlib.plot_parallel_coordinate(study, params=params)
+
+
 def plot_optuna_study(study: optuna.Study, out_dir: str | Path, prefix: str) -> tuple[list[Path], list[str]]:
     """Write `<prefix>_param_importances.png` and `<prefix>_parallel_coordinate.png` with optuna's plots.
 
@@ -191,22 +206,9 @@ def plot_optuna_study(study: optuna.Study, out_dir: str | Path, prefix: str) -> 
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = {
-        "param importances": (
-            # Seeded so the same study always gives the same importances.
-            lambda params: optuna.visualization.matplotlib.plot_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params),
-            out_dir / f"{prefix}_param_importances.png",
-        ),
-        "parallel coordinate": (
-            lambda params: optuna.visualization.matplotlib.plot_parallel_coordinate(study, params=params),
-            out_dir / f"{prefix}_parallel_coordinate.png",
-        ),
-    }
-
     reason, varied, fixed = _plottable(study)
     if reason:
-        return [], [f"{name} for {prefix}: {reason}" for name in plots]
+        return [], [f"{name} for {prefix}: {reason}" for name in OPTUNA_PLOTS]
 
     # Optuna draws through pyplot; a file-only report must not open GUI windows (GUI backends also
     # fail off the main thread, where a study driver may run).
@@ -217,21 +219,17 @@ def plot_optuna_study(study: optuna.Study, out_dir: str | Path, prefix: str) -> 
     if fixed:
         notes.append(f"plots for {prefix} leave out parameters not varied in every completed trial: {', '.join(fixed)}")
     written = []
-    for name, (draw, path) in plots.items():
+    for name, file_stem in OPTUNA_PLOTS.items():
         try:
-            with warnings.catch_warnings():
-                # Optuna marks its matplotlib plots experimental and warns on every call; that warning
-                # says nothing about this study.
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                axes = draw(varied)
+            axes = optuna_plot(study, name, varied)
         except (ValueError, RuntimeError) as error:
             notes.append(f"{name} for {prefix}: optuna could not plot it ({error})")
             continue
-        figure = axes.figure
+        path = out_dir / f"{prefix}_{file_stem}.png"
         try:
-            figure.savefig(path, dpi=DPI, bbox_inches="tight")
+            axes.figure.savefig(path, dpi=DPI, bbox_inches="tight")
         finally:
-            plt.close(figure)
+            plt.close(axes.figure)
         written.append(path)
     return written, notes
 

@@ -267,6 +267,10 @@ def restore_from_checkpoint(progress: TrainingProgress, config: RunConfig, resum
     progress.history = list(state["history"])
     progress.best_val_acc, progress.best_epoch = state["best_val_acc"], state["best_epoch"]
     progress.best_state = state.get("best_model", progress.learner.state_dict())
+    if config.train.precision == "auto" and progress.history and "bf16_autocast" in progress.history[-1]:
+        # "auto" was resolved on the machine that started the run; a retry may land on other hardware,
+        # and one network must not train in two precisions.
+        progress.precision = "bf16" if progress.history[-1]["bf16_autocast"] else "fp32"
 
 
 def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: RunConfig, epoch: int) -> EpochTraining:

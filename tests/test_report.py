@@ -5,13 +5,16 @@ import csv
 import io
 
 import matplotlib.image
+import matplotlib.pyplot
 import numpy as np
 import optuna
+import pytest
+from matplotlib.collections import LineCollection
 
 from hpo.diagnostics import Diagnostic
 from hpo.plots import plot_validation_curves
 from hpo.records import COMPLETED, EARLY_STOPPED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
-from hpo.report import CSV_COLUMNS, budget_clause, plot_optuna_study, summary_csv, summary_markdown
+from hpo.report import CSV_COLUMNS, budget_clause, optuna_plot, plot_optuna_study, summary_csv, summary_markdown
 from hpo.spec import StudySpec
 from hpo.stats import compare_seeds
 
@@ -131,13 +134,28 @@ def lr_steps_optimizer_study(trials, fixed_steps=False):
     return study
 
 
-def test_optuna_plots_are_written(tmp_path):
-    paths, notes = plot_optuna_study(lr_steps_optimizer_study(10), tmp_path, "maml")
-
+def test_optuna_plots_draw_the_studys_importances_and_one_line_per_completed_trial(tmp_path):
+    study = lr_steps_optimizer_study(10)
+    paths, notes = plot_optuna_study(study, tmp_path, "maml")
     assert paths == [tmp_path / "maml_param_importances.png", tmp_path / "maml_parallel_coordinate.png"]
     assert notes == []
     for path in paths:
         assert_png_with_content(path)
+
+    # What those files draw, drawn again the same way: the bars are the study's fANOVA importances...
+    params = ["lr", "optimizer", "steps"]
+    importances = optuna_plot(study, "param importances", params)
+    drawn = {label.get_text(): bar.get_width() for label, bar in zip(importances.get_yticklabels(), importances.patches)}
+    expected = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params)
+    assert drawn == pytest.approx(expected) and set(drawn) == set(params)
+    matplotlib.pyplot.close("all")
+    # ...and the parallel coordinates hold one line per trial, starting at its objective value.
+    parallel = optuna_plot(study, "parallel coordinate", params)
+    (lines,) = [c for c in parallel.collections if isinstance(c, LineCollection)]
+    assert sorted(segment[0][1] for segment in lines.get_segments()) == pytest.approx(sorted(t.value for t in study.trials))
+    assert all(len(segment) == 1 + len(params) for segment in lines.get_segments())
+    matplotlib.pyplot.close("all")
 
 
 def test_optuna_plots_leave_out_a_parameter_that_never_varied(tmp_path):

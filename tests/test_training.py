@@ -80,6 +80,18 @@ def test_a_run_ends_at_its_training_time_cap_says_so_and_stays_ended_on_resume(o
     assert [h["capped"] for h in uncapped.history] == [0.0, 0.0, 0.0]
 
 
+def test_a_resumed_auto_precision_run_keeps_the_precision_it_started_in(omniglot_root, data, tmp_path):
+    config = tiny(omniglot_root, epochs=2)  # precision "auto"
+    here = fit(replace_train(config, epochs=1), checkpoint_dir=tmp_path, data=data).precision
+    # As if the first epoch had run on a machine where "auto" became the other precision.
+    elsewhere = "fp32" if here == "bf16" else "bf16"
+    state = load_checkpoint(tmp_path / "last.pt")
+    state["history"][-1]["bf16_autocast"] = float(elsewhere == "bf16")
+    torch.save(state, tmp_path / "last.pt")
+    resumed = fit(config, checkpoint_dir=tmp_path, resume_from=tmp_path, data=data)
+    assert resumed.precision == elsewhere and resumed.history[-1]["bf16_autocast"] == float(elsewhere == "bf16")
+
+
 def test_report_metrics_checkpoints_and_best_model(omniglot_root, data, tmp_path):
     reported = []
     result = fit(tiny(omniglot_root, "hypermaml"), report=reported.append, checkpoint_dir=tmp_path, data=data)
