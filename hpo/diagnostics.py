@@ -2,8 +2,9 @@
 
 Each check looks for one known way a tuned comparison misleads: a search range that cut off the
 optimum, a search decided by the first ASHA rung, a search still improving when it stopped, seeds
-that disagree more than the algorithms do, and a final configuration whose validation score its
-test score does not bear out. A check that fires gives one `Diagnostic`, whose key the caller logs
+that disagree more than the algorithms do, a final configuration whose validation score its
+test score does not bear out, and a final configuration that its training-time cap stopped before
+its last epoch. A check that fires gives one `Diagnostic`, whose key the caller logs
 as an MLflow tag and whose message is one line for the log and the report.
 """
 
@@ -47,7 +48,7 @@ class SeedSpread(Protocol):
 
 
 def diagnose(outcomes: dict[str, TuneOutcome], finalists: dict[str, Finalist], comparison: SeedSpread | None,
-             grace_period: int) -> list[Diagnostic]:
+             grace_period: int, epochs: int) -> list[Diagnostic]:
     """Every check that fires, check by check in the order of the module docstring, and within a
     check by algorithm in the order of `outcomes` (tuning checks) or `finalists` (the others).
     `comparison` is None when there is nothing to compare (fewer than 2 algorithms)."""
@@ -57,6 +58,7 @@ def diagnose(outcomes: dict[str, TuneOutcome], finalists: dict[str, Finalist], c
     found += [_late_best(outcome) for outcome in outcomes.values()]
     found.append(None if comparison is None else _seed_spread(comparison))
     found += [_val_test_drop(finalist) for finalist in finalists.values()]
+    found += [_time_capped(finalist, epochs) for finalist in finalists.values()]
     return [diagnostic for diagnostic in found if diagnostic is not None]
 
 
@@ -175,6 +177,22 @@ def _val_test_drop(finalist: Finalist) -> Diagnostic | None:
         message=(f"warning: {finalist.algorithm}'s final configuration drops {drop:.2f} points from validation "
                  f"({100 * finalist.mean_val_acc:.2f}%) to test ({tests.mean():.2f}%), more than the "
                  f"{half_width:.2f}-point 95% CI half-width of its test mean; its validation score overstates it"),
+    )
+
+
+def _time_capped(finalist: Finalist, epochs: int) -> Diagnostic | None:
+    """Replicates of the final configuration that ran fewer than the study's `epochs`: their
+    training-time cap (--max-train-seconds) ended them (failed replicates are not in a Finalist). The
+    comparison is then at equal compute, and this configuration was judged on fewer episodes than it
+    would have had without the cap."""
+    ran = sorted(len(r.val_curve) for r in finalist.replicates)
+    if not ran or ran[0] >= epochs:
+        return None
+    span = str(ran[0]) if ran[0] == ran[-1] else f"{ran[0]}-{ran[-1]}"
+    return Diagnostic(
+        key=f"diagnostic.time_capped.{finalist.algorithm}",
+        message=(f"warning: {finalist.algorithm}'s final configuration trained {span} of {epochs} epochs: its "
+                 "training-time cap ended it (equal compute); with more time per network it may do better"),
     )
 
 

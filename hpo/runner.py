@@ -159,7 +159,7 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str,
         say("final configurations (best mean val over seeds): " + ", ".join(
             f"{a} #{f.candidate_rank} ({100 * f.mean_val_acc:.1f}%)" for a, f in finalists.items()))
         comparison = compare(spec, outcomes, finalists)
-        diagnostics = diagnose(outcomes, finalists, comparison, spec.grace_period)
+        diagnostics = diagnose(outcomes, finalists, comparison, spec.grace_period, spec.epochs)
         summary = write_report(spec, outcomes, replicates, finalists, comparison, diagnostics, tracker)
         tracker.finish_study("FINISHED")
     except BaseException:

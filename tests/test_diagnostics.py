@@ -11,7 +11,7 @@ import pytest
 from hpo.diagnostics import Diagnostic, diagnose
 from hpo.records import COMPLETED, EARLY_STOPPED, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
 
-GRACE = 1
+GRACE, EPOCHS = 1, 3
 T_975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (3 seeds)
 T_975_DF3 = 3.182446305284263  # ... with 3 degrees of freedom (4 episodes)
 RANGES = {
@@ -26,7 +26,7 @@ MIDDLE = {"outer_lr": 1e-3, "inner_steps": 3, "hn_hidden": 256, "dropout": 0.25,
 EPISODE_DEVIATIONS = np.array([-0.01, -0.01, 0.01, 0.01])
 
 
-def trial(algorithm, number, acc, status=COMPLETED, epochs=3):
+def trial(algorithm, number, acc, status=COMPLETED, epochs=EPOCHS):
     return TrialRecord(
         algorithm=algorithm, trial_id=f"{algorithm}_{number:05d}", number=number, tuned=dict(MIDDLE),
         val_curve=[acc] * epochs, best_val_acc=acc, train_seconds=10.0, status=status, ranges=dict(RANGES),
@@ -42,10 +42,10 @@ def healthy_outcome(algorithm, n=10):
     return outcome(algorithm, [trial(algorithm, number, 0.6 if number == 0 else 0.5) for number in range(n)])
 
 
-def replicate(algorithm, seed, val_acc, test_acc):
+def replicate(algorithm, seed, val_acc, test_acc, epochs=EPOCHS):
     return ReplicateRecord(
         algorithm=algorithm, trial_id=f"{algorithm}_seed{seed}", candidate_rank=1, source_trial=f"{algorithm}_00000",
-        seed=seed, tuned=dict(MIDDLE), val_curve=[val_acc], best_val_acc=val_acc, test_acc=test_acc,
+        seed=seed, tuned=dict(MIDDLE), val_curve=[val_acc] * epochs, best_val_acc=val_acc, test_acc=test_acc,
         # Large per-replicate CIs: the drop check must not use them (see test_val_test_drop_...).
         test_ci95=0.05, adapt_ms_per_task=1.0, parameters=1000, train_seconds=10.0,
         episode_accs=test_acc + EPISODE_DEVIATIONS,
@@ -67,7 +67,7 @@ def study(outcomes=None, finalists=None, compared=comparison()):
     """diagnose() on a healthy two-algorithm study, with the given parts replaced."""
     outcomes = {"maml": healthy_outcome("maml"), "hypermaml": healthy_outcome("hypermaml"), **(outcomes or {})}
     finalists = {"maml": finalist("maml"), "hypermaml": finalist("hypermaml"), **(finalists or {})}
-    return diagnose(outcomes, finalists, compared, GRACE)
+    return diagnose(outcomes, finalists, compared, GRACE, EPOCHS)
 
 
 def only(diagnostics):
@@ -245,6 +245,25 @@ def test_val_test_drop_with_one_seed_uses_the_episode_term_alone():
     fired = only(study(finalists={"maml": finalist("maml", val_acc=(50 + episode_half + 0.01) / 100, test_accs=(0.5,))}))
     assert fired.key == "diagnostic.val_test_drop.maml"
     assert f"the {episode_half:.2f}-point 95% CI" in fired.message
+
+
+# --- 6. time-capped finalist --------------------------------------------------------------------------
+
+def capped_finalist(algorithm, epochs_per_seed):
+    replicates = [replicate(algorithm, seed, 0.52, 0.52, epochs=epochs) for seed, epochs in enumerate(epochs_per_seed, 100)]
+    return dataclasses.replace(finalist(algorithm), replicates=replicates)
+
+
+@pytest.mark.parametrize("epochs_per_seed, span", [((1, 1, 1), "1"), ((2, 3, 2), "2-3")])
+def test_time_capped_fires_when_a_final_replicate_ran_fewer_than_the_epochs(epochs_per_seed, span):
+    diagnostic = only(study(finalists={"maml": capped_finalist("maml", epochs_per_seed)}))
+    assert diagnostic.key == "diagnostic.time_capped.maml"
+    assert diagnostic.message == (f"warning: maml's final configuration trained {span} of 3 epochs: its training-time "
+                                  "cap ended it (equal compute); with more time per network it may do better")
+
+
+def test_time_capped_is_quiet_when_every_final_replicate_ran_all_epochs():
+    assert study(finalists={"maml": capped_finalist("maml", (3, 3, 3))}) == []
 
 
 # --- all together -------------------------------------------------------------------------------------
