@@ -101,6 +101,9 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
             f"- equivalence margin: ±{c.margin:g} points; verdict: `{c.kind}`"
             + (f"; about {c.seeds_needed} seeds per algorithm would be needed to decide" if c.seeds_needed else ""),
             f"- secondary, {_episode_line(c)}",
+            f"- what the CI does not cover: the search. It is conditional on the configurations this search found "
+            f"(searcher seed {spec.seed}); a rerun with another `--seed` can find others (README: \"The default "
+            "study, twice\"). A claim about the algorithms, not these configurations, needs several `--seed`s.",
             "",
         ]
     lines += ["## Final configurations, per seed", "",

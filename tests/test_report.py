@@ -61,6 +61,8 @@ def test_summary_opens_with_the_verdict_and_states_the_budget_that_ran():
     assert "| tuning compute (trial-seconds) | 40 | 40 |" in lines
     assert "| replicates (candidates x seeds) | 2 x 3 (6 runs) | 2 x 3 (6 runs) |" in lines
     assert f"effect hypermaml − maml: {comparison.effect:+.2f} points" in text
+    assert "- what the CI does not cover: the search. It is conditional on the configurations this search found " \
+           "(searcher seed 0);" in lines[lines.index("## Comparison (the training seed is the unit)") + 6]
     # one per-seed row per final replicate, with its own numbers
     for r in finalists["hypermaml"].replicates:
         assert f"| hypermaml | rank 1 (trial hypermaml_t) | {r.seed} | 80.00% | {100 * r.test_acc:.2f} ± 1.00% |" in text
