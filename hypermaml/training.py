@@ -193,13 +193,11 @@ def fit(
 
     for epoch in range(progress.epochs_done, t.epochs):
         if time_cap_reached(progress.history, t.max_train_seconds):
-            break  # a resumed run that had already stopped at its cap
+            break  # the epoch before was the last its cap allowed (also when a resumed run ended there)
         epoch_start = time.perf_counter()
         training = train_epoch(progress, train_sampler, config, epoch)
         val = evaluate(progress.learner, "val", t.val_episodes, t.eval_seed, data=val_data)
         improved = record_epoch(progress, config, epoch, training, val, epoch_start)
-        # The report says whether this is the last epoch, so that a caller can test after it.
-        progress.history[-1]["capped"] = float(epoch + 1 < t.epochs and time_cap_reached(progress.history, t.max_train_seconds))
         if checkpoint_dir is not None:
             write_checkpoints(progress, config, checkpoint_dir, improved)
         if report is not None:
@@ -369,6 +367,9 @@ def record_epoch(
         metrics["hn_weight"] = 1.0 - learner.cfg.maml_weight(epoch)
     progress.history.append(metrics)
     progress.epochs_done = epoch + 1
+    # Whether the training-time cap makes this the last epoch before `epochs`: a caller tests after it.
+    t = config.train
+    metrics["capped"] = float(epoch + 1 < t.epochs and time_cap_reached(progress.history, t.max_train_seconds))
     return improved
 
 
