@@ -81,6 +81,14 @@ class StudySearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.full_epochs = full_epochs
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # The driver died after Optuna recorded this trial's end but before Tune's experiment
+            # snapshot did: the resumed trial repeats epochs Optuna already has, and Optuna keeps them.
+            pass
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and not error and result.get("epoch", 0) < self.full_epochs and not result.get("capped"):
             result = {k: v for k, v in result.items() if k != self.metric}  # no value: Ray tells PRUNED
