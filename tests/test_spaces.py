@@ -68,7 +68,8 @@ def test_builtin_hypermaml_space_covers_its_ranges_on_log_scales():
     assert all(64 <= h <= 1024 for h in hidden)
     assert statistics.median(hidden) < 400  # log-uniform median is 256; a linear one would be 544
     outer_lr = values_of(configs, "outer_lr")
-    assert all(1e-4 <= lr <= 1e-2 for lr in outer_lr) and statistics.median(outer_lr) < 3e-3
+    # 3e-4 and up: the budget-sized lower end shared with MAML's space
+    assert all(3e-4 <= lr <= 1e-2 for lr in outer_lr) and min(outer_lr) < 5e-4 and statistics.median(outer_lr) < 3e-3
     assert set(values_of(configs, "hn_layers")) == {2, 3, 4}
     assert set(values_of(configs, "aggregation")) == {"mean", "concat"}
     assert set(values_of(configs, "delta_penalty")) <= {0.0, 1e-4, 1e-3, 1e-2} and 0.0 in values_of(configs, "delta_penalty")
@@ -125,12 +126,13 @@ def test_builtin_maml_space_covers_its_ranges_on_log_scales():
     steps = values_of(configs, "inner_steps")
     assert min(steps) >= 1 and max(steps) <= 10 and len(set(steps)) > 5
     inner_lr = values_of(configs, "inner_lr")
-    assert all(1e-3 <= lr <= 0.5 for lr in inner_lr)
-    assert statistics.median(inner_lr) < 0.1  # log-uniform median is about 0.022; a linear one 0.25
+    assert all(1e-2 <= lr <= 0.5 for lr in inner_lr) and min(inner_lr) < 0.015
+    assert statistics.median(inner_lr) < 0.15  # log-uniform median is about 0.07; a linear one 0.25
     assert set(values_of(configs, "first_order")) == {False, True}
     assert set(values_of(configs, "inner_params")) == {"all", "head"}
     assert set(values_of(configs, "meta_batch")) == {2, 4, 8, 16, 32}  # overrides the study's meta_batch 8
-    assert all(1e-4 <= lr <= 1e-2 for lr in values_of(configs, "outer_lr"))
+    outer_lr = values_of(configs, "outer_lr")
+    assert all(3e-4 <= lr <= 1e-2 for lr in outer_lr) and min(outer_lr) < 5e-4
 
 
 def test_builtin_space_of_an_unknown_algorithm_is_refused():
