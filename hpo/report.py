@@ -103,7 +103,8 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
             f"- secondary, {_episode_line(c)}",
             f"- what the CI does not cover: the search. It is conditional on the configurations this search found "
             f"(searcher seed {spec.seed}); a rerun with another `--seed` can find others (README: \"The default "
-            "study, twice\"). A claim about the algorithms, not these configurations, needs several `--seed`s.",
+            "study, twice\"). A claim about the algorithms, not these configurations, needs several `--seed`s "
+            f"(each under its own `--name`), compared by `python -m hpo.across {spec.name} NAME2 ...`.",
             "",
         ]
     lines += ["## Final configurations, per seed", "",

@@ -123,12 +123,7 @@ def compare_seeds(
         ci_low, ci_high = effect - half, effect + half
         p_value = float(2 * stats.t.sf(abs(effect) / se, df))
 
-    if -margin < ci_low and ci_high < margin:
-        kind = "equivalent"
-    elif ci_low > 0 or ci_high < 0:
-        kind = f"{challenger if effect > 0 else baseline}_better"
-    else:
-        kind = "inconclusive"
+    kind = _kind(baseline, challenger, effect, ci_low, ci_high, margin)
 
     seeds_needed, episodes_limit = None, False
     if kind == "inconclusive":
@@ -168,6 +163,61 @@ def compare_seeds(
     )
 
 
+@dataclass(frozen=True)
+class SearchComparison:
+    """The same comparison with the whole study (search, replicates, test) as the unit: one effect per
+    study, each a rerun of the procedure with another searcher seed. What varies between such reruns,
+    the configurations a search finds included, is what this CI covers."""
+    baseline: str
+    challenger: str
+    effects: tuple[float, ...]  # points, challenger - baseline, one per study
+    effect: float  # mean over studies
+    sd: float  # sd over studies (ddof=1)
+    ci_low: float
+    ci_high: float
+    margin: float
+    kind: str
+    studies_needed: int | None  # only for "inconclusive"; None otherwise or when unattainable
+    sentence: str
+
+
+def compare_searches(baseline: str, challenger: str, effects: list[float], margin: float = 1.0,
+                     alpha: float = 0.05) -> SearchComparison:
+    """A one-sample t interval over the studies' effects (points). Each effect already carries its own
+    seed and episode noise, so their spread is the variance of the whole procedure; a t interval is
+    what a handful of reruns supports (see the module note on bootstraps with few units)."""
+    x = np.asarray(effects, dtype=float)
+    if x.ndim != 1 or len(x) < 2 or not np.all(np.isfinite(x)):
+        raise ValueError(f"need the finite effects of at least 2 studies, got {list(effects)}")
+    effect, var = float(x.mean()), _clean(float(x.var(ddof=1)))
+    q = 1 - alpha / 2
+    half = float(stats.t.ppf(q, len(x) - 1)) * math.sqrt(var / len(x))
+    ci_low, ci_high = effect - half, effect + half
+    kind = _kind(baseline, challenger, effect, ci_low, ci_high, margin)
+    needed = None
+    if kind == "inconclusive":
+        target = max(abs(effect), margin - abs(effect))
+        needed = next((n for n in range(len(x) + 1, MAX_SEEDS + 1)
+                       if float(stats.t.ppf(q, n - 1)) * math.sqrt(var / n) < target), None)
+    n, ci_name = len(x), f"{1 - alpha:.0%} CI"
+    context = f"{n} studies (searcher seeds) as the unit, each its own search and fresh-seed replicates"
+    if kind.endswith("_better"):
+        winner, loser = (challenger, baseline) if effect > 0 else (baseline, challenger)
+        lead, low, high = (effect, ci_low, ci_high) if effect > 0 else (-effect, -ci_high, -ci_low)
+        sentence = f"{winner} is better than {loser} by {lead:.2f} points ({ci_name} {low:.2f} to {high:.2f}; {context})."
+    else:
+        difference = (f"{challenger} − {baseline} = {_signed(effect)} points "
+                      f"({ci_name} {_signed(ci_low)} to {_signed(ci_high)}; {context})")
+        if kind == "equivalent":
+            sentence = f"{baseline} and {challenger} are equivalent within ±{margin:.1f} points: {difference}."
+        elif needed is not None:
+            sentence = f"inconclusive: {difference}; about {needed} studies would be needed to decide."
+        else:
+            sentence = f"inconclusive: {difference}; even {MAX_SEEDS} studies would not decide it."
+    return SearchComparison(baseline, challenger, tuple(float(v) for v in x), effect, math.sqrt(var),
+                            float(ci_low), float(ci_high), float(margin), kind, needed, sentence)
+
+
 def episode_line(c: SeedComparison) -> str:
     """The secondary, network-level line: it describes these trained networks, never the algorithms."""
     return (
@@ -191,6 +241,15 @@ def _validated(name: str, acc: np.ndarray) -> np.ndarray:
     if acc.min() < 0 or acc.max() > 1:
         raise ValueError(f"{name}: accuracies must be fractions in [0, 1]")
     return acc
+
+
+def _kind(baseline: str, challenger: str, effect: float, ci_low: float, ci_high: float, margin: float) -> str:
+    """The verdict from the CI alone: "equivalent" wins even over a significant but negligible difference."""
+    if -margin < ci_low and ci_high < margin:
+        return "equivalent"
+    if ci_low > 0 or ci_high < 0:
+        return f"{challenger if effect > 0 else baseline}_better"
+    return "inconclusive"
 
 
 def _clean(variance: float) -> float:

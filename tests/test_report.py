@@ -63,6 +63,8 @@ def test_summary_opens_with_the_verdict_and_states_the_budget_that_ran():
     assert f"effect hypermaml − maml: {comparison.effect:+.2f} points" in text
     assert "- what the CI does not cover: the search. It is conditional on the configurations this search found " \
            "(searcher seed 0);" in lines[lines.index("## Comparison (the training seed is the unit)") + 6]
+    assert lines[lines.index("## Comparison (the training seed is the unit)") + 6].endswith(
+        "compared by `python -m hpo.across hypermaml-vs-maml NAME2 ...`.")
     # one per-seed row per final replicate, with its own numbers
     for r in finalists["hypermaml"].replicates:
         assert f"| hypermaml | rank 1 (trial hypermaml_t) | {r.seed} | 80.00% | {100 * r.test_acc:.2f} ± 1.00% |" in text

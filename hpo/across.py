@@ -1,0 +1,125 @@
+"""`python -m hpo.across NAME NAME ...`: the head-to-head over several finished studies of one
+procedure, each study (its search, its fresh-seed replicates, its test) as the unit.
+
+One study's CI covers training seeds and test episodes given the configurations its search found;
+a rerun with another `--seed` can find other ones, and on a small budget that moves the effect by
+more than the CI (README: "The default study, twice"). Reruns of the whole procedure differ only in
+the searcher seed, so their effects are a sample of what the procedure gives, and a t interval over
+them (`hpo.stats.compare_searches`) is the CI of a claim about the algorithms at that budget.
+
+It reads the studies from MLflow, as `python -m hpo.search` wrote them: the `study` run (the spec as
+params, the effect as `effect_points`) and the final configurations' replicate runs (`hpo.final`,
+`test_acc`). Studies that differ in anything but their name, seed and where they ran are not reruns
+of one procedure, and are refused, as are two studies with the same seed.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+from hypermaml.cli import Parser
+
+from .stats import SearchComparison, compare_searches
+from .tracking import ROLE_TAG, STUDY_TAG
+
+# Settings that say where or under which name a study ran, not what it did: they may differ between
+# reruns. Every other spec field must be equal.
+NOT_THE_PROCEDURE = frozenset({"name", "seed", "preset", "data_root", "cache_dir", "download", "tracking_uri",
+                               "storage_path", "address", "max_failures"})
+
+
+class AcrossError(Exception):
+    """Input that cannot give a comparison: one line for the user, exit 2."""
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m hpo.across", description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="+", metavar="NAME", help="finished studies (their --name), at least two")
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{Path.cwd() / 'mlflow.db'}",
+                        help="the MLflow store the studies logged to (default sqlite:///./mlflow.db)")
+    return parser
+
+
+def read_study(client, name: str) -> dict:
+    """The study's spec, effect, commit and each algorithm's final per-seed test accuracies (points)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise AcrossError(f"no study named {name!r} in this MLflow store")
+    ids = [experiment.experiment_id]
+    studies = client.search_runs(ids, f"tags.`{STUDY_TAG}` = '{name}' and tags.`{ROLE_TAG}` = 'study'")
+    run = studies[0] if studies else None
+    if run is None or "verdict.kind" not in run.data.tags or "effect_points" not in run.data.metrics:
+        raise AcrossError(f"study {name!r} has no verdict: it has not finished, or had too few replicates to compare")
+    finals = client.search_runs(ids, f"tags.`{STUDY_TAG}` = '{name}' and tags.`{ROLE_TAG}` = 'replicate' "
+                                     f"and tags.`hpo.final` = 'true'", max_results=10000)
+    accuracies: dict[str, list[float]] = {}
+    for replicate in finals:
+        if "test_acc" in replicate.data.metrics:
+            accuracies.setdefault(replicate.data.tags["algorithm"], []).append(replicate.data.metrics["test_acc"])
+    params = run.data.params
+    return {"name": name, "seed": int(params["seed"]), "commit": run.data.tags.get("git_commit", "unknown"),
+            "params": params, "algorithms": tuple(ast.literal_eval(params["algorithms"])),
+            "effect": run.data.metrics["effect_points"], "verdict": run.data.tags["verdict.kind"],
+            "accuracies": accuracies}
+
+
+def check_reruns(studies: list[dict]) -> None:
+    """Refuse studies that are not reruns of one procedure with distinct searcher seeds."""
+    first = studies[0]
+    for other in studies[1:]:
+        keys = sorted((set(first["params"]) | set(other["params"])) - NOT_THE_PROCEDURE)
+        differing = [k for k in keys if first["params"].get(k) != other["params"].get(k)]
+        if differing:
+            k = differing[0]
+            raise AcrossError(f"studies {first['name']!r} and {other['name']!r} differ in {k} "
+                              f"({first['params'].get(k)} vs {other['params'].get(k)}): not reruns of one procedure")
+    seen: dict[int, str] = {}
+    for study in studies:
+        if study["seed"] in seen:
+            raise AcrossError(f"studies {seen[study['seed']]!r} and {study['name']!r} both used --seed {study['seed']}: "
+                              "the same search twice is not a rerun")
+        seen[study["seed"]] = study["name"]
+
+
+def table(studies: list[dict], result: SearchComparison) -> str:
+    b, c = result.baseline, result.challenger
+    lines = [f"| study | seed | commit | {b} final | {c} final | {c} − {b} | verdict |", "|---|---|---|---|---|---|---|"]
+    for study in studies:
+        means = [sum(v) / len(v) if (v := study["accuracies"].get(a)) else float("nan") for a in (b, c)]
+        lines.append(f"| {study['name']} | {study['seed']} | {study['commit'][:7]} | {means[0]:.2f}% | {means[1]:.2f}% "
+                     f"| {study['effect']:+.2f} | {study['verdict']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if len(set(args.names)) < 2:
+            raise AcrossError("give at least two different studies: the unit here is the study")
+        if args.tracking_uri.startswith("sqlite:///") and not Path(args.tracking_uri[len("sqlite:///"):]).is_file():
+            raise AcrossError(f"no MLflow store at {args.tracking_uri}")
+        from mlflow.tracking import MlflowClient  # after the cheap checks: importing MLflow takes seconds
+
+        client = MlflowClient(args.tracking_uri)
+        studies = [read_study(client, name) for name in dict.fromkeys(args.names)]
+        check_reruns(studies)
+        baseline, challenger = studies[0]["algorithms"][:2]
+        margin = float(studies[0]["params"]["equivalence_margin"])
+        result = compare_searches(baseline, challenger, [s["effect"] for s in studies], margin=margin)
+    except AcrossError as error:
+        return parser.fail(error)
+    print(table(studies, result))
+    print()
+    print(result.sentence)
+    commits = sorted({s["commit"][:7] for s in studies})
+    if len(commits) > 1:
+        print(f"note: the studies ran different commits ({', '.join(commits)}); a change of the search spaces or the "
+              "training between them is part of what this interval averages over")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
