@@ -46,6 +46,9 @@ MLFLOW_UI = ".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 
 SCREENSHOT = "python -m hpo.screenshot --tracking-uri sqlite:///$PWD/m.db --experiment try1 --out docs"
 DASHBOARD_INSTALL = ".venv/bin/pip install -e '.[dashboard]'"
 DASHBOARD = ".venv/bin/optuna-dashboard sqlite:///$PWD/ray/try1/optuna.db --host 127.0.0.1 --port 8080"
+RERUNS = [f".venv/bin/python -m hpo.search --data-root ../shared/data/omniglot --seed {k} --name hvm-s{k}" for k in range(3)]
+ACROSS = ".venv/bin/python -m hpo.across hvm-s0 hvm-s1 hvm-s2"
+ACROSS_BARE = "python -m hpo.across"
 THROUGHPUT = "python benchmarks/throughput.py --data-root ../shared/data/omniglot --device cuda --task-chunk 0"
 RAY = ["ray get-auth-token --generate", "ray up ray_cluster.yaml", "ray dashboard ray_cluster.yaml &",
        "ray dashboard ray_cluster.yaml --port 5000 --remote-port 5000 &",
@@ -69,6 +72,9 @@ COVERED = {
     SCREENSHOT: "tests/test_ui.py: test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict (beside the smoke study)",
     DASHBOARD_INSTALL: ".ci/run runs it",
     DASHBOARD: "tests/test_ui.py: test_optuna_dashboard_serves_the_studys_optuna_storage (beside the smoke study)",
+    **{c: "parsed and resolved: test_the_reruns_and_their_comparison" for c in RERUNS},
+    ACROSS: "test_the_reruns_and_their_comparison, on studies logged as the reruns would log them",
+    ACROSS_BARE: "test_the_reruns_and_their_comparison (no study names: one usage line, exit 2)",
     THROUGHPUT: "parsed: test_cluster_and_gpu_commands_parse (needs a GPU)",
     **{c: "parsed: test_cluster_and_gpu_commands_parse" for c in RAY + KUBECTL},
     "export RAY_AUTH_MODE=token": "parsed: test_cluster_and_gpu_commands_parse",
@@ -150,6 +156,27 @@ def test_help_lists_every_flag(omniglot_root, tmp_path):
     listed = README.read_text().split("Every flag overrides its preset:")[1].split("\n\n")[0]
     for flag in [*shlex.split(listed.replace("`", " ").replace(",", " ").replace(".", " ")), "--download", "--dry-run"]:
         assert flag in study_help, flag
+
+
+def test_the_reruns_and_their_comparison(omniglot_root, tmp_path):
+    from hpo.search import resolve_spec
+    from tests.test_across import write_study
+
+    specs = [resolve_spec(search_parser().parse_args(shlex.split(c)[3:])) for c in RERUNS]
+    assert [(s.seed, s.name) for s in specs] == [(k, f"hvm-s{k}") for k in range(3)]
+    assert len({json.dumps({k: v for k, v in s.to_dict().items() if k not in ("seed", "name")}) for s in specs}) == 1
+    checkout = scratch_checkout(tmp_path, omniglot_root)
+    for k, gap in enumerate((0.01, 0.02, 0.04)):  # what the three studies would log (see test_across)
+        write_study(checkout.parent, f"hvm-s{k}", k, {"maml": 0.80, "hypermaml": 0.80 + gap}, preset="default",
+                    tracking_uri=f"sqlite:///{checkout / 'mlflow.db'}")
+    proc = run_as_printed(ACROSS, checkout, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert [line.split(" | ")[:2] for line in proc.stdout.splitlines() if line.startswith("| hvm")] == \
+        [["| hvm-s0", "0"], ["| hvm-s1", "1"], ["| hvm-s2", "2"]]
+    assert proc.stdout.splitlines()[-1].startswith("inconclusive: hypermaml − maml = +2.33 points")
+    bare = run_as_printed(ACROSS_BARE, checkout, timeout=120)
+    assert bare.returncode == 2 and bare.stdout == ""
+    assert bare.stderr == "python -m hpo.across: error: the following arguments are required: NAME\n"
 
 
 def test_the_mlflow_ui_command_serves_the_store(omniglot_root, tmp_path):
