@@ -88,8 +88,9 @@ def table(studies: list[dict], result: SearchComparison) -> str:
     lines = [f"| study | seed | commit | {b} final | {c} final | {c} − {b} | verdict |", "|---|---|---|---|---|---|---|"]
     for study in studies:
         means = [sum(v) / len(v) if (v := study["accuracies"].get(a)) else float("nan") for a in (b, c)]
+        effect = f"{study['effect']:+.2f}".replace("-", "−")  # the sentence's minus sign
         lines.append(f"| {study['name']} | {study['seed']} | {study['commit'][:7]} | {means[0]:.2f}% | {means[1]:.2f}% "
-                     f"| {study['effect']:+.2f} | {study['verdict']} |")
+                     f"| {effect} | {study['verdict']} |")
     return "\n".join(lines)
 
 

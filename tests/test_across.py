@@ -82,6 +82,8 @@ def test_a_clear_winner_over_studies(tmp_path, capsys):
     code, out, _ = run(capsys, "a", "b", "c", "--tracking-uri", uri)
     assert code == 0
     assert out.splitlines()[-1].startswith("maml is better than hypermaml by 5.00 points (95% CI 4.50 to 5.50")
+    assert [line.split(" | ")[5] for line in out.splitlines() if line.startswith("| ") and line[2] in "abc"] == \
+        ["−5.00", "−5.20", "−4.80"]  # the sentence's minus sign
 
 
 @pytest.mark.parametrize("second, message", [
