@@ -19,15 +19,17 @@ import ast
 import sys
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 from hypermaml.cli import Parser
 
+from .spec import RELOCATABLE, sqlite_path
 from .stats import SearchComparison, compare_searches
 from .tracking import ROLE_TAG, STUDY_TAG
 
 # Settings that say where or under which name a study ran, not what it did: they may differ between
-# reruns. Every other spec field must be equal.
-NOT_THE_PROCEDURE = frozenset({"name", "seed", "preset", "data_root", "cache_dir", "download", "tracking_uri",
-                               "storage_path", "address", "max_failures"})
+# reruns. Every other spec field must be equal (the preset only supplied values, which are compared).
+NOT_THE_PROCEDURE = RELOCATABLE | {"name", "seed", "preset", "storage_path", "max_failures"}
 
 
 class AcrossError(Exception):
@@ -100,10 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(set(args.names)) < 2:
             raise AcrossError("give at least two different studies: the unit here is the study")
-        if args.tracking_uri.startswith("sqlite:///") and not Path(args.tracking_uri[len("sqlite:///"):]).is_file():
+        store = sqlite_path(args.tracking_uri)
+        if store is not None and not store.is_file():  # MLflow would create an empty one
             raise AcrossError(f"no MLflow store at {args.tracking_uri}")
-        from mlflow.tracking import MlflowClient  # after the cheap checks: importing MLflow takes seconds
-
         client = MlflowClient(args.tracking_uri)
         studies = [read_study(client, name) for name in dict.fromkeys(args.names)]
         check_reruns(studies)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .spec import sqlite_path
 from .tracking import FINAL_VIEW, RUNS_VIEW, SAVED_VIEWS, runs_link
 
 CHROMIUM = "/usr/bin/chromium"
@@ -78,11 +79,12 @@ def serve(tracking_uri: str) -> Iterator[str]:
     if tracking_uri.startswith(("http://", "https://")):
         yield tracking_uri.rstrip("/")
         return
-    if not tracking_uri.startswith("sqlite:///"):
+    store = sqlite_path(tracking_uri)
+    if store is None:
         raise ValueError(f"serve a sqlite:/// store or open a server's http:// URI, not {tracking_uri}")
     with tempfile.TemporaryDirectory(prefix="hpo-mlflow-ui-") as folder:
         copy = Path(folder) / "mlflow.db"
-        with sqlite3.connect(tracking_uri[len("sqlite:///"):]) as source, sqlite3.connect(copy) as target:
+        with sqlite3.connect(store) as source, sqlite3.connect(copy) as target:
             source.backup(target)  # consistent even while a study writes to it
         (port,) = free_ports()
         log = open(Path(folder) / "server.log", "w")

@@ -26,10 +26,7 @@ from hypermaml.data import DataError
 from hypermaml.training import load_data
 
 from .spaces import SpaceError, check_space, load_space, reference_point, sample_space
-from .spec import SPEC_FILE, StudySpec, resolve
-
-# Where things are, not what is computed: a study may be continued with these changed.
-RELOCATABLE = frozenset({"address", "data_root", "cache_dir", "download", "tracking_uri"})
+from .spec import RELOCATABLE, SPEC_FILE, StudySpec, resolve, sqlite_path
 
 
 def build_parser() -> cli.Parser:
@@ -103,8 +100,8 @@ def preflight(spec: StudySpec) -> dict:
         check_space(algorithm, spaces[algorithm], {**spec.fixed_settings(algorithm), "steps_per_epoch": 1}, seed=spec.seed)
     if "://" not in spec.storage_path:
         _check_writable(Path(spec.storage_path))
-    if spec.tracking_uri.startswith("sqlite:///"):
-        _check_writable(Path(spec.tracking_uri[len("sqlite:///"):]).parent)
+    if (store := sqlite_path(spec.tracking_uri)) is not None:
+        _check_writable(store.parent)
     return spaces
 
 
@@ -135,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                           "space_samples": {a: sample_space(spaces[a], seed=spec.seed) for a in spec.algorithms}},
                          indent=2, default=str))
         return 0
-    if spec.tracking_uri.startswith("sqlite:///"):  # SQLite creates its file, not the folder it is in
-        Path(spec.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if (store := sqlite_path(spec.tracking_uri)) is not None:  # SQLite creates its file, not the folder it is in
+        store.parent.mkdir(parents=True, exist_ok=True)
     from .runner import run_study  # imports Ray: only once the input is known to be good
 
     run_study(spec, spaces, references, verbose=args.verbose)

@@ -23,6 +23,9 @@ SEARCHERS: tuple[str, ...] = get_args(Searcher)
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 DATA_ROOT_ENV = "HYPERMAML_DATA_ROOT"
 SPEC_FILE = "spec.json"  # in the study folder: the spec a study was started with
+# Where things are, not what is computed: a study may be continued with these changed.
+RELOCATABLE = frozenset({"address", "data_root", "cache_dir", "download", "tracking_uri"})
+SQLITE = "sqlite:///"
 # Replicate seeds start here: far from the small seeds users pass with --seed, which tuning trains with.
 REPLICATE_SEED_BASE = 1000
 
@@ -173,3 +176,8 @@ def resolve(preset: str, overrides: dict[str, Any], cwd: Path | None = None) -> 
     if not values.get("tracking_uri"):
         values["tracking_uri"] = f"sqlite:///{cwd / 'mlflow.db'}"
     return StudySpec(**values).validate()
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The file of a local SQLite MLflow store, or None for any other kind of store."""
+    return Path(tracking_uri[len(SQLITE):]) if tracking_uri.startswith(SQLITE) else None

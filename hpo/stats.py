@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,10 +134,19 @@ def compare_seeds(
     p_imp, p_imp_low, p_imp_high = _probability_of_improvement(x_c, x_b, alpha, seed)
     wilcoxon_p = _wilcoxon_p(d)
 
-    sentence = _sentence(
-        baseline, challenger, n_b, n_c, n_ep, effect, ci_low, ci_high, margin, kind,
-        seeds_needed, episodes_limit, budget, 1 - alpha,
-    )
+    seeds = {baseline: n_b, challenger: n_c}
+    budget_clause = f"; budget: {budget}" if budget else ""
+
+    def context(first: str, second: str) -> str:
+        return f"{seeds[first]} {first} vs {seeds[second]} {second} training seeds, {n_ep} shared test episodes{budget_clause}"
+
+    if seeds_needed is not None:
+        undecided = f"about {seeds_needed} seeds per algorithm would be needed to decide"
+    elif episodes_limit:
+        undecided = "more seeds alone cannot decide it because the test-episode set is too small; more test episodes are needed"
+    else:
+        undecided = f"even {MAX_SEEDS} seeds per algorithm would not decide it"
+    sentence = _sentence(baseline, challenger, effect, ci_low, ci_high, margin, kind, 1 - alpha, context, undecided)
     return SeedComparison(
         baseline=baseline,
         challenger=challenger,
@@ -199,21 +209,11 @@ def compare_searches(baseline: str, challenger: str, effects: list[float], margi
         target = max(abs(effect), margin - abs(effect))
         needed = next((n for n in range(len(x) + 1, MAX_SEEDS + 1)
                        if float(stats.t.ppf(q, n - 1)) * math.sqrt(var / n) < target), None)
-    n, ci_name = len(x), f"{1 - alpha:.0%} CI"
-    context = f"{n} studies (searcher seeds) as the unit, each its own search and fresh-seed replicates"
-    if kind.endswith("_better"):
-        winner, loser = (challenger, baseline) if effect > 0 else (baseline, challenger)
-        lead, low, high = (effect, ci_low, ci_high) if effect > 0 else (-effect, -ci_high, -ci_low)
-        sentence = f"{winner} is better than {loser} by {lead:.2f} points ({ci_name} {low:.2f} to {high:.2f}; {context})."
-    else:
-        difference = (f"{challenger} − {baseline} = {_signed(effect)} points "
-                      f"({ci_name} {_signed(ci_low)} to {_signed(ci_high)}; {context})")
-        if kind == "equivalent":
-            sentence = f"{baseline} and {challenger} are equivalent within ±{margin:.1f} points: {difference}."
-        elif needed is not None:
-            sentence = f"inconclusive: {difference}; about {needed} studies would be needed to decide."
-        else:
-            sentence = f"inconclusive: {difference}; even {MAX_SEEDS} studies would not decide it."
+    clause = f"{len(x)} studies (searcher seeds) as the unit, each its own search and fresh-seed replicates"
+    undecided = (f"about {needed} studies would be needed to decide" if needed is not None
+                 else f"even {MAX_SEEDS} studies would not decide it")
+    sentence = _sentence(baseline, challenger, effect, ci_low, ci_high, margin, kind, 1 - alpha,
+                         lambda first, second: clause, undecided)
     return SearchComparison(baseline, challenger, tuple(float(v) for v in x), effect, math.sqrt(var),
                             float(ci_low), float(ci_high), float(margin), kind, needed, sentence)
 
@@ -338,35 +338,27 @@ def _signed(x: float) -> str:
 
 
 def _sentence(
-    baseline: str, challenger: str, n_b: int, n_c: int, n_ep: int, effect: float, ci_low: float, ci_high: float,
-    margin: float, kind: str, seeds_needed: int | None, episodes_limit: bool, budget: str, level: float,
+    baseline: str, challenger: str, effect: float, ci_low: float, ci_high: float, margin: float, kind: str,
+    level: float, context: Callable[[str, str], str], undecided: str,
 ) -> str:
-    """One sentence whose direction words come only from ``kind`` and the sign of ``effect``."""
+    """One sentence whose direction words come only from ``kind`` and the sign of ``effect``.
+
+    ``context(first, second)`` is the clause saying what the interval is over, naming ``first`` first;
+    ``undecided`` ends an inconclusive sentence (what would decide it)."""
     ci_name = f"{level:.0%} CI"
-    budget_clause = f"; budget: {budget}" if budget else ""
     if kind.endswith("_better"):
         # Orient everything so the winner's lead is positive.
         if effect > 0:
-            winner, loser, n_w, n_l, lead, low, high = challenger, baseline, n_c, n_b, effect, ci_low, ci_high
+            winner, loser, lead, low, high = challenger, baseline, effect, ci_low, ci_high
         else:
-            winner, loser, n_w, n_l, lead, low, high = baseline, challenger, n_b, n_c, -effect, -ci_high, -ci_low
-        context = f"{n_w} {winner} vs {n_l} {loser} training seeds, {n_ep} shared test episodes{budget_clause}"
-        return f"{winner} is better than {loser} by {lead:.2f} points ({ci_name} {low:.2f} to {high:.2f}; {context})."
-    context = f"{n_c} {challenger} vs {n_b} {baseline} training seeds, {n_ep} shared test episodes{budget_clause}"
+            winner, loser, lead, low, high = baseline, challenger, -effect, -ci_high, -ci_low
+        return (f"{winner} is better than {loser} by {lead:.2f} points "
+                f"({ci_name} {low:.2f} to {high:.2f}; {context(winner, loser)}).")
     interval = f"{ci_name} {_signed(ci_low)} to {_signed(ci_high)}"
-    difference = f"{challenger} − {baseline} = {_signed(effect)} points ({interval}; {context})"
+    difference = f"{challenger} − {baseline} = {_signed(effect)} points ({interval}; {context(challenger, baseline)})"
     if kind == "equivalent":
         sentence = f"{baseline} and {challenger} are equivalent within ±{margin:.1f} points: {difference}"
         if ci_low > 0 or ci_high < 0:
             sentence += f", a statistically significant difference but smaller than the ±{margin:.1f}-point margin"
         return sentence + "."
-    if seeds_needed is not None:
-        tail = f"about {seeds_needed} seeds per algorithm would be needed to decide"
-    elif episodes_limit:
-        tail = (
-            "more seeds alone cannot decide it because the test-episode set is too small; "
-            "more test episodes are needed"
-        )
-    else:
-        tail = f"even {MAX_SEEDS} seeds per algorithm would not decide it"
-    return f"inconclusive: {difference}; {tail}."
+    return f"inconclusive: {difference}; {undecided}."

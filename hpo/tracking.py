@@ -30,7 +30,7 @@ from ray import tune
 
 from .progress import ending, error_line, replicate_name, stop_reason, tested
 from .spaces import is_reference
-from .spec import StudySpec
+from .spec import StudySpec, sqlite_path
 
 LOGGED_METRICS = ("train_loss", "train_acc", "val_acc", "val_ci95", "best_val_acc", "episodes_per_s", "epoch_s", "hn_weight", "bf16_autocast",
                   "test_acc", "test_ci95", "adapt_ms_per_task", "parameters")
@@ -67,8 +67,8 @@ def reachable(uri: str) -> str | None:
                 return None if response.status == 200 else f"HTTP {response.status}"
         except OSError as error:
             return str(getattr(error, "reason", error))
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
+    if (store := sqlite_path(uri)) is not None:
+        folder = store.parent
         return None if folder.is_dir() and os.access(folder, os.W_OK) else f"{folder} is not a writable folder"
     return None
 
@@ -474,6 +474,6 @@ def _param_value(value: Any) -> str:
 
 def _artifact_location(spec: StudySpec) -> str | None:
     """Beside the SQLite store (not the cwd of whoever created the experiment); servers choose their own."""
-    if spec.tracking_uri.startswith("sqlite:///"):
-        return (Path(spec.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts" / spec.name).as_uri()
+    if (store := sqlite_path(spec.tracking_uri)) is not None:
+        return (store.parent / "mlartifacts" / spec.name).as_uri()
     return None
