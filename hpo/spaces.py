@@ -52,7 +52,7 @@ SpaceFn = Callable[[optuna.Trial], dict[str, Any] | None]
 # budget, episodes, seeds and hardware. A space that sets one of them is rejected.
 FIXED_SETTINGS: frozenset[str] = frozenset({
     "algorithm", "dataset", "data_root", "cache_dir", "download",  # what is learned from
-    "way", "shot", "query",  # the benchmark
+    "way", "shot", "query", "train_query",  # the benchmark
     "epochs", "steps_per_epoch", "max_train_seconds",  # the training budget (the study derives the steps from meta_batch)
     "val_episodes", "test_episodes", "eval_seed", "seed",  # what is measured, on which episodes
     # where and how a trial runs (precision changes the rounding, so it too is the same for all trials)

@@ -82,6 +82,8 @@ class TrainConfig:
     way: int = setting("classes per episode (N)", 5, low=2)
     shot: int = setting("support images per class (K)", 1, low=1)
     query: int = setting("query images per class (Q)", 15, low=1)
+    train_query: int = setting("query images per class in meta-training episodes; 0: the same as --query "
+                               "(validation and test always use --query)", 0, low=0)
     epochs: int = setting("training epochs; validation and a checkpoint after each", 10, low=1)
     max_train_seconds: float = setting(
         "stop before an epoch that would take meta-training (validation excluded) past this many seconds, "
@@ -105,12 +107,18 @@ class TrainConfig:
     compile: bool = setting("torch.compile the meta-loss (static shapes: each task-chunk shape compiles once, "
                             "in the first outer step that meets it); same results up to float rounding", False)
 
+    @property
+    def training_query(self) -> int:
+        """Query images per class of the meta-training episodes."""
+        return self.train_query or self.query
+
     def validate(self) -> None:
         check_settings(self)
-        if self.dataset == "omniglot" and self.shot + self.query > OMNIGLOT_IMAGES_PER_CLASS:
-            raise ConfigError(
-                f"shot + query = {self.shot + self.query} exceeds the {OMNIGLOT_IMAGES_PER_CLASS} images per Omniglot class"
-            )
+        for name, query in (("query", self.query), ("train_query", self.training_query)):
+            if self.dataset == "omniglot" and self.shot + query > OMNIGLOT_IMAGES_PER_CLASS:
+                raise ConfigError(
+                    f"shot + {name} = {self.shot + query} exceeds the {OMNIGLOT_IMAGES_PER_CLASS} images per Omniglot class"
+                )
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 

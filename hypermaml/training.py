@@ -85,10 +85,12 @@ def load_data(config: RunConfig, splits: tuple[str, ...] = ("train", "val", "tes
 
 
 def episode_sampler(config: RunConfig, split_data: FewShotSplit, split: str) -> EpisodeSampler:
-    """An EpisodeSampler of the configured way/shot/query on one split; a shape that does not fit is a ConfigError."""
+    """An EpisodeSampler of the configured way/shot/query on one split (the training split's query:
+    `training_query`); a shape that does not fit is a ConfigError."""
     t = config.train
+    query = t.training_query if split == "train" else t.query
     try:
-        return EpisodeSampler(split_data, t.way, t.shot, t.query)
+        return EpisodeSampler(split_data, t.way, t.shot, query)
     except ValueError as error:
         raise ConfigError(f"{t.dataset} {split} split: {error}") from None
 

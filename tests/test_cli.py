@@ -98,6 +98,7 @@ def test_a_cuda_device_that_is_not_there_is_one_line_before_anything_is_written(
         (["--algorithm", "protonet"], "invalid choice: 'protonet'"),
         (["--way", "700"], "way 700 exceeds the 688 classes"),
         (["--shot", "10", "--query", "15"], "shot + query = 25 exceeds the 20 images per Omniglot class"),
+        (["--train-query", "20"], "shot + train_query = 21 exceeds the 20 images per Omniglot class"),
         (["--aggregation", "max", "--algorithm", "hypermaml"], "invalid choice: 'max'"),
         (["--hn-hidden", "64"], "--hn-hidden is not a setting of maml"),
         (["--inner-lr", "-1"], "inner_lr must be a positive number"),

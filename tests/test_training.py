@@ -9,7 +9,7 @@ import torch
 from hypermaml import (
     HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, TrainingDiverged, evaluate, fit, load_checkpoint, load_learner,
 )
-from hypermaml.training import load_data, time_cap_reached
+from hypermaml.training import episode_sampler, load_data, time_cap_reached
 
 TIMING = {"episodes_per_s", "train_s", "epoch_s"}
 
@@ -119,6 +119,21 @@ def test_evaluate_uses_a_fixed_episode_set_and_reports_a_95_ci(omniglot_root, da
     assert torch.equal(evaluate(learner, "test", 30, data=data["test"]).per_episode, a.per_episode)
     c = evaluate(learner, "test", 30, seed=123, data=data["test"])
     assert not torch.equal(a.per_episode, c.per_episode)
+
+
+def test_train_query_shapes_the_training_episodes_only(omniglot_root, data):
+    """--train-query sets the query images per class of meta-training; validation and test keep --query."""
+    config = replace_train(tiny(omniglot_root, epochs=1), train_query=2)
+    generator = torch.Generator().manual_seed(0)
+    assert episode_sampler(config, data["train"], "train").sample(4, generator).x_query.shape[1] == 5 * 2
+    assert episode_sampler(config, data["val"], "val").sample(4, generator).x_query.shape[1] == 5 * 5
+    fewer, same = fit(config, data=data), fit(replace_train(config, train_query=0), data=data)
+    assert fewer.history[0]["train_loss"] != same.history[0]["train_loss"]  # it trained on other episodes
+    # The same network is evaluated on the same episodes whatever its train_query.
+    same.learner.run_config = config
+    with_two = evaluate(same.learner, "val", 20, data=data["val"]).per_episode
+    same.learner.run_config = replace_train(config, train_query=0)
+    assert torch.equal(with_two, evaluate(same.learner, "val", 20, data=data["val"]).per_episode)
 
 
 def test_divergence_is_reported_as_an_error(omniglot_root, data):
