@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -44,7 +45,25 @@ def build_parser() -> Parser:
     return parser
 
 
-def read_study(client, name: str) -> dict:
+@dataclass(frozen=True)
+class FinishedStudy:
+    """What the comparison needs of one finished study, as its MLflow runs hold it."""
+
+    name: str
+    seed: int  # the searcher's and tuning trials' seed
+    commit: str
+    params: dict[str, str]  # the study's spec, as logged
+    algorithms: tuple[str, ...]
+    effect: float  # challenger - baseline, points
+    verdict: str
+    accuracies: dict[str, list[float]]  # algorithm -> its final configuration's per-seed test accuracies (points)
+
+    def final_mean(self, algorithm: str) -> float:
+        values = self.accuracies.get(algorithm)
+        return sum(values) / len(values) if values else float("nan")
+
+
+def read_study(client, name: str) -> FinishedStudy:
     """The study's spec, effect, commit and each algorithm's final per-seed test accuracies (points)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -61,38 +80,36 @@ def read_study(client, name: str) -> dict:
         if "test_acc" in replicate.data.metrics:
             accuracies.setdefault(replicate.data.tags["algorithm"], []).append(replicate.data.metrics["test_acc"])
     params = run.data.params
-    return {"name": name, "seed": int(params["seed"]), "commit": run.data.tags.get("git_commit", "unknown"),
-            "params": params, "algorithms": tuple(ast.literal_eval(params["algorithms"])),
-            "effect": run.data.metrics["effect_points"], "verdict": run.data.tags["verdict.kind"],
-            "accuracies": accuracies}
+    return FinishedStudy(name, int(params["seed"]), run.data.tags.get("git_commit", "unknown"), params,
+                         tuple(ast.literal_eval(params["algorithms"])), run.data.metrics["effect_points"],
+                         run.data.tags["verdict.kind"], accuracies)
 
 
-def check_reruns(studies: list[dict]) -> None:
+def check_reruns(studies: list[FinishedStudy]) -> None:
     """Refuse studies that are not reruns of one procedure with distinct searcher seeds."""
     first = studies[0]
     for other in studies[1:]:
-        keys = sorted((set(first["params"]) | set(other["params"])) - NOT_THE_PROCEDURE)
-        differing = [k for k in keys if first["params"].get(k) != other["params"].get(k)]
+        keys = sorted((set(first.params) | set(other.params)) - NOT_THE_PROCEDURE)
+        differing = [k for k in keys if first.params.get(k) != other.params.get(k)]
         if differing:
             k = differing[0]
-            raise AcrossError(f"studies {first['name']!r} and {other['name']!r} differ in {k} "
-                              f"({first['params'].get(k)} vs {other['params'].get(k)}): not reruns of one procedure")
+            raise AcrossError(f"studies {first.name!r} and {other.name!r} differ in {k} "
+                              f"({first.params.get(k)} vs {other.params.get(k)}): not reruns of one procedure")
     seen: dict[int, str] = {}
     for study in studies:
-        if study["seed"] in seen:
-            raise AcrossError(f"studies {seen[study['seed']]!r} and {study['name']!r} both used --seed {study['seed']}: "
+        if study.seed in seen:
+            raise AcrossError(f"studies {seen[study.seed]!r} and {study.name!r} both used --seed {study.seed}: "
                               "the same search twice is not a rerun")
-        seen[study["seed"]] = study["name"]
+        seen[study.seed] = study.name
 
 
-def table(studies: list[dict], result: SearchComparison) -> str:
+def table(studies: list[FinishedStudy], result: SearchComparison) -> str:
     b, c = result.baseline, result.challenger
     lines = [f"| study | seed | commit | {b} final | {c} final | {c} − {b} | verdict |", "|---|---|---|---|---|---|---|"]
     for study in studies:
-        means = [sum(v) / len(v) if (v := study["accuracies"].get(a)) else float("nan") for a in (b, c)]
-        effect = f"{study['effect']:+.2f}".replace("-", "−")  # the sentence's minus sign
-        lines.append(f"| {study['name']} | {study['seed']} | {study['commit'][:7]} | {means[0]:.2f}% | {means[1]:.2f}% "
-                     f"| {effect} | {study['verdict']} |")
+        effect = f"{study.effect:+.2f}".replace("-", "−")  # the sentence's minus sign
+        lines.append(f"| {study.name} | {study.seed} | {study.commit[:7]} | {study.final_mean(b):.2f}% "
+                     f"| {study.final_mean(c):.2f}% | {effect} | {study.verdict} |")
     return "\n".join(lines)
 
 
@@ -108,15 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         client = MlflowClient(args.tracking_uri)
         studies = [read_study(client, name) for name in dict.fromkeys(args.names)]
         check_reruns(studies)
-        baseline, challenger = studies[0]["algorithms"][:2]
-        margin = float(studies[0]["params"]["equivalence_margin"])
-        result = compare_searches(baseline, challenger, [s["effect"] for s in studies], margin=margin)
+        baseline, challenger = studies[0].algorithms[:2]
+        margin = float(studies[0].params["equivalence_margin"])
+        result = compare_searches(baseline, challenger, [s.effect for s in studies], margin=margin)
     except AcrossError as error:
         return parser.fail(error)
     print(table(studies, result))
     print()
     print(result.sentence)
-    commits = sorted({s["commit"][:7] for s in studies})
+    commits = sorted({s.commit[:7] for s in studies})
     if len(commits) > 1:
         print(f"note: the studies ran different commits ({', '.join(commits)}); a change of the search spaces or the "
               "training between them is part of what this interval averages over")

@@ -128,8 +128,8 @@ def compare_seeds(
 
     seeds_needed, episodes_limit = None, False
     if kind == "inconclusive":
-        target = max(abs(effect), margin - abs(effect))
-        seeds_needed, episodes_limit = _seeds_needed(var_b, var_c, var_ep, n_ep, target, max(n_b, n_c), q)
+        seeds_needed, episodes_limit = _seeds_needed(var_b, var_c, var_ep, n_ep, _deciding_half_width(effect, margin),
+                                                     max(n_b, n_c), q)
 
     p_imp, p_imp_low, p_imp_high = _probability_of_improvement(x_c, x_b, alpha, seed)
     wilcoxon_p = _wilcoxon_p(d)
@@ -206,9 +206,8 @@ def compare_searches(baseline: str, challenger: str, effects: list[float], margi
     kind = _kind(baseline, challenger, effect, ci_low, ci_high, margin)
     needed = None
     if kind == "inconclusive":
-        target = max(abs(effect), margin - abs(effect))
-        needed = next((n for n in range(len(x) + 1, MAX_SEEDS + 1)
-                       if float(stats.t.ppf(q, n - 1)) * math.sqrt(var / n) < target), None)
+        needed = _smallest_count(len(x), _deciding_half_width(effect, margin),
+                                 lambda n: float(stats.t.ppf(q, n - 1)) * math.sqrt(var / n))
     clause = f"{len(x)} studies (searcher seeds) as the unit, each its own search and fresh-seed replicates"
     undecided = (f"about {needed} studies would be needed to decide" if needed is not None
                  else f"even {MAX_SEEDS} studies would not decide it")
@@ -287,11 +286,22 @@ def _seeds_needed(
     # As n grows the seed terms vanish and the half-width falls towards t_{E-1} * sqrt(v_ep).
     if float(stats.t.ppf(q, n_ep - 1)) * math.sqrt(var_ep) >= target:
         return None, True
-    for n in range(current + 1, MAX_SEEDS + 1):
+
+    def half_width(n: int) -> float:
         se, df = _se_and_df(var_b, n, var_c, n, var_ep, n_ep)
-        if float(stats.t.ppf(q, df)) * se < target:
-            return n, False
-    return None, False
+        return float(stats.t.ppf(q, df)) * se
+
+    return _smallest_count(current, target, half_width), False
+
+
+def _deciding_half_width(effect: float, margin: float) -> float:
+    """A CI around this effect narrower than this decides: it excludes 0 or fits inside +-margin."""
+    return max(abs(effect), margin - abs(effect))
+
+
+def _smallest_count(current: int, target: float, half_width: Callable[[int], float]) -> int | None:
+    """The smallest number of units above `current` (at most MAX_SEEDS) whose CI half-width is below target."""
+    return next((n for n in range(current + 1, MAX_SEEDS + 1) if half_width(n) < target), None)
 
 
 def _pi_statistic(x_c: np.ndarray, x_b: np.ndarray, axis: int = -1) -> np.ndarray:
