@@ -121,7 +121,7 @@ class StudySpec:
             "epochs per trial": self.epochs,
             "training episodes per epoch": self.episodes_per_epoch,
             "training time per network": (f"at most {self.max_train_seconds:g} s (an epoch that would pass it "
-                                          "does not start)" if self.max_train_seconds else "no limit"),
+                                          "does not start; one that reaches it stops there)" if self.max_train_seconds else "no limit"),
             "validation episodes": f"{self.val_episodes} (the same fixed set for every trial)",
             "replicates": f"top {self.replicate_top} configurations x {self.replicate_seeds} fresh seeds, full budget each",
             "test": f"{self.test_repeats * self.test_episodes} episodes (the same for every replicate of both algorithms)",

@@ -86,8 +86,9 @@ class TrainConfig:
                                "(validation and test always use --query)", 0, low=0)
     epochs: int = setting("training epochs; validation and a checkpoint after each", 10, low=1)
     max_train_seconds: float = setting(
-        "stop before an epoch that would take meta-training (validation excluded) past this many seconds, "
-        "predicting it from the epochs so far; the first epoch always runs; 0: no limit", 0.0, low=0)
+        "at most this many seconds of meta-training (validation excluded): an epoch predicted from the epochs so "
+        "far to pass it does not start, and an epoch that reaches it ends after that outer step; 0: no limit",
+        0.0, low=0)
     steps_per_epoch: int = setting("meta-batches (outer optimizer steps) per epoch", 100, low=1)
     meta_batch: int = setting("tasks per outer step (T)", 32, low=1)
     outer_lr: float = setting("Adam learning rate of the outer loop", 1e-3, above=0)

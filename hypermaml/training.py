@@ -164,6 +164,7 @@ class EpochTraining:
     loss: float  # mean query loss over the epoch's training tasks
     accuracy: float  # mean query accuracy over the same tasks
     seconds: float  # meta-training time of the epoch, validation excluded
+    episodes: int  # training episodes the epoch ran: all of them unless the time cap cut it
 
 
 def fit(
@@ -197,7 +198,8 @@ def fit(
         if time_cap_reached(progress.history, t.max_train_seconds):
             break  # the epoch before was the last its cap allowed (also when a resumed run ended there)
         epoch_start = time.perf_counter()
-        training = train_epoch(progress, train_sampler, config, epoch)
+        seconds_left = t.max_train_seconds - sum(h["train_s"] for h in progress.history) if t.max_train_seconds else math.inf
+        training = train_epoch(progress, train_sampler, config, epoch, seconds_left)
         val = evaluate(progress.learner, "val", t.val_episodes, t.eval_seed, data=val_data)
         improved = record_epoch(progress, config, epoch, training, val, epoch_start)
         if checkpoint_dir is not None:
@@ -206,7 +208,8 @@ def fit(
             report(dict(progress.history[-1]))
 
     train_seconds = sum(h["train_s"] for h in progress.history)
-    total_train_episodes = len(progress.history) * t.steps_per_epoch * t.meta_batch
+    # (A checkpoint from before train_episodes was recorded holds only full epochs.)
+    total_train_episodes = sum(h.get("train_episodes", t.steps_per_epoch * t.meta_batch) for h in progress.history)
     return FitResult(
         learner=progress.learner,
         best_state=progress.best_state,
@@ -273,8 +276,11 @@ def restore_from_checkpoint(progress: TrainingProgress, config: RunConfig, resum
         progress.precision = "bf16" if progress.history[-1]["bf16_autocast"] else "fp32"
 
 
-def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: RunConfig, epoch: int) -> EpochTraining:
-    """steps_per_epoch outer steps (`outer_step` on a freshly sampled meta-batch).
+def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: RunConfig, epoch: int,
+                seconds_left: float = math.inf) -> EpochTraining:
+    """steps_per_epoch outer steps (`outer_step` on a freshly sampled meta-batch), or fewer: the epoch
+    ends after the step that uses up `seconds_left` of training time (the time cap's remainder), so
+    a configuration whose first epoch alone outlasts the cap trains no longer than any other.
 
     Raises TrainingDiverged if the epoch's mean loss is not finite.
     """
@@ -283,16 +289,21 @@ def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: Run
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
-    for _ in range(t.steps_per_epoch):
+    steps = 0
+    while steps < t.steps_per_epoch:
         loss, correct = outer_step(progress, sampler.sample(t.meta_batch, progress.generator), config, epoch)
         loss_sum += loss
         correct_sum += correct
-    n_train = t.steps_per_epoch * t.meta_batch
+        steps += 1
+        # A host clock, no device sync: exact on a CPU; on a GPU it may read a few queued steps early.
+        if time.perf_counter() - start >= seconds_left:
+            break
+    n_train = steps * t.meta_batch
     train_loss = (loss_sum / n_train).item()  # the one host sync of the epoch
     seconds = time.perf_counter() - start
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: train loss is {train_loss}")
-    return EpochTraining(train_loss, (correct_sum / n_train).item(), seconds)
+    return EpochTraining(train_loss, (correct_sum / n_train).item(), seconds, n_train)
 
 
 def outer_step(progress: TrainingProgress, episodes: Episodes, config: RunConfig, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -352,7 +363,6 @@ def record_epoch(
     if improved:
         progress.best_val_acc, progress.best_epoch = val.accuracy, epoch + 1
         progress.best_state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
-    n_train = config.train.steps_per_epoch * config.train.meta_batch
     metrics = {
         "epoch": epoch + 1,
         "train_loss": training.loss,
@@ -360,8 +370,9 @@ def record_epoch(
         "val_acc": val.accuracy,
         "val_ci95": val.ci95,
         "best_val_acc": progress.best_val_acc,
-        "episodes_per_s": n_train / training.seconds,
+        "episodes_per_s": training.episodes / training.seconds,
         "train_s": training.seconds,
+        "train_episodes": training.episodes,
         "epoch_s": time.perf_counter() - epoch_start,
         "bf16_autocast": float(progress.precision == "bf16"),  # what precision "auto" became on this device
     }

@@ -73,11 +73,13 @@ def test_a_run_ends_at_its_training_time_cap_says_so_and_stays_ended_on_resume(o
     capped, reported = replace_train(tiny(omniglot_root, epochs=3), max_train_seconds=1e-9), []
     result = fit(capped, report=reported.append, checkpoint_dir=tmp_path, data=data)
     assert [(m["epoch"], m["capped"]) for m in reported] == [(1, 1.0)]
-    assert len(result.history) == 1 and result.train_episodes_per_s == pytest.approx(12 / result.train_seconds)
+    # The cap ends even the first epoch: after its first outer step (4 episodes) of 3.
+    assert [h["train_episodes"] for h in result.history] == [4]
+    assert len(result.history) == 1 and result.train_episodes_per_s == pytest.approx(4 / result.train_seconds)
     resumed = fit(capped, report=reported.append, checkpoint_dir=tmp_path, resume_from=tmp_path, data=data)
     assert len(resumed.history) == 1 and len(reported) == 1  # nothing more trained
     uncapped = fit(replace_train(tiny(omniglot_root, epochs=3), max_train_seconds=1e6), data=data)
-    assert [h["capped"] for h in uncapped.history] == [0.0, 0.0, 0.0]
+    assert [(h["capped"], h["train_episodes"]) for h in uncapped.history] == [(0.0, 12)] * 3
 
 
 def test_a_resumed_auto_precision_run_keeps_the_precision_it_started_in(omniglot_root, data, tmp_path):
