@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Every flag hpo.search had before its flags came from StudySpec's fields, with a value.
 FLAGS_BEFORE = {
     "--preset": "smoke", "--name": "n", "--data-root": "/d", "--cache-dir": "/c", "--dataset": "cub", "--way": "3",
-    "--shot": "2", "--query": "4", "--algorithms": "maml", "--trials": "3", "--epochs": "2", "--episodes-per-epoch": "10",
+    "--shot": "2", "--query": "4", "--train-query": "3", "--algorithms": "maml", "--trials": "3", "--epochs": "2", "--episodes-per-epoch": "10",
     "--max-train-seconds": "90", "--meta-batch": "2", "--val-episodes": "5", "--test-episodes": "6", "--test-repeats": "2", "--replicate-top": "1",
     "--replicate-seeds": "4", "--equivalence-margin": "0.5", "--reference-margin": "5", "--time-budget": "60", "--searcher": "random",
     "--scheduler": "none", "--grace-period": "2", "--reduction-factor": "3", "--cpus-per-trial": "0.5",
@@ -37,7 +37,7 @@ def test_every_flag_keeps_its_spelling_and_sets_its_field():
     given = cli.given(args, StudySpec)
     assert set(given) == {f.name for f in dataclasses.fields(StudySpec)} - {"spaces"}  # every field has its flag
     assert (given["preset"], given["time_budget_s"], given["algorithms"], given["gpus_per_trial"], given["max_failures"],
-            given["max_train_seconds"]) == ("smoke", 60.0, ("maml",), 0.25, 0, 90.0)
+            given["max_train_seconds"], given["train_query"]) == ("smoke", 60.0, ("maml",), 0.25, 0, 90.0, 3)
     assert (args.space, args.resume, args.dry_run, given["download"]) == (["maml=x.py"], True, True, True)
     assert set(PRESETS) == set(get_args(Preset))
 
