@@ -198,8 +198,7 @@ def fit(
         if time_cap_reached(progress.history, t.max_train_seconds):
             break  # the epoch before was the last its cap allowed (also when a resumed run ended there)
         epoch_start = time.perf_counter()
-        seconds_left = t.max_train_seconds - sum(h["train_s"] for h in progress.history) if t.max_train_seconds else math.inf
-        training = train_epoch(progress, train_sampler, config, epoch, seconds_left)
+        training = train_epoch(progress, train_sampler, config, epoch, cap_seconds_left(progress.history, t.max_train_seconds))
         val = evaluate(progress.learner, "val", t.val_episodes, t.eval_seed, data=val_data)
         improved = record_epoch(progress, config, epoch, training, val, epoch_start)
         if checkpoint_dir is not None:
@@ -207,7 +206,7 @@ def fit(
         if report is not None:
             report(dict(progress.history[-1]))
 
-    train_seconds = sum(h["train_s"] for h in progress.history)
+    train_seconds = trained_seconds(progress.history)
     # (A checkpoint from before train_episodes was recorded holds only full epochs.)
     total_train_episodes = sum(h.get("train_episodes", t.steps_per_epoch * t.meta_batch) for h in progress.history)
     return FitResult(
@@ -228,8 +227,17 @@ def time_cap_reached(history: list[dict[str, float]], max_train_seconds: float) 
     trains fewer epochs instead of more seconds."""
     if not max_train_seconds or not history:
         return False
-    spent = sum(h["train_s"] for h in history)
+    spent = trained_seconds(history)
     return spent + spent / len(history) > max_train_seconds
+
+
+def cap_seconds_left(history: list[dict[str, float]], max_train_seconds: float) -> float:
+    """Meta-training time the cap leaves for the next epoch (inf without a cap): `train_epoch` ends there."""
+    return max_train_seconds - trained_seconds(history) if max_train_seconds else math.inf
+
+
+def trained_seconds(history: list[dict[str, float]]) -> float:
+    return sum(h["train_s"] for h in history)
 
 
 def start_training(config: RunConfig, device: torch.device) -> TrainingProgress:
@@ -289,12 +297,10 @@ def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: Run
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
-    steps = 0
-    while steps < t.steps_per_epoch:
+    for steps in range(1, t.steps_per_epoch + 1):
         loss, correct = outer_step(progress, sampler.sample(t.meta_batch, progress.generator), config, epoch)
         loss_sum += loss
         correct_sum += correct
-        steps += 1
         # A host clock, no device sync: exact on a CPU; on a GPU it may read a few queued steps early.
         if time.perf_counter() - start >= seconds_left:
             break
