@@ -35,11 +35,16 @@ DPI = 120
 
 
 def budget_clause(spec: StudySpec, outcomes: dict[str, TuneOutcome]) -> str:
-    """The equal budget as it ran, for the verdict sentence."""
+    """The equal budget as it ran, and what the claim is conditional on, for the verdict sentence.
+
+    The verdict's CI covers training seeds and test episodes, not the search: another `--seed` can
+    find other configurations, and on the default budget that moved the effect by more than one
+    study's CI (README, "The default study, twice"). The sentence says so itself, as the tag does."""
     trials = "/".join(str(len(o.trials)) for o in outcomes.values())
     cap = f" and {spec.max_train_seconds:g} s of training" if spec.max_train_seconds else ""
     return (f"{trials} tuning trials ({' vs '.join(outcomes)}) of up to {spec.epochs * spec.episodes_per_epoch} "
-            f"training episodes{cap} each, replicates at that full budget, {spec.dataset} {spec.way}-way {spec.shot}-shot")
+            f"training episodes{cap} each, replicates at that full budget, {spec.dataset} {spec.way}-way {spec.shot}-shot; "
+            f"conditional on the configurations this search found (searcher seed {spec.seed})")
 
 
 def write_files(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: list[ReplicateRecord],

@@ -4,6 +4,7 @@ import importlib.util
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,14 @@ def test_throughput_variants_are_levers_joined_by_plus():
     assert throughput.variant_settings("no-heap-warm") == {}  # the allocator lever is no TrainConfig field
     with pytest.raises(ValueError, match="unknown lever"):
         throughput.variant_levers("bf16+turbo")
+
+
+def test_batch_scaling_runs_each_case_in_its_own_process_and_divides_by_the_first():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "batch_scaling.py"), "--tasks", "1", "2", "--rounds", "1",
+                           "--images", "40", "--images-per-task", "10", "--threads", "1"],
+                          capture_output=True, text=True, check=True)
+    rows = [line.split() for line in done.stdout.splitlines() if re.match(r"^\s+\d+\s+\d+ \(", line)]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert rows[0][-1] == "1.00x"  # the per-task loop's rate divided by itself
+    assert re.fullmatch(r"\d+\.\d\dx", rows[1][-1])
+    assert done.stdout.count("round 1:") == 2  # one fresh process per case and round

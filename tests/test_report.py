@@ -77,7 +77,8 @@ def test_the_summary_counts_trials_ended_by_their_training_time_cap_and_states_t
     lines = summary_markdown(spec, outcomes, replicates, finalists, comparison, []).splitlines()
     assert "| completed / training-time cap / early-stopped / time budget / failed | 1 / 1 / 0 / 0 / 0 | 1 / 0 / 1 / 0 / 0 |" in lines
     assert budget_clause(spec, outcomes) == ("2/2 tuning trials (maml vs hypermaml) of up to 2400 training episodes and "
-                                             "170 s of training each, replicates at that full budget, omniglot 5-way 1-shot")
+                                             "170 s of training each, replicates at that full budget, omniglot 5-way 1-shot; "
+                                             "conditional on the configurations this search found (searcher seed 0)")
     assert "training time per network: at most 170 s (an epoch that would pass it does not start; one that reaches it stops there)" in "\n".join(lines)
 
 
