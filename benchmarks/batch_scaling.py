@@ -7,8 +7,8 @@ forward and backward as meta-training runs it (the dense convolution of shared w
 per task, the default precision, the allocator setting) over T tasks' images at once: T = 1 (the
 per-task loop), 4 (the CPU's default task chunk), 8 and 32 (a whole meta-batch). Each case runs in a
 fresh process, the cases alternate over rounds, and it prints per case the median and range of
-images/s and the ratio to T = 1: the most that vectorizing can gain on the shared backbone, which is
-most of HyperMAML's compute. Prints figures only.
+images/s and the ratio to T = 1: the most that vectorizing can gain on the shared backbone, which
+holds nearly all of HyperMAML's FLOPs (its hypernetwork reads a few rows per task). Prints figures only.
 
     python benchmarks/batch_scaling.py [--images-per-task 80] [--tasks 1 4 8 32] [--rounds 3] [--threads 2]
 """
