@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from hypermaml.cli import Parser
 
+from .provenance import COMMIT_TAG, UNKNOWN
 from .spec import RELOCATABLE, sqlite_path
 from .stats import SearchComparison, compare_searches
 from .tracking import ROLE_TAG, STUDY_TAG
@@ -80,7 +81,7 @@ def read_study(client, name: str) -> FinishedStudy:
         if "test_acc" in replicate.data.metrics:
             accuracies.setdefault(replicate.data.tags["algorithm"], []).append(replicate.data.metrics["test_acc"])
     params = run.data.params
-    return FinishedStudy(name, int(params["seed"]), run.data.tags.get("git_commit", "unknown"), params,
+    return FinishedStudy(name, int(params["seed"]), run.data.tags.get(COMMIT_TAG, UNKNOWN), params,
                          tuple(ast.literal_eval(params["algorithms"])), run.data.metrics["effect_points"],
                          run.data.tags["verdict.kind"], accuracies)
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -32,13 +34,16 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from hypermaml.data import default_cache_dir
+
 from . import report
 from .diagnostics import diagnose
 from .progress import ProgressLines, duration, say
 from .records import (COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord,
                       TrialRecord, TuneOutcome, reference_gap)
 from .spaces import FIXED_SETTINGS, SpaceFn, is_reference
-from .spec import SPEC_FILE, StudySpec
+from . import storage
+from .spec import StudySpec
 from .stats import compare_seeds
 from .tracking import StudyTracker, trial_dirname, trial_id_of
 from .trainable import TEST_EPISODES_FILE, replicate_trial, train_trial
@@ -127,9 +132,10 @@ def optuna_sampler(searcher: str, seed: int, trials: int) -> optuna.samplers.Bas
 
 def optuna_storage_url(spec: StudySpec) -> str:
     """SQLite beside the Ray results (optuna-dashboard opens it). With remote results (s3://...) it
-    lives in a stable folder of the driver's machine (a Ray job's working directory is temporary)."""
-    if "://" in spec.storage_path:
-        folder = Path.home() / ".cache" / "hypermaml-hpo" / "optuna"
+    lives in a stable folder of the driver's machine (a Ray job's working directory is temporary):
+    the cache folder's optuna/ ($HYPERMAML_CACHE or ~/.cache/hypermaml)."""
+    if spec.is_remote:
+        folder = (Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()) / "optuna"
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{folder / (spec.name + '.db')}"
     Path(spec.study_dir).mkdir(parents=True, exist_ok=True)
@@ -139,7 +145,7 @@ def optuna_storage_url(spec: StudySpec) -> str:
 # ---- the driver --------------------------------------------------------------------------------------
 
 def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, tuple[dict, str]],
-              verbose: bool = False) -> None:
+              verbose: bool = False) -> int:
     """Run the study. stdout tells the story in short lines (hpo.progress): where to look in MLflow, each
     trial event, and at the end the verdict, the summary's path and the MLflow link again; `verbose`
     adds Ray Tune's own status tables."""
@@ -150,15 +156,15 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str,
         f"{f' (+ reference if within {spec.reference_margin:g} points)' if references else ''} x {spec.replicate_seeds} fresh seeds")
     for line in tracker.where():
         say(line)
-    if "://" not in spec.storage_path:  # what a later run of this --name is checked against
-        Path(spec.study_dir).mkdir(parents=True, exist_ok=True)
-        (Path(spec.study_dir) / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+    # What a later run of this --name is checked against, and what --resume continues.
+    storage.write_text(spec.spec_file, json.dumps(spec.to_dict(), indent=2, sort_keys=True))
     # Ray Tune's output engine prints its experiment banner even when silent (verbose=0); the legacy
     # engine prints nothing then. --verbose keeps the current engine and its status tables.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     # No address: a fresh local instance, never a cluster that `ray start` happened to leave on this
     # machine. In a Ray job, RAY_ADDRESS (hence --address) points at the job's cluster.
     ray.init(address=spec.address or "local", include_dashboard=False if not spec.address else None)
+    interrupted = _interrupt_on_signals()
     try:
         outcomes = {a: tune_algorithm(spec, a, spaces[a], references.get(a), tracker, verbose) for a in spec.algorithms}
         replicates = replicate(spec, outcomes, tracker, verbose)
@@ -170,20 +176,44 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str,
         diagnostics = diagnose(outcomes, finalists, comparison, spec.grace_period, spec.epochs)
         summary = write_report(spec, outcomes, replicates, finalists, comparison, diagnostics, tracker)
         tracker.finish_study("FINISHED")
-    except BaseException:
-        tracker.finish_study("FAILED")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (a `ray job stop`): an interruption, not a failure
+        tracker.finish_study("KILLED")
+        say(f"interrupted: {spec.name} stopped; run the same command again (or --resume) to continue it")
+        return 130
+    except BaseException as error:
+        tracker.finish_study("FAILED", error=f"{type(error).__name__}: {error}".splitlines()[0])
         raise
     finally:
         ray.shutdown()
+        _restore_signals(interrupted)
     # The answer last: the diagnostics, the summary's bold opening lines (a time-budget warning, the
     # verdict), then where the rest is.
     opening = summary.split("\n## ")[0].splitlines()
     for line in [d.message for d in diagnostics] + [line.strip("*") for line in opening if line.startswith("**")]:
         say(line)
-    local = "://" not in spec.storage_path
-    say(f"Summary: {Path(spec.study_dir) / 'summary.md' if local else 'in MLflow, the study run description'}")
+    say(f"Summary: {spec.study_dir}/summary.md")
     for line in tracker.where():
         say(line)
+    return 0
+
+
+def _interrupt_on_signals() -> dict:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt in the driver, whatever phase it is in, so the study
+    ends as interrupted (KILLED in MLflow) and can be resumed. Ray Tune's own SIGINT handler would
+    instead end the phase quietly and let the study go on with part of its trials."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signal handlers belong to the main thread; elsewhere the default behaviour stays
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    return {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 # ---- phase 1: tune ---------------------------------------------------------------------------------
@@ -431,9 +461,8 @@ def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, d
         for note in notes:
             print(f"note: {note}", file=sys.stderr, flush=True)
         tracker.log_summary(comparison, diagnostics, files, notes, figures)
-        if "://" not in spec.storage_path:  # a local folder; a URI (s3://, gs://, file://...) is not a Path
-            for name in ("summary.md", "summary.csv"):
-                shutil.copy2(out / name, Path(spec.study_dir) / name)
+        for name in ("summary.md", "summary.csv"):
+            storage.write_text(f"{spec.study_dir}/{name}", (out / name).read_text())
         return (out / "summary.md").read_text()
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -4,6 +4,7 @@
     python -m hpo.search --data-root DIR                   # the default study on the Omniglot zips in DIR
     python -m hpo.search --preset smoke --data-root DIR --tracking-uri URI --storage-path DIR --name N
     python -m hpo.search --dry-run                         # print the resolved study and space samples
+    python -m hpo.search --config study.yaml               # a study file (what --dry-run prints); flags override it
 
 Everything a user can get wrong is checked before Ray starts (one error line, exit code 2).
 Re-running with the same --name (or --resume) continues an interrupted study.
@@ -26,11 +27,15 @@ from hypermaml.data import DataError
 from hypermaml.training import load_data
 
 from .spaces import SpaceError, check_space, load_space, reference_point, sample_space
-from .spec import RELOCATABLE, SPEC_FILE, StudySpec, resolve, sqlite_path
+from . import storage
+from .spec import RELOCATABLE, StudySpec, read_study_file, resolve, sqlite_path
 
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m hpo.search", description=__doc__.splitlines()[0])
+    p.add_argument("--config", metavar="FILE",
+                   help="a study file, YAML or JSON: what --dry-run prints or spec.json holds, or any part of it; "
+                        "the flags given beside it override it")
     cli.add_fields(p, StudySpec, skip=("spaces",), show_defaults=False)
     p.add_argument("--space", action="append", default=[], metavar="[ALGORITHM=]PATH",
                    help="a search space file (.py with space(trial[, epochs]) or .yaml) replacing the built-in one")
@@ -56,17 +61,19 @@ def parse_spaces(entries: list[str], algorithms: tuple[str, ...]) -> dict[str, s
 
 
 def resolve_spec(args: argparse.Namespace) -> StudySpec:
-    given = cli.given(args, StudySpec)
-    spec = resolve(given.pop("preset", StudySpec.preset), given)
-    return dataclasses.replace(spec, spaces=parse_spaces(args.space, spec.algorithms))
+    """The study file's values (--config), then the flags given beside it, then the preset's values."""
+    values = {**(read_study_file(args.config) if args.config else {}), **cli.given(args, StudySpec)}
+    spec = resolve(values.pop("preset", StudySpec.preset), values)
+    return dataclasses.replace(spec, spaces={**spec.spaces, **parse_spaces(args.space, spec.algorithms)})
 
 
 def stored_spec(spec: StudySpec) -> StudySpec | None:
-    """The spec a study of this --name was started with, or None if there is none (or it is remote)."""
-    path = Path(spec.study_dir) / SPEC_FILE
-    if "://" in spec.storage_path or not path.is_file():
+    """The spec a study of this --name was started with (beside its Tune results, local or remote),
+    or None if there is none."""
+    text = storage.read_text(spec.spec_file)
+    if text is None:
         return None
-    values = json.loads(path.read_text())
+    values = json.loads(text)
     values["algorithms"] = tuple(values["algorithms"])
     known = {f.name for f in dataclasses.fields(StudySpec)}
     return StudySpec(**{k: v for k, v in values.items() if k in known})
@@ -74,9 +81,12 @@ def stored_spec(spec: StudySpec) -> StudySpec | None:
 
 def check_name(spec: StudySpec, resume: bool) -> StudySpec:
     """A re-run of an existing --name must ask for the same study; --resume continues it as stored."""
-    stored = stored_spec(spec)
+    try:
+        stored = stored_spec(spec)
+    except OSError as error:  # remote storage that cannot be reached (credentials, endpoint, bucket)
+        raise ConfigError(f"storage {spec.storage_path} cannot be read: {str(error).splitlines()[0]}") from None
     if stored is None:
-        if resume and "://" not in spec.storage_path:
+        if resume:
             raise ConfigError(f"--resume: no study {spec.name!r} in {spec.storage_path}")
         return spec
     if resume:
@@ -98,7 +108,7 @@ def preflight(spec: StudySpec) -> dict:
     for algorithm in spec.algorithms:
         spaces[algorithm] = load_space(algorithm, spec.spaces.get(algorithm), spec.epochs, spec.shot)
         check_space(algorithm, spaces[algorithm], {**spec.fixed_settings(algorithm), "steps_per_epoch": 1}, seed=spec.seed)
-    if "://" not in spec.storage_path:
+    if not spec.is_remote:
         _check_writable(Path(spec.storage_path))
     if (store := sqlite_path(spec.tracking_uri)) is not None:
         _check_writable(store.parent)
@@ -121,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" INFO lines for every space check
     try:
-        spec = check_name(resolve_spec(args), args.resume)  # first: a stale name must write nothing
+        spec = resolve_spec(args)
+        if not (args.dry_run and spec.is_remote):  # a dry run reads no remote storage: it may be offline
+            spec = check_name(spec, args.resume)  # first: a stale name must write nothing
         spaces = preflight(spec)
         references = {a: r for a in spec.algorithms
                       if (r := reference_point(a, spec.spaces.get(a), spec.epochs, spec.shot)) is not None}
@@ -136,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         store.parent.mkdir(parents=True, exist_ok=True)
     from .runner import run_study  # imports Ray: only once the input is known to be good
 
-    run_study(spec, spaces, references, verbose=args.verbose)
-    return 0
+    return run_study(spec, spaces, references, verbose=args.verbose)
 
 
 if __name__ == "__main__":

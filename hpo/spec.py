@@ -9,12 +9,15 @@ episodes are batched, not how much data a trial sees.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from hypermaml.config import ALGORITHMS, Algorithm, ConfigError, Dataset, check_settings, from_flat, setting
+
+from .storage import is_remote
 
 Preset = Literal["smoke", "default", "paper"]  # the keys of PRESETS
 Searcher = Literal["tpe", "random", "gp", "cmaes", "qmc"]
@@ -90,9 +93,19 @@ class StudySpec:
         return "cuda" if self.gpus_per_trial > 0 else "cpu"
 
     @property
+    def is_remote(self) -> bool:
+        """Tune's storage is a URI (s3://...), not a folder of the driver's machine."""
+        return is_remote(self.storage_path)
+
+    @property
     def study_dir(self) -> str:
         """Where Ray Tune keeps this study (a local path or a pyarrow URI like s3://...)."""
         return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def spec_file(self) -> str:
+        """The spec this study was started with, beside Tune's results (local or remote)."""
+        return f"{self.study_dir}/{SPEC_FILE}"
 
     def fixed_settings(self, algorithm: str) -> dict[str, Any]:
         """The run settings every trial of `algorithm` shares (the rest comes from its space)."""
@@ -178,7 +191,7 @@ def resolve(preset: str, overrides: dict[str, Any], cwd: Path | None = None) -> 
         values["data_root"] = str(Path(values["data_root"]).expanduser().resolve())
     if not values.get("storage_path"):
         values["storage_path"] = str(cwd / "ray_results")
-    elif "://" not in values["storage_path"]:
+    elif not is_remote(values["storage_path"]):
         values["storage_path"] = str(Path(values["storage_path"]).expanduser().resolve())  # Ray needs absolute paths
     if not values.get("tracking_uri"):
         values["tracking_uri"] = f"sqlite:///{cwd / 'mlflow.db'}"
@@ -188,3 +201,79 @@ def resolve(preset: str, overrides: dict[str, Any], cwd: Path | None = None) -> 
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The file of a local SQLite MLflow store, or None for any other kind of store."""
     return Path(tracking_uri[len(SQLITE):]) if tracking_uri.startswith(SQLITE) else None
+
+
+# ---- study files -------------------------------------------------------------------------------------
+
+# The keys of `--dry-run`'s output besides "study": derived from it, so a study file may carry them.
+DERIVED_KEYS = frozenset({"budget", "space_samples"})
+
+
+def read_study_file(path: str | Path) -> dict[str, Any]:
+    """The StudySpec fields a study file gives (YAML or JSON): what `spec.json` holds, or the whole
+    output of `--dry-run` (its "study"; the derived "budget" and "space_samples" are not read back).
+    Any subset of the fields works; the preset it names (or `default`) fills the rest.
+    Raises ConfigError, one line naming the file and the key."""
+    import yaml  # the driver's import only
+
+    where = f"study file {path}"
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot be read ({error.strerror or error})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{where}: not YAML or JSON{at}: {getattr(error, 'problem', None) or error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of study settings (key: value), got {type(values).__name__}")
+    if isinstance(values.get("study"), dict) and set(values) <= {"study"} | DERIVED_KEYS:
+        values = values["study"]  # --dry-run's output
+    fields = {f.name: f for f in dataclasses.fields(StudySpec)}
+    hints = get_type_hints(StudySpec)
+    read = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+        read[key] = _file_value(where, key, value, hints[key])
+    return read
+
+
+def _file_value(where: str, key: str, value: Any, hint: Any) -> Any:
+    """A study file's value as the field's type, or a ConfigError naming the key."""
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: key {key!r}: expected {expected}, got {value!r}")
+
+    origin = get_origin(hint)
+    if origin is tuple:
+        items = value if isinstance(value, list) else None
+        if items is None:
+            raise wrong("a list")
+        return tuple(_file_value(where, key, item, get_args(hint)[0]) for item in items)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise wrong("a mapping of algorithm to file path")
+        return dict(value)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise wrong("one of " + ", ".join(map(str, get_args(hint))))
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+        return float(value)
+    if value is None:
+        return ""  # an empty YAML value: the field's default for its environment (resolve)
+    if not isinstance(value, str):
+        raise wrong("a string")
+    return value

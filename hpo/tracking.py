@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -28,6 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from . import provenance
 from .progress import ending, error_line, replicate_name, stop_reason, tested
 from .spaces import is_reference
 from .spec import StudySpec, sqlite_path
@@ -49,14 +49,6 @@ RUNS_VIEW, FINAL_VIEW = "hpo-runs", "hpo-final"
 # A tracking server that disappears mid-study must not stall the driver for minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def reachable(uri: str) -> str | None:
@@ -172,6 +164,7 @@ class StudyTracker:
     def __init__(self, spec: StudySpec):
         self.spec = spec
         self.ledger = _Ledger(spec.tracking_uri, spec.name, spec.study_dir)
+        self.provenance = provenance.current().tags()  # on every run of the study
         reason = reachable(spec.tracking_uri)
         if reason:
             self.ledger.disable(reason)
@@ -200,7 +193,7 @@ class StudyTracker:
             client.update_run(ledger.parent_run_id, status="RUNNING")
             return
         run = client.create_run(ledger.experiment_id, run_name=f"study {self.spec.name}",
-                                tags={STUDY_TAG: self.spec.name, ROLE_TAG: "study", "git_commit": git_commit(),
+                                tags={STUDY_TAG: self.spec.name, ROLE_TAG: "study", **self.provenance,
                                       "dataset": self.spec.dataset, "way": str(self.spec.way), "shot": str(self.spec.shot)})
         ledger.parent_run_id = run.info.run_id
         params = [Param(k, _param_value(v)) for k, v in self.spec.to_dict().items()]
@@ -224,10 +217,10 @@ class StudyTracker:
         return [f"MLflow: {self.link}"] + ([f"  (serve the store first: {command})"] if command else [])
 
     def trial_callback(self, algorithm: str, epochs: int, reference: tuple[dict, str] | None) -> "TrialRuns":
-        return TrialRuns(self.ledger, "trial", epochs, self.spec, git_commit(), algorithm=algorithm, reference=reference)
+        return TrialRuns(self.ledger, "trial", epochs, self.spec, self.provenance, algorithm=algorithm, reference=reference)
 
     def replicate_callback(self, epochs: int) -> "TrialRuns":
-        return TrialRuns(self.ledger, "replicate", epochs, self.spec, git_commit())
+        return TrialRuns(self.ledger, "replicate", epochs, self.spec, self.provenance)
 
     @_guarded
     def note_best_trial(self, outcome) -> None:
@@ -282,7 +275,7 @@ class StudyTracker:
             tags["notes"] = " | ".join(notes)[:5000]
         run_id = client.create_run(ledger.experiment_id, run_name="summary: head-to-head", tags={
             **tags, STUDY_TAG: self.spec.name, ROLE_TAG: "summary", "mlflow.parentRunId": ledger.parent_run_id,
-            "git_commit": git_commit()}).info.run_id
+            **self.provenance}).info.run_id
         for path in files:
             if path.is_dir():
                 client.log_artifacts(run_id, str(path), path.name)
@@ -311,18 +304,29 @@ class StudyTracker:
             f"Accuracies are in points (percent)."))
 
     @_guarded
-    def finish_study(self, status: str) -> None:
-        if self.ledger.parent_run_id:
-            self.ledger.client.set_terminated(self.ledger.parent_run_id, status)
+    def finish_study(self, status: str, error: str = "") -> None:
+        """End the study run: FINISHED; KILLED when interrupted (Ctrl-C, SIGTERM), and then every trial
+        and replicate run still RUNNING ends KILLED with it; FAILED with the error's line on a crash."""
+        ledger = self.ledger
+        if not ledger.parent_run_id:
+            return
+        if error:
+            ledger.client.set_tag(ledger.parent_run_id, "error", error[:5000])
+        if status == "KILLED":
+            for role in ("trial", "replicate"):
+                for run in ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: role}):
+                    if run.info.status == "RUNNING":
+                        ledger.client.set_terminated(run.info.run_id, "KILLED")
+        ledger.client.set_terminated(ledger.parent_run_id, status)
 
 
 class TrialRuns(tune.Callback):
     """Tune callback: one nested MLflow run per trial (role "trial") or replicate (role "replicate"),
     kept in step with the trial's life."""
 
-    def __init__(self, ledger: _Ledger, role: str, epochs: int, spec: StudySpec, commit: str,
+    def __init__(self, ledger: _Ledger, role: str, epochs: int, spec: StudySpec, provenance: dict[str, str],
                  algorithm: str = "", reference: tuple[dict, str] | None = None):
-        self.ledger, self.role, self.epochs, self.commit = ledger, role, epochs, commit
+        self.ledger, self.role, self.epochs, self.provenance = ledger, role, epochs, provenance
         self.algorithm, self.reference = algorithm, reference
         self.scheduler, self.time_budget_s = spec.scheduler, spec.time_budget_s / max(1, len(spec.algorithms))
         self.common_tags = {"dataset": spec.dataset, "way": str(spec.way), "shot": str(spec.shot)}
@@ -366,7 +370,7 @@ class TrialRuns(tune.Callback):
             # Not nested under the study run: MLflow's UI folds nested runs under their parent, and a study
             # is read by comparing its trials and replicates. The hpo.study tag ties them to their study.
             tags = {**self.common_tags, **own_tags, STUDY_TAG: ledger.study, ROLE_TAG: self.role, TRIAL_TAG: trial.trial_id,
-                    "git_commit": self.commit}
+                    **self.provenance}
             run_id = ledger.client.create_run(ledger.experiment_id, run_name=name, tags=tags).info.run_id
             params = [Param(k, _param_value(v)) for k, v in sorted(config.items())]
             ledger.client.log_batch(run_id, params=params)

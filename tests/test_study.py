@@ -73,7 +73,7 @@ def test_mlflow_has_the_study_run_its_trials_replicates_and_summary(smoke):
     for run in trials:
         tags, params = run.data.tags, run.data.params
         assert tags["hpo.study"] == SMOKE_NAME and "mlflow.parentRunId" not in tags  # listed, not folded in the study run
-        assert {"dataset", "way", "shot", "ray.trial_id", "node", "git_commit"} <= set(tags)
+        assert {"dataset", "way", "shot", "ray.trial_id", "node", "mlflow.source.git.commit", "hpo.git_dirty"} <= set(tags)
         assert tags["dataset"] == "omniglot" and tags["way"] == "5" and tags["shot"] == "1"
         assert params["algorithm"] == tags["algorithm"] and params["epochs"] == "3"  # the full config as params
         assert params["seed"] == "0"  # tuning trains with the study seed
