@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from hypermaml.cli import Parser
 
-from .provenance import COMMIT_TAG, UNKNOWN
+from .provenance import COMMIT_TAG, DIRTY_TAG, UNKNOWN
 from .spec import RELOCATABLE, sqlite_path
 from .stats import SearchComparison, compare_searches
 from .tracking import ROLE_TAG, STUDY_TAG
@@ -53,6 +53,7 @@ class FinishedStudy:
     name: str
     seed: int  # the searcher's and tuning trials' seed
     commit: str
+    dirty: str  # "true" when it ran with uncommitted changes to tracked files, "false", or "unknown"
     params: dict[str, str]  # the study's spec, as logged
     algorithms: tuple[str, ...]
     effect: float  # challenger - baseline, points
@@ -81,7 +82,8 @@ def read_study(client, name: str) -> FinishedStudy:
         if "test_acc" in replicate.data.metrics:
             accuracies.setdefault(replicate.data.tags["algorithm"], []).append(replicate.data.metrics["test_acc"])
     params = run.data.params
-    return FinishedStudy(name, int(params["seed"]), run.data.tags.get(COMMIT_TAG, UNKNOWN), params,
+    return FinishedStudy(name, int(params["seed"]), run.data.tags.get(COMMIT_TAG, UNKNOWN),
+                         run.data.tags.get(DIRTY_TAG, UNKNOWN), params,
                          tuple(ast.literal_eval(params["algorithms"])), run.data.metrics["effect_points"],
                          run.data.tags["verdict.kind"], accuracies)
 
@@ -134,11 +136,23 @@ def main(argv: list[str] | None = None) -> int:
     print(table(studies, result))
     print()
     print(result.sentence)
+    for line in provenance_warnings(studies):
+        print(line, file=sys.stderr)
+    return 0
+
+
+def provenance_warnings(studies: list[FinishedStudy]) -> list[str]:
+    """Reruns of one procedure should run one code: say when they did not, or when it cannot be told."""
+    lines = []
     commits = sorted({s.commit[:7] for s in studies})
     if len(commits) > 1:
-        print(f"note: the studies ran different commits ({', '.join(commits)}); a change of the search spaces or the "
-              "training between them is part of what this interval averages over")
-    return 0
+        lines.append(f"warning: the studies ran different commits ({', '.join(commits)}); a change of the search "
+                     "spaces or the training between them is part of what this interval averages over")
+    dirty = [s.name for s in studies if s.dirty != "false"]
+    if dirty:
+        lines.append(f"warning: {', '.join(dirty)} ran with uncommitted changes, or from a tree whose state is "
+                     "unknown: their code is not fully named by their commit")
+    return lines
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from hpo import across
+from hpo import across, provenance
 from hpo.records import Finalist, ReplicateRecord
 from hpo.spec import resolve
 from hpo.stats import compare_searches, compare_seeds
@@ -15,11 +15,15 @@ from hpo.tracking import ROLE_TAG, STUDY_TAG, TRIAL_TAG, StudyTracker
 EPISODES = 50
 
 
-def write_study(tmp_path, name, seed, levels, finish=True, preset="smoke", **overrides):
+def write_study(tmp_path, name, seed, levels, finish=True, preset="smoke", commit="a" * 40, dirty="false", **overrides):
     """A finished study as `hpo.search` logs it: the study run with its spec, 3 replicate runs per
-    algorithm with their test accuracy, the final ones tagged, and the summary with the verdict."""
+    algorithm with their test accuracy, the final ones tagged, and the summary with the verdict. It
+    ran `commit` (as a Ray job's launcher passes it)."""
     spec = resolve(preset, {"name": name, "seed": seed, **overrides}, cwd=tmp_path)
-    tracker = StudyTracker(spec)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(provenance.COMMIT_ENV, commit)
+        env.setenv(provenance.DIRTY_ENV, dirty)
+        tracker = StudyTracker(spec)
     tracker.start_study()
     client = MlflowClient(spec.tracking_uri)
     finalists = {}
@@ -118,3 +122,16 @@ def test_compare_searches_needs_two_studies_and_matches_scipy():
     assert (result.ci_low, result.ci_high) == pytest.approx((interval.low, interval.high))
     assert result.kind == "inconclusive" and result.studies_needed > 5
     assert compare_searches("maml", "hypermaml", [0.1, -0.1, 0.05, -0.05]).kind == "equivalent"
+
+
+def test_studies_of_different_or_uncommitted_code_are_compared_with_a_warning(tmp_path, capsys):
+    write_study(tmp_path, "a", 0, {"maml": 0.80, "hypermaml": 0.81}, commit="1" * 40)
+    write_study(tmp_path, "b", 1, {"maml": 0.80, "hypermaml": 0.82}, commit="2" * 40, dirty="true")
+    uri = write_study(tmp_path, "c", 2, {"maml": 0.80, "hypermaml": 0.83}, commit="2" * 40)
+    code, out, err = run(capsys, "a", "b", "c", "--tracking-uri", uri)
+    assert code == 0 and "| a | 0 | 1111111 |" in out and "| b | 1 | 2222222 |" in out
+    assert err.splitlines() == [
+        "warning: the studies ran different commits (1111111, 2222222); a change of the search spaces or the training "
+        "between them is part of what this interval averages over",
+        "warning: b ran with uncommitted changes, or from a tree whose state is unknown: their code is not fully named "
+        "by their commit"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+import yaml
 
 from hpo.search import build_parser
 from hpo.spec import PRESETS, Preset, StudySpec
@@ -107,3 +108,67 @@ def test_missing_data_unwritable_storage_and_nothing_to_resume(omniglot_root, tm
     proc = search("--preset", "smoke", "--data-root", str(omniglot_root), "--storage-path", str(tmp_path / "ray"),
                   "--name", "never-ran", "--resume")
     assert proc.returncode == 2 and "no study 'never-ran'" in proc.stderr
+
+
+# ---- study files (--config) --------------------------------------------------------------------------
+
+def test_a_study_file_of_what_dry_run_printed_resolves_to_the_same_spec(omniglot_root, tmp_path):
+    flags = ["--preset", "smoke", "--data-root", str(omniglot_root), "--storage-path", str(tmp_path / "ray"),
+             "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--name", "from-file", "--trials", "3", "--seed", "4",
+             "--algorithms", "hypermaml", "maml"]
+    printed = search(*flags, "--dry-run")
+    assert printed.returncode == 0, printed.stderr
+    (tmp_path / "dry.json").write_text(printed.stdout)
+    study = json.loads(printed.stdout)["study"]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(study))  # spec.json's content, as YAML
+
+    from hpo.search import resolve_spec
+
+    from_flags = resolve_spec(build_parser().parse_args(flags))
+    for path in ("dry.json", "spec.yaml"):
+        from_file = resolve_spec(build_parser().parse_args(["--config", str(tmp_path / path)]))
+        assert from_file == from_flags
+    assert (from_flags.trials, from_flags.seed, from_flags.algorithms, from_flags.epochs) == (3, 4, ("hypermaml", "maml"), 3)
+    # Through the command as well: --dry-run of the file prints what it read.
+    again = search("--config", str(tmp_path / "dry.json"), "--dry-run")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["study"] == study
+
+
+def test_flags_beside_a_study_file_override_it_and_the_preset_fills_the_rest(omniglot_root, tmp_path):
+    from hpo.search import resolve_spec
+
+    (tmp_path / "part.yaml").write_text("preset: smoke\ntrials: 2\nname: part\nspaces: {maml: my_space.yaml}\n")
+    spec = resolve_spec(build_parser().parse_args(["--config", str(tmp_path / "part.yaml"), "--trials", "5",
+                                                   "--data-root", str(omniglot_root)]))
+    assert (spec.preset, spec.trials, spec.name, spec.epochs) == ("smoke", 5, "part", PRESETS["smoke"]["epochs"])
+    assert spec.spaces == {"maml": "my_space.yaml"}
+    spec = resolve_spec(build_parser().parse_args(["--config", str(tmp_path / "part.yaml"), "--space", "maml=other.py",
+                                                   "--data-root", str(omniglot_root)]))
+    assert spec.spaces == {"maml": "other.py"} and spec.trials == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("trails: 8\n", "unknown key 'trails' (did you mean 'trials'?)"),
+    ("trials: eight\n", "key 'trials': expected an integer, got 'eight'"),
+    ("searcher: annealing\n", "key 'searcher': expected one of tpe, random, gp, cmaes, qmc, got 'annealing'"),
+    ("algorithms: maml\n", "key 'algorithms': expected a list, got 'maml'"),
+    ("download: 'yes'\n", "key 'download': expected true or false, got 'yes'"),
+    ("trials: 0\n", "trials must be at least 1, got 0"),
+    ("- trials\n", "expected a mapping of study settings"),
+    ("trials: [1\n", "not YAML or JSON (line 2"),
+])
+def test_a_bad_study_file_is_one_line_naming_the_key(omniglot_root, tmp_path, text, message):
+    (tmp_path / "study.yaml").write_text(text)
+    proc = search("--config", str(tmp_path / "study.yaml"), "--data-root", str(omniglot_root), "--storage-path",
+                  str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_a_missing_study_file_is_one_line(tmp_path):
+    proc = search("--config", str(tmp_path / "nowhere.yaml"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert f"study file {tmp_path / 'nowhere.yaml'}: cannot be read" in proc.stderr

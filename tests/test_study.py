@@ -268,6 +268,42 @@ def test_killed_driver_resumes_without_losing_or_duplicating_runs(omniglot_root,
     assert len(summaries) == 1
 
 
+def test_ctrl_c_ends_the_study_and_its_running_trials_killed_not_failed(omniglot_root, tmp_path):
+    cmd = study_cmd(omniglot_root, tmp_path, "interrupted", "--scheduler", "none")
+    driver = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    maml_dir = tmp_path / "ray" / "interrupted" / "maml"
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and not list(maml_dir.glob("trial_*/checkpoint_*")):
+            assert driver.poll() is None, "the study ended before it could be interrupted"
+            time.sleep(0.5)
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        _kill_group(driver.pid)
+    assert driver.returncode == 130
+    assert out.splitlines()[-1] == "interrupted: interrupted stopped; run the same command again (or --resume) to continue it"
+    _, parents = runs(tmp_path, "interrupted", "study")
+    assert [p.info.status for p in parents] == ["KILLED"] and "error" not in parents[0].data.tags
+    _, trials = runs(tmp_path, "interrupted", "trial")
+    statuses = [r.info.status for r in trials]
+    assert "KILLED" in statuses and set(statuses) <= {"KILLED", "FINISHED"}, statuses  # none FAILED, none left RUNNING
+    assert not (tmp_path / "ray" / "interrupted" / "summary.md").exists()
+
+
+def test_a_crashed_study_ends_failed_with_its_reason(omniglot_root, tmp_path):
+    space = tmp_path / "diverging.yaml"
+    space.write_text("params:\n  inner_lr: {type: categorical, choices: [1.0e36]}\nconstants:\n  inner_steps: 1\n")
+    cmd = study_cmd(omniglot_root, tmp_path, "crashed", "--algorithms", "maml", "--trials", "1", "--epochs", "1",
+                    "--scheduler", "none", "--space", f"maml={space}", "--max-failures", "0")
+    proc = run_study(cmd)
+    assert proc.returncode == 1  # a crash, not a user error (2) or an interruption (130)
+    _, parents = runs(tmp_path, "crashed", "study")
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert parents[0].data.tags["error"].startswith("RuntimeError: no tuning trial reported a validation accuracy")
+
+
 def test_a_diverging_trial_fails_and_the_study_completes(omniglot_root, tmp_path):
     space = tmp_path / "diverging.yaml"
     space.write_text(
