@@ -8,7 +8,9 @@ job's environment:
     ray job submit --working-dir . --runtime-env-json "$(python -m hpo.provenance)" -- python -m hpo.search ...
 
 `python -m hpo.provenance` prints that runtime environment: {"env_vars": {"HPO_GIT_COMMIT": ...,
-"HPO_GIT_DIRTY": ...}}. Every MLflow run of the study carries the commit as
+"HPO_GIT_DIRTY": ..., "RAY_JOB_STOP_WAIT_TIME_S": ...}}; the last gives the driver time, after
+`ray job stop`'s SIGTERM, to end its MLflow runs KILLED before Ray's SIGKILL (3 s by default).
+Every MLflow run of the study carries the commit as
 `mlflow.source.git.commit` (MLflow's own tag), `hpo.git_dirty`, and on a cluster the job's
 `hpo.job_submission_id`.
 """
@@ -25,6 +27,8 @@ from pathlib import Path
 COMMIT_ENV, DIRTY_ENV = "HPO_GIT_COMMIT", "HPO_GIT_DIRTY"
 COMMIT_TAG, DIRTY_TAG, SUBMISSION_TAG = "mlflow.source.git.commit", "hpo.git_dirty", "hpo.job_submission_id"
 UNKNOWN = "unknown"
+# Seconds Ray's job supervisor waits after `ray job stop`'s SIGTERM before it kills the driver.
+STOP_WAIT_ENV, STOP_WAIT_S = "RAY_JOB_STOP_WAIT_TIME_S", 60
 # Set by Ray's job supervisor for a job's driver: the job's config, whose metadata holds its submission id.
 RAY_JOB_CONFIG_ENV, SUBMISSION_KEY = "RAY_JOB_CONFIG_JSON_ENV_VAR", "job_submission_id"
 
@@ -80,7 +84,7 @@ def _submission_id() -> str:
 
 def main() -> int:
     """Print the runtime environment that hands this checkout's commit to a Ray job."""
-    print(json.dumps({"env_vars": from_git(Path.cwd()).env_vars()}))
+    print(json.dumps({"env_vars": {**from_git(Path.cwd()).env_vars(), STOP_WAIT_ENV: str(STOP_WAIT_S)}}))
     return 0
 
 

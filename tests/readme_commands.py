@@ -18,19 +18,29 @@ README = REPO / "README.md"
 INLINE_COMMAND = re.compile(r"^(python|\.venv/bin/|ray |kubectl )")
 
 
-def readme_commands(text: str | None = None) -> list[str]:
-    """Every line of the README's ```bash blocks (continuations joined, comments dropped) and every
-    inline code span that is a command, with runs of spaces made one."""
-    text = README.read_text() if text is None else text
+def bash_commands(text: str) -> list[str]:
+    """Every line of a Markdown text's ```bash blocks (continuations joined, comments dropped), with runs
+    of spaces made one."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line:
                 commands.append(" ".join(line.split()))
-    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
-    commands += [span for span in re.findall(r"`([^`\n]+)`", prose) if INLINE_COMMAND.match(span)]
     return list(dict.fromkeys(commands))
+
+
+def inline_commands(text: str) -> list[str]:
+    """Every inline code span of a Markdown text's prose that is a command (or names one)."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    return list(dict.fromkeys(span for span in re.findall(r"`([^`\n]+)`", prose) if INLINE_COMMAND.match(span)))
+
+
+def readme_commands(text: str | None = None) -> list[str]:
+    """Every command of the README (or of another Markdown text, such as docs/cluster.md): its ```bash
+    lines, then its inline commands."""
+    text = README.read_text() if text is None else text
+    return list(dict.fromkeys(bash_commands(text) + inline_commands(text)))
 
 
 def scratch_checkout(tmp: Path, omniglot_root: Path) -> Path:

@@ -1,8 +1,9 @@
 """Running the study on a Ray cluster.
 
-1. ray_cluster.yaml validates against the cluster-config schema shipped in the installed ray package, and
-   every command it (and docs/cluster.md, deploy/kuberay-rayjob.yaml) runs names files, CLI commands,
-   flags and modules that exist.
+1. Without starting anything: ray_cluster.yaml validates against the cluster-config schema shipped in the
+   installed ray package, and deploy/kuberay-rayjob.yaml against KubeRay v1.7.0's RayJob CRD with unknown
+   fields rejected (a misspelled field fails); every command they, deploy/Dockerfile and docs/cluster.md
+   give names files, CLI commands, flags, modules, study files, extras and resources that exist.
 2. A real 2-node Ray cluster on this machine (a head and a worker node, 1 CPU each, token auth on) plus a
    real `mlflow server`: the smoke study submitted with `ray job submit` runs its trials on both nodes and
    logs everything to the server.
@@ -14,8 +15,11 @@ and the MLflow server get their own), and Ray's worker processes, which Ray puts
 their own, as descendants of our raylets. The module checks that none is left.
 """
 
+import functools
+import importlib.metadata
 import importlib.util
 import json
+import operator
 import os
 import re
 import secrets
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -38,6 +43,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from hpo.screenshot import free_ports
+from tests.readme_commands import bash_commands, inline_commands
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"
@@ -158,28 +164,337 @@ def _study_commands(text: str) -> list[list[str]]:
     return found
 
 
+# ---- 1. the KubeRay RayJob --------------------------------------------------------------------------------
+
+# KubeRay v1.7.0's RayJob CRD (ray-operator/config/crd/bases/ray.io_rayjobs.yaml), unchanged, beside the
+# repository like the test data.
+KUBERAY_CRD = REPO.parent / "shared" / "reference" / "kuberay" / "ray.io_rayjobs.yaml"
+DOCKERFILE = REPO / "deploy" / "Dockerfile"
+PAPER_STUDY = "studies/paper-aws.yaml"  # the cluster's study, on AWS and on Kubernetes
+
+
+def manifest() -> list[dict]:
+    return [d for d in yaml.safe_load_all(RAYJOB_YAML.read_text()) if d]
+
+
 def rayjob() -> dict:
-    return next(d for d in yaml.safe_load_all(RAYJOB_YAML.read_text()) if d and d.get("kind") == "RayJob")
+    return next(d for d in manifest() if d.get("kind") == "RayJob")
+
+
+@functools.cache
+def crd_schema() -> dict:
+    """The schema the API server validates a `ray.io/v1` RayJob with, as KubeRay publishes it."""
+    assert KUBERAY_CRD.is_file(), f"{KUBERAY_CRD} is missing: KubeRay v1.7.0's RayJob CRD"
+    crd = yaml.load(KUBERAY_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1.4 MB
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def strict(schema: dict) -> dict:
+    """The schema as `kubectl apply --validate=strict` applies it: an unknown field is an error. The schema
+    alone allows one (the API server drops it without a word, so a misspelled field would silently do
+    nothing), so every object schema with properties is closed, unless it keeps unknown fields."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {name: strict(s) for name, s in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = strict(out["additionalProperties"])
+    if isinstance(out.get("items"), dict):
+        out["items"] = strict(out["items"])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in out:
+            out[key] = [strict(s) for s in out[key]]
+    return out
+
+
+def validate(job: dict, schema: dict) -> None:
+    # A CRD's OpenAPI v3.0 schema uses JSON Schema draft 4's keywords; its x-kubernetes-* ones are ignored.
+    jsonschema.validate(job, schema, cls=jsonschema.Draft4Validator)
+
+
+def head_containers(job: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]}
+
+
+def test_rayjob_manifest_validates_against_kuberays_crd_with_unknown_fields_rejected():
+    job = rayjob()
+    validate(job, strict(crd_schema()))
+    spec = job["spec"]
+    # The cluster is deleted an hour after the job ends, whatever its outcome (the header and docs say so).
+    assert (spec["shutdownAfterJobFinishes"], spec["ttlSecondsAfterFinished"]) == (True, 3600)
+    cluster = spec["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"} and cluster["rayVersion"] == ray.__version__
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no trials on the head
+
+    # MLflow beside the head, on the pod's loopback, its SQLite store on the claim the manifest creates.
+    from mlflow.cli import cli as mlflow_cli
+
+    sidecar = head_containers(job)["mlflow"]
+    server = mlflow_cli.commands["server"].make_context("mlflow server", sidecar["command"][2:]).params
+    assert sidecar["command"][:2] == ["mlflow", "server"] and server["host"] == "127.0.0.1"
+    (mount,) = sidecar["volumeMounts"]
+    assert server["backend_store_uri"] == f"sqlite:///{mount['mountPath']}/mlflow.db"
+    volume = next(v for v in cluster["headGroupSpec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    claims = [d["metadata"]["name"] for d in manifest() if d["kind"] == "PersistentVolumeClaim"]
+    assert claims == [volume["persistentVolumeClaim"]["claimName"]]
+
+    # Every pod runs the one image deploy/Dockerfile builds; the workers have a GPU each, scaled from 0.
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    assert len({c["image"] for g in groups for c in g["template"]["spec"]["containers"]}) == 1
+    for group in cluster["workerGroupSpecs"]:
+        (worker,) = group["template"]["spec"]["containers"]
+        assert group["minReplicas"] == 0 and worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+@pytest.mark.parametrize("where, field, typo", [
+    (["spec"], "shutdownAfterJobFinishes", "shutdownAfterJobFinish"),
+    (["spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 1], "volumeMounts", "volumeMount"),
+], ids=["spec", "head-pod-container"])
+def test_a_misspelled_field_fails_the_validation_and_the_error_names_it(where, field, typo):
+    job = rayjob()
+    parent = functools.reduce(operator.getitem, where, job)
+    parent[typo] = parent.pop(field)
+    validate(job, crd_schema())  # the schema as published lets it through: the API server would drop it
+    with pytest.raises(jsonschema.ValidationError) as error:
+        validate(job, strict(crd_schema()))
+    assert error.value.message == f"Additional properties are not allowed ('{typo}' was unexpected)"
+    assert list(error.value.absolute_path) == where
+
+
+def test_the_rayjob_runs_the_paper_study_file_in_the_image_of_the_dockerfile():
+    dockerfile = DOCKERFILE.read_text()
+    # The official image of the Ray version installed here (the one pyproject pins), never ray-ml.
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    assert re.findall(r"^FROM (\S+)", dockerfile, flags=re.M) == [f"rayproject/ray:{ray.__version__}-{py}-gpu"]
+    (checkout,) = re.findall(r"^COPY --chown=ray \. (\S+)$", dockerfile, flags=re.M)
+    # The commit the image holds reaches the study the way `python -m hpo.provenance` hands it to a job.
+    from hpo.provenance import COMMIT_ENV, DIRTY_ENV
+
+    assert re.findall(r"^ARG (\w+)=", dockerfile, flags=re.M) == [COMMIT_ENV, DIRTY_ENV]
+    assert f"ENV {COMMIT_ENV}=${COMMIT_ENV} {DIRTY_ENV}=${DIRTY_ENV}" in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ".git" in ignored and "**/.venv" in ignored
+
+    # The entrypoint: the paper study file, as it is, from the image's checkout.
+    job = rayjob()
+    cd, study = job["spec"]["entrypoint"].split(" && ")
+    assert cd == f"cd {checkout}"
+    words = shlex.split(study)
+    assert words[:5] == ["python", "-m", "hpo.search", "--config", PAPER_STUDY]
+    spec = study_spec(words[3:])
+    assert spec == study_spec(["--config", PAPER_STUDY])
+    assert f"mkdir -p {spec.data_root} " in dockerfile  # Omniglot where the study reads it
+    server = head_containers(job)["mlflow"]["command"]
+    assert spec.tracking_uri == f"http://127.0.0.1:{server[server.index('--port') + 1]}"
+    assert spec.storage_path.startswith("s3://") and spec.address == "auto"
+
+
+# ---- 1. the documented commands ---------------------------------------------------------------------------
+
+# The AWS SDK's variables that name an S3-compatible server and its credentials (tests/test_storage_s3.py).
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+OPERATORS = ("&&", "||", "|", ";", "&")
+
+
+def command_words(command: str) -> list[list[str]]:
+    """The simple commands of a documented shell line, each as its words: a placeholder such as
+    `<submission id>` is one word, and a quoted "$(...)" stays one word."""
+    command = re.sub(r"<([^<>]+)>", lambda m: "<" + m.group(1).replace(" ", "-") + ">", command)
+    found, part = [], []
+    for word in [*shlex.split(command), ";"]:
+        if word in OPERATORS:
+            found += [part] if part else []
+            part = []
+        else:
+            part.append(word)
+    return found
+
+
+def check_command(command: str, complete: bool = True) -> None:
+    """Check a documented command against what it names, without starting anything. `complete`: a line of
+    a ```bash block, parsed in full; else an inline one, which may name a command without its arguments."""
+    for words in command_words(command):
+        program, args = words[0], words[1:]
+        checks = {"ray": check_ray, "python": check_python, "kubectl": check_kubectl, "docker": check_docker,
+                  "pip": check_pip, "export": check_export}
+        assert program in checks, f"{command}: no test checks a {program} command"
+        checks[program](args, complete)
+
+
+def check_ray(args: list[str], complete: bool) -> None:
+    """The subcommand and its flags exist in the installed ray CLI; a complete command parses in full
+    (click's own parser: arguments, option values), its files exist, and its job entrypoint is checked."""
+    import click
+    from ray.scripts.scripts import cli
+
+    command, rest = cli, list(args)
+    while hasattr(command, "commands") and rest and rest[0] in command.commands:
+        command = command.commands[rest.pop(0)]
+    name = f"ray {' '.join(args[:len(args) - len(rest)])}"
+    assert not hasattr(command, "commands"), f"ray {' '.join(args)}: not a ray command"
+    if not complete:
+        assert _flags(rest) <= _click_options(command), f"ray {' '.join(args)}"
+        return
+    try:
+        params = command.make_context(name, rest).params
+    except click.ClickException as error:
+        pytest.fail(f"ray {' '.join(args)}: {error.format_message()}")
+    if params.get("cluster_config_file"):
+        assert (REPO / params["cluster_config_file"]).is_file(), params["cluster_config_file"]
+    if params.get("working_dir"):  # the checkout: the docs run every command from its root
+        assert params["working_dir"] == ".", params["working_dir"]
+    if params.get("runtime_env_json"):
+        launcher = re.fullmatch(r"\$\((.*)\)", params["runtime_env_json"])
+        assert launcher and launcher.group(1) == "python -m hpo.provenance", params["runtime_env_json"]
+        provenance_env()
+    if params.get("entrypoint"):
+        assert params["entrypoint"][0] == "python", params["entrypoint"]
+        check_python(list(params["entrypoint"][1:]), complete)
+
+
+def provenance_env() -> dict:
+    """`python -m hpo.provenance`, run in the checkout: the runtime environment that hands its commit to a job."""
+    from hpo.provenance import COMMIT_ENV, DIRTY_ENV, STOP_WAIT_ENV
+
+    proc = subprocess.run([sys.executable, "-m", "hpo.provenance"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    env = json.loads(proc.stdout)
+    assert set(env) == {"env_vars"} and set(env["env_vars"]) == {COMMIT_ENV, DIRTY_ENV, STOP_WAIT_ENV}
+    assert re.fullmatch(r"[0-9a-f]{40}", env["env_vars"][COMMIT_ENV]) and env["env_vars"][DIRTY_ENV] in ("true", "false")
+    return env
+
+
+def study_spec(args: list[str]):
+    """The study `python -m hpo.search ARGS` resolves to, its --config file read from the checkout."""
+    from hpo.search import build_parser, resolve_spec
+
+    try:
+        parsed = build_parser().parse_args(args)
+    except SystemExit:  # argparse's exit on a flag or value it does not take (its message is on stderr)
+        pytest.fail(f"python -m hpo.search {shlex.join(args)}: refused by its parser")
+    if parsed.config:
+        assert (REPO / parsed.config).is_file(), parsed.config
+        parsed.config = str(REPO / parsed.config)
+    return resolve_spec(parsed)
+
+
+def check_python(args: list[str], complete: bool) -> None:
+    assert args[0] == "-m", args
+    module, rest = args[1], args[2:]
+    if module == "hpo.search":
+        study_spec(rest)
+    elif module == "hpo.provenance":
+        assert rest == []
+        provenance_env()
+    else:
+        assert importlib.util.find_spec(module), module
+
+
+def check_kubectl(args: list[str], complete: bool) -> None:
+    """kubectl is not installed here: the names it is given must be the manifest's (file, RayJob, the
+    submitter Job KubeRay names after it, claim, head container and its mounts, RayJob status fields)."""
+    verb, words = args[0], iter(args[1:])
+    assert verb in ("apply", "get", "port-forward", "logs", "cp", "delete"), verb
+    job = rayjob()
+    names = {"rayjob": job["metadata"]["name"], "job": job["metadata"]["name"],
+             "pvc": next(d["metadata"]["name"] for d in manifest() if d["kind"] == "PersistentVolumeClaim")}
+    # Options taking a value; `logs -f` and `get -w` follow and watch.
+    valued = ("-c", "-o", "-l") if verb == "logs" else ("-f", "-c", "-o", "-l")
+    options, positional = {}, []
+    for word in words:
+        if word in valued:
+            options[word] = next(words)
+        elif word.startswith("--validate="):
+            assert word == "--validate=strict"
+        elif word not in ("-w", "-f"):
+            positional.append(word)
+    if "-f" in options:
+        assert options["-f"] == RAYJOB_YAML.relative_to(REPO).as_posix(), f"kubectl {' '.join(args)}: not the manifest"
+    kind, _, name = (positional[0] if positional else "").partition("/")
+    if kind in names:
+        assert (name or positional[1]) == names[kind], args
+    if options.get("-o", "").startswith("jsonpath="):
+        status = crd_schema()["properties"]["status"]["properties"]
+        fields = re.findall(r"\{\.status\.(\w+)\}", options["-o"])
+        assert fields and set(fields) <= set(status), options["-o"]
+    if "-c" in options:
+        assert options["-c"] in head_containers(job), f"kubectl {' '.join(args)}: no such head container"
+    if verb == "cp":  # kubectl cp -c CONTAINER POD:PATH ...: a file on a volume the container mounts
+        mounts = [m["mountPath"] for m in head_containers(job)[options["-c"]].get("volumeMounts", [])]
+        paths = [w.split(":", 1)[1] for w in positional if ":" in w]
+        assert paths and all(any(p.startswith(m.rstrip("/") + "/") for m in mounts) for p in paths), (paths, mounts)
+
+
+def check_docker(args: list[str], complete: bool) -> None:
+    """`docker build` of deploy/Dockerfile from the checkout's root, passing its commit: each --build-arg
+    is an ARG of the Dockerfile, and its value (run by bash here) is what `python -m hpo.provenance` says."""
+    assert args[0] == "build"
+    words, options, build_args, context = iter(args[1:]), {}, {}, []
+    for word in words:
+        if word == "--build-arg":
+            name, _, value = next(words).partition("=")
+            build_args[name] = subprocess.run(["bash", "-c", f'printf %s "{value}"'], cwd=REPO, capture_output=True,
+                                              text=True, timeout=60, check=True).stdout
+        elif word in ("-f", "-t"):
+            options[word] = next(words)
+        else:
+            context.append(word)
+    assert context == ["."] and REPO / options["-f"] == DOCKERFILE, args
+    assert set(build_args) <= set(re.findall(r"^ARG (\w+)=", DOCKERFILE.read_text(), flags=re.M)), build_args
+    from hpo.provenance import COMMIT_ENV, DIRTY_ENV
+
+    assert build_args == {k: provenance_env()["env_vars"][k] for k in (COMMIT_ENV, DIRTY_ENV)}, build_args
+
+
+def check_pip(args: list[str], complete: bool) -> None:
+    """pip install of this checkout's extras (those pyproject.toml defines) and of packages that exist."""
+    assert args[0] == "install"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for word in args[1:]:
+        if word == "-e":
+            continue
+        if match := re.fullmatch(r"\.(?:\[([\w,-]+)\])?", word):
+            assert set((match.group(1) or "").split(",")) - {""} <= set(extras), word
+        else:
+            importlib.metadata.version(word)  # installed here: a real distribution name
+
+
+def check_export(args: list[str], complete: bool) -> None:
+    """Variables the tests set the same way: Ray's token auth of the client, the AWS SDK's S3 endpoint."""
+    s3_test = (REPO / "tests" / "test_storage_s3.py").read_text()
+    for assignment in args:
+        name, _, value = assignment.partition("=")
+        if name in AUTH_VARS:
+            assert (name, value) == ("RAY_AUTH_MODE", "token"), assignment
+        else:
+            assert name in S3_ENV and f"{name}=" in s3_test, assignment
+
+
+def test_every_command_in_the_cluster_doc_names_what_exists():
+    text = CLUSTER_DOC.read_text()
+    for command in bash_commands(text):
+        check_command(command)
+    for command in inline_commands(text):
+        check_command(command, complete=False)
+    # and every file it names
+    for path in re.findall(r"`((?:studies|deploy|tests|docs)/[\w./-]+|ray_cluster\.yaml|pyproject\.toml)`", text):
+        assert (REPO / path).is_file(), path
 
 
 @pytest.mark.parametrize("path", [CLUSTER_DOC, RAYJOB_YAML], ids=lambda p: p.name)
 def test_documented_study_commands_parse(path):
-    from hpo.search import build_parser
-
     text = rayjob()["spec"]["entrypoint"] if path == RAYJOB_YAML else path.read_text()
     commands = _study_commands(text)
     assert commands, f"no python -m hpo.search in {path}"
-    for words in commands:
-        args = build_parser().parse_args(words)  # exits 2 on an unknown flag
-        assert args.address == "auto" and args.gpus_per_trial == 0.25, words
-        assert "://" in args.storage_path and args.tracking_uri.startswith("http://")
-
-
-def test_rayjob_manifest_turns_token_auth_on():
-    spec = rayjob()["spec"]["rayClusterSpec"]
-    assert spec["authOptions"]["mode"] == "token"
-    images = {c["image"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]] for c in g["template"]["spec"]["containers"]}
-    assert images and "ray-ml" not in " ".join(images)
+    paper = study_spec(["--config", PAPER_STUDY])
+    assert (paper.preset, paper.address, paper.gpus_per_trial, paper.cpus_per_trial, paper.max_concurrent) == \
+        ("paper", "auto", 0.25, 1.0, 16)
+    assert paper.storage_path.startswith("s3://") and paper.tracking_uri == "http://127.0.0.1:5000"
+    specs = [study_spec(words) for words in commands]
+    # The cluster's study is the study file as it is, on AWS and on Kubernetes.
+    assert paper in specs
+    assert all(spec == paper or spec.storage_path.startswith("s3://") for spec in specs)  # and the S3 example
 
 
 # ---- 2-4. a real 2-node cluster on this machine -----------------------------------------------------------
@@ -380,18 +695,28 @@ def cluster(image_cache):
         assert not left, f"processes left running: {left}"
 
 
+SMOKE_STUDY_FILE = "studies/smoke-cluster.yaml"  # relative: it travels with the working dir
+
+
 def study_args(cluster: Cluster, omniglot_root: Path, name: str, *extra: str) -> list[str]:
-    return ["python", "-m", "hpo.search", "--preset", "smoke", "--data-root", str(omniglot_root),
-            "--tracking-uri", cluster.mlflow_uri, "--storage-path", str(cluster.root / "ray"), "--name", name,
-            "--address", "auto", "--max-concurrent", "2", "--cpus-per-trial", "1", *extra]
+    """The cluster's smoke study file, with this machine's paths and the test's name given beside it."""
+    return ["python", "-m", "hpo.search", "--config", SMOKE_STUDY_FILE, "--data-root", str(omniglot_root),
+            "--tracking-uri", cluster.mlflow_uri, "--storage-path", str(cluster.root / "ray"), "--name", name, *extra]
 
 
 def submit(cluster: Cluster, submission_id: str, entrypoint: list[str], env=None) -> subprocess.CompletedProcess:
-    # The working dir upload honours .gitignore (no .venv); the job's `python` is this venv's (PATH).
-    runtime_env = {"env_vars": {"HYPERMAML_CACHE": cluster.env["HYPERMAML_CACHE"]}}
-    return ray_cli(cluster, "job", "submit", "--address", cluster.dashboard, "--submission-id", submission_id,
-                   "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--no-wait",
-                   "--", *entrypoint, env=env)
+    """`ray job submit --working-dir . --runtime-env-json "$(python -m hpo.provenance)"` from the checkout,
+    as docs/cluster.md says. The upload honours .gitignore (no .venv) and leaves .git out; the job's
+    `python` is this venv's (PATH), and its image cache the session's."""
+    runtime_env = provenance_env()
+    runtime_env["env_vars"]["HYPERMAML_CACHE"] = cluster.env["HYPERMAML_CACHE"]
+    return subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--submission-id", submission_id,
+                           "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--no-wait",
+                           "--", *entrypoint], env=env or cluster.env, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
 
 
 def wait_job(cluster: Cluster, submission_id: str, timeout: float) -> tuple[str, str]:
@@ -445,6 +770,13 @@ def test_smoke_study_as_a_ray_job_uses_both_nodes_and_logs_to_the_mlflow_server(
     _, trials = study_runs(cluster, "cluster-smoke", "trial")
     check_trial_runs(client, trials)
     assert {r.data.tags["node_id"] for r in trials} == {cluster.head_id, cluster.worker_id}  # both nodes ran trials
+    # The launching checkout's commit reached every run, though the job's copy of it has no .git.
+    commit, dirty = git("rev-parse", "HEAD"), "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
+    _, replicates = study_runs(cluster, "cluster-smoke", "replicate")
+    _, summaries = study_runs(cluster, "cluster-smoke", "summary")
+    for run in [*parents, *trials, *replicates, *summaries]:
+        tags = run.data.tags
+        assert (tags["mlflow.source.git.commit"], tags["hpo.git_dirty"], tags["hpo.job_submission_id"]) == (commit, dirty, job)
     _, summaries = study_runs(cluster, "cluster-smoke", "summary")
     assert len(summaries) == 1 and summaries[0].info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(summaries[0].info.run_id)}
@@ -454,6 +786,31 @@ def test_smoke_study_as_a_ray_job_uses_both_nodes_and_logs_to_the_mlflow_server(
     assert all(r.info.status == "FINISHED" and "test_acc" in r.data.metrics for r in replicates)
     # The artifacts went through the server into its artifact store.
     assert list((cluster.root / "mlflow" / "artifacts").rglob("summary.md"))
+
+
+def test_ray_job_stop_ends_the_study_and_its_running_runs_killed(cluster, omniglot_root):
+    job = f"cluster-stop-{secrets.token_hex(3)}"
+    proc = submit(cluster, job, study_args(cluster, omniglot_root, "cluster-stop", "--scheduler", "none"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    deadline = time.time() + 180
+    while True:  # stop it once a trial is under way: it has reported an epoch and is still running
+        assert time.time() < deadline, "no trial got under way"
+        status, info = api(cluster, f"/api/jobs/{job}")
+        assert info["status"] in ("PENDING", "RUNNING"), api(cluster, f"/api/jobs/{job}/logs")[1]["logs"][-3000:]
+        client, trials = study_runs(cluster, "cluster-stop", "trial")
+        if any(r.info.status == "RUNNING" and client.get_metric_history(r.info.run_id, "val_acc") for r in trials):
+            break
+        time.sleep(0.5)
+    stopped = ray_cli(cluster, "job", "stop", "--address", cluster.dashboard, job)  # as docs/cluster.md prints it
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    status, logs = wait_job(cluster, job, timeout=120)
+    assert status == "STOPPED", logs[-3000:]
+    assert "interrupted: cluster-stop stopped" in logs, logs[-3000:]
+    _, parents = study_runs(cluster, "cluster-stop", "study")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    _, trials = study_runs(cluster, "cluster-stop", "trial")
+    statuses = [r.info.status for r in trials]
+    assert "KILLED" in statuses and set(statuses) <= {"KILLED", "FINISHED"}, statuses  # none left RUNNING
 
 
 def test_job_api_refuses_a_submission_without_the_clusters_token(cluster, tmp_path):

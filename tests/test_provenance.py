@@ -16,7 +16,8 @@ def test_the_launcher_prints_the_runtime_env_with_this_checkouts_commit():
     proc = subprocess.run([sys.executable, "-m", "hpo.provenance"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr == ""
     dirty = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
-    assert json.loads(proc.stdout) == {"env_vars": {"HPO_GIT_COMMIT": git("rev-parse", "HEAD"), "HPO_GIT_DIRTY": dirty}}
+    assert json.loads(proc.stdout) == {"env_vars": {"HPO_GIT_COMMIT": git("rev-parse", "HEAD"), "HPO_GIT_DIRTY": dirty,
+                                                    "RAY_JOB_STOP_WAIT_TIME_S": "60"}}
 
 
 def test_an_uncommitted_change_makes_a_checkout_dirty_and_an_untracked_file_does_not(tmp_path):

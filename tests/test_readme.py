@@ -1,5 +1,6 @@
 """Every command in the README is run exactly as printed, by a test here, by another test module, or by
-.ci/run; the cluster commands (and the one GPU command) are parsed. `COVERED` says which: a README
+.ci/run; the one GPU command is parsed, and so would be any cluster command (they are in docs/cluster.md,
+whose every command tests/test_cluster.py checks). `COVERED` says which: a README
 command it does not list, or one it lists that the README no longer has, fails the first test.
 
 The default study (`python -m hpo.search`, with or without --data-root; about half an hour here) is run
@@ -21,13 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from hpo.screenshot import stop_process
 from hpo.search import build_parser as search_parser
 from hypermaml.training import training_precision
 from tests.helpers import files_under
-from tests.readme_commands import README, REPO, command_env, readme_commands, run_as_printed, scratch_checkout
+from tests.readme_commands import (README, REPO, bash_commands, command_env, readme_commands, run_as_printed,
+                                    scratch_checkout)
 
 ZIPS = ["images_background.zip", "images_evaluation.zip"]
 
@@ -50,14 +51,9 @@ RERUNS = [f".venv/bin/python -m hpo.search --data-root ../shared/data/omniglot -
 ACROSS = ".venv/bin/python -m hpo.across hvm-s0 hvm-s1 hvm-s2"
 ACROSS_BARE = "python -m hpo.across"
 THROUGHPUT = "python benchmarks/throughput.py --data-root ../shared/data/omniglot --device cuda --task-chunk 0"
-RAY = ["ray get-auth-token --generate", "ray up ray_cluster.yaml", "ray dashboard ray_cluster.yaml &",
-       "ray dashboard ray_cluster.yaml --port 5000 --remote-port 5000 &",
-       "ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m hpo.search --preset paper "
-       "--name paper-omniglot --address auto --data-root /home/ray/data/omniglot --storage-path "
-       "s3://YOUR_BUCKET/hypermaml-hpo/ray --tracking-uri http://127.0.0.1:5000 --gpus-per-trial 0.25",
-       "ray job logs --address http://127.0.0.1:8265 -f <submission id>", "ray down ray_cluster.yaml", "ray attach",
-       "ray start --head", "ray start --address", "ray job submit"]
-KUBECTL = ["kubectl apply -f deploy/kuberay-rayjob.yaml", "kubectl get rayjob hypermaml-hpo -w", "kubectl port-forward"]
+# The README's cluster commands (ray, kubectl, ...), checked as docs/cluster.md's are: none today, the README's
+# cluster section links docs/cluster.md.
+CLUSTER: list[str] = []
 
 COVERED = {
     SETUP: ".ci/run runs it",
@@ -76,9 +72,7 @@ COVERED = {
     ACROSS: "test_the_reruns_and_their_comparison, on studies logged as the reruns would log them",
     ACROSS_BARE: "test_the_reruns_and_their_comparison (no study names: one usage line, exit 2)",
     THROUGHPUT: "parsed: test_cluster_and_gpu_commands_parse (needs a GPU)",
-    **{c: "parsed: test_cluster_and_gpu_commands_parse" for c in RAY + KUBECTL},
-    "export RAY_AUTH_MODE=token": "parsed: test_cluster_and_gpu_commands_parse",
-    "python -m hpo.search ...": "the cluster job's command, parsed: test_cluster_and_gpu_commands_parse",
+    **{c: "parsed: test_cluster_and_gpu_commands_parse (tests/test_cluster.py's check_command)" for c in CLUSTER},
 }
 
 
@@ -223,35 +217,14 @@ def test_the_suite_without_data_stops_with_one_line(tmp_path):
 # ---- the cluster commands (and the GPU benchmark): parsed -----------------------------------------------
 
 
-def click_command(words: list[str]):
-    """The click command `ray <words...>` names, and the words after its name."""
-    from ray.scripts.scripts import cli
-
-    command, rest = cli, list(words)
-    while hasattr(command, "commands") and rest and rest[0] in command.commands:
-        command = command.commands[rest.pop(0)]
-    assert not hasattr(command, "commands"), f"ray {' '.join(words)}: not a ray command"
-    return command, rest
-
-
 def test_cluster_and_gpu_commands_parse():
-    for command in RAY:
-        words = [w for w in shlex.split(command.split(" -- ")[0]) if w != "&"][1:]
-        click, rest = click_command(words)
-        options = {opt for param in click.params for opt in param.opts}
-        assert {w.split("=")[0] for w in rest if w.startswith("-")} <= options, command
-        files = [w for w in rest if w.endswith(".yaml")]
-        assert all((REPO / f).is_file() for f in files), files
-        if " -- " in command:  # the job's entrypoint: our study, on the cluster
-            study = shlex.split(command.split(" -- ", 1)[1])
-            assert study[:3] == ["python", "-m", "hpo.search"]
-            args = search_parser().parse_args(study[3:])  # exits 2 on a flag it does not know
-            assert args.address == "auto" and args.gpus_per_trial == 0.25 and args.preset == "paper"
-    from tests.test_cluster import AUTH_VARS
+    from tests.test_cluster import check_command
 
-    assert "RAY_AUTH_MODE" in AUTH_VARS  # `export RAY_AUTH_MODE=token`: the client setting the real-cluster tests use
-    manifest = [d for d in yaml.safe_load_all((REPO / "deploy" / "kuberay-rayjob.yaml").read_text()) if d]
-    assert any(d["kind"] == "RayJob" and d["metadata"]["name"] == "hypermaml-hpo" for d in manifest)
+    for command in CLUSTER:  # as docs/cluster.md's: against the ray CLI, the manifest, the study's parser, ...
+        check_command(command, complete=command in bash_commands(README.read_text()))
+    section = README.read_text().split("\n## Run on a cluster\n")[1].split("\n## ")[0]
+    assert "](docs/cluster.md)" in section and "](deploy/kuberay-rayjob.yaml)" in section
+    assert "```" not in section and len(section.strip().splitlines()) == 3  # the details are in docs/cluster.md
 
     spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
     throughput = importlib.util.module_from_spec(spec)
