@@ -87,7 +87,13 @@ class TrainConfig:
     epochs: int = setting("training epochs; validation and a checkpoint after each", 10, low=1)
     max_train_seconds: float = setting(
         "at most this many seconds of meta-training (validation excluded): an epoch predicted from the epochs so "
-        "far to pass it does not start, and an epoch that reaches it ends after that outer step; 0: no limit",
+        "far to pass it does not start, and an epoch that reaches it ends after that outer step; 0: no limit. "
+        "A safety stop: the seconds depend on the machine and its load (equal compute anywhere: --max-train-flops)",
+        0.0, low=0)
+    max_train_flops: float = setting(
+        "at most this many floating-point operations of meta-training per network (hypermaml.flops counts one "
+        "outer step of the configuration): every epoch trains the same number of outer steps, steps_per_epoch "
+        "or fewer, so that the run's steps fit the budget; the same steps on any machine; 0: no limit",
         0.0, low=0)
     steps_per_epoch: int = setting("meta-batches (outer optimizer steps) per epoch", 100, low=1)
     meta_batch: int = setting("tasks per outer step (T)", 32, low=1)

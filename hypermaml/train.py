@@ -16,6 +16,7 @@ from pathlib import Path
 from . import cli
 from .config import ALGORITHM_CONFIGS, ConfigError, RunConfig, TrainConfig, from_flat, to_flat
 from .data import DataError
+from .flops import epoch_step_flops, epoch_steps
 from .training import BEST, LAST, check_resumable, evaluate, fit, load_checkpoint, load_data, resolve_device
 
 
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # everything the user can get wrong, before anything is written
         config = parse_config(args)
         resolve_device(config.train.device)  # e.g. --device cuda on a machine without CUDA
+        if config.train.max_train_flops:  # a budget too small for one outer step per epoch
+            epoch_steps(config, epoch_step_flops(config))
         output = Path(args.output)
         resume_from = None
         if args.resume:
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         "test_episodes": test.episodes,
         "train_episodes_per_s": result.train_episodes_per_s,
         "train_seconds": result.train_seconds,
+        "train_episodes": result.train_episodes,
+        "train_flops": result.train_flops,
         "precision": result.precision,
         "adapt_ms_per_task": test.ms_per_task,
         "parameters": sum(p.numel() for p in learner.parameters()),

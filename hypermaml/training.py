@@ -17,6 +17,7 @@ from .algorithms import MAML, HyperMAML, build_learner
 from .allocator import keep_heap_warm
 from .config import ConfigError, RunConfig, from_flat, to_flat
 from .data import CHANNELS, IMAGE_SIZE, Episodes, EpisodeSampler, FewShotSplit, fixed_episodes, load_split
+from .flops import epoch_step_flops, epoch_steps
 
 CHECKPOINT_FORMAT = 1
 LAST, BEST = "last.pt", "best.pt"
@@ -56,6 +57,8 @@ class FitResult:
     history: list[dict[str, float]]
     train_seconds: float  # meta-training time, validation excluded
     train_episodes_per_s: float
+    train_episodes: int  # meta-training episodes in all (outer steps x meta_batch)
+    train_flops: int  # their floating-point operations (hypermaml.flops)
     precision: str  # what meta-training ran in: "fp32" or "bf16" (config.train.precision resolved)
 
 
@@ -152,6 +155,8 @@ class TrainingProgress:
     generator: torch.Generator  # draws the training episodes
     meta_loss: MetaLoss  # learner.meta_loss, or its compiled form (`meta_loss_function`)
     precision: str  # "fp32" or "bf16": config.train.precision as resolved for the device (`training_precision`)
+    epoch_flops: list[int]  # FLOPs of one outer step in each epoch (`epoch_step_flops`)
+    epoch_steps: int  # outer steps each epoch trains: steps_per_epoch, or fewer under max_train_flops
     epochs_done: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_acc: float = -1.0
@@ -164,7 +169,8 @@ class EpochTraining:
     loss: float  # mean query loss over the epoch's training tasks
     accuracy: float  # mean query accuracy over the same tasks
     seconds: float  # meta-training time of the epoch, validation excluded
-    episodes: int  # training episodes the epoch ran: all of them unless the time cap cut it
+    steps: int  # outer steps the epoch ran: all of them unless the time cap cut it
+    episodes: int  # training episodes of those steps
 
 
 def fit(
@@ -176,22 +182,30 @@ def fit(
 ) -> FitResult:
     """Meta-train for epochs x steps_per_epoch meta-batches, validating after every epoch.
 
+    The training budget: every epoch trains steps_per_epoch outer steps, or fewer when
+    `max_train_flops` buys fewer (the same number in every epoch: `hypermaml.flops.epoch_steps`; a
+    budget too small for one step per epoch is a ConfigError, before any data is loaded).
+    `max_train_seconds` is a safety stop on top: it may end an epoch early, or the run before its
+    last epoch, whichever of the two limits comes first.
+
     After each epoch: `report(metrics)` is called (after that epoch's checkpoint is written) with
-    epoch, train_loss, train_acc, val_acc, val_ci95, episodes_per_s, epoch_s, best_val_acc, capped (1.0
-    when `max_train_seconds` ends training after this epoch, before the last) and, for HyperMAML,
-    hn_weight. `checkpoint_dir` gets last.pt (atomically, every epoch) and best.pt.
-    `resume_from` (a checkpoint file, or a folder holding last.pt) continues exactly where it stopped.
+    epoch, train_loss, train_acc, val_acc, val_ci95, episodes_per_s, epoch_s, best_val_acc,
+    train_episodes and train_flops (cumulative: the last epoch's are the network's totals), capped
+    (1.0 when `max_train_seconds` ends training after this epoch, before the last) and, for
+    HyperMAML, hn_weight. `checkpoint_dir` gets last.pt (atomically, every epoch) and best.pt.
+    `resume_from` (a checkpoint file, or a folder holding last.pt) continues exactly where it
+    stopped, with the steps per epoch the run started with (also when `epochs` is raised to extend it).
     """
     config.validate()
     keep_heap_warm()
     t = config.train
     device = resolve_device(t.device)
-    data = data if data is not None else load_data(config, ("train", "val"))
-    train_sampler = episode_sampler(config, data["train"].to(device), "train")
-    val_data = data["val"].to(device)
     progress = start_training(config, device)
     if resume_from is not None:
         restore_from_checkpoint(progress, config, resume_from)
+    data = data if data is not None else load_data(config, ("train", "val"))
+    train_sampler = episode_sampler(config, data["train"].to(device), "train")
+    val_data = data["val"].to(device)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     for epoch in range(progress.epochs_done, t.epochs):
@@ -207,8 +221,7 @@ def fit(
             report(dict(progress.history[-1]))
 
     train_seconds = trained_seconds(progress.history)
-    # (A checkpoint from before train_episodes was recorded holds only full epochs.)
-    total_train_episodes = sum(h.get("train_episodes", t.steps_per_epoch * t.meta_batch) for h in progress.history)
+    train_episodes, train_flops = training_totals(progress.history)
     return FitResult(
         learner=progress.learner,
         best_state=progress.best_state,
@@ -216,9 +229,18 @@ def fit(
         best_epoch=progress.best_epoch,
         history=progress.history,
         train_seconds=train_seconds,
-        train_episodes_per_s=total_train_episodes / train_seconds if train_seconds > 0 else float("nan"),
+        train_episodes_per_s=train_episodes / train_seconds if train_seconds > 0 else float("nan"),
+        train_episodes=train_episodes,
+        train_flops=train_flops,
         precision=progress.precision,
     )
+
+
+def training_totals(history: list[dict[str, float]]) -> tuple[int, int]:
+    """Meta-training episodes and FLOPs of the epochs in `history` (its metrics are cumulative)."""
+    if not history:
+        return 0, 0
+    return history[-1]["train_episodes"], history[-1]["train_flops"]
 
 
 def time_cap_reached(history: list[dict[str, float]], max_train_seconds: float) -> bool:
@@ -241,12 +263,15 @@ def trained_seconds(history: list[dict[str, float]]) -> float:
 
 
 def start_training(config: RunConfig, device: torch.device) -> TrainingProgress:
-    """A fresh learner, its Adam optimizer and the seeded episode generator, before epoch 1."""
+    """A fresh learner, its Adam optimizer and the seeded episode generator, before epoch 1, with the
+    FLOPs of an outer step and the steps per epoch (ConfigError: max_train_flops buys no step per epoch)."""
+    flops = epoch_step_flops(config)
+    steps = epoch_steps(config, flops)
     learner = new_learner(config, device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.train.outer_lr)
     generator = torch.Generator(device).manual_seed(config.train.seed)
     return TrainingProgress(learner, optimizer, generator, meta_loss_function(learner, config.train.compile),
-                            training_precision(config.train.precision, device))
+                            training_precision(config.train.precision, device), flops, steps)
 
 
 def meta_loss_function(learner: MAML | HyperMAML, compile: bool) -> MetaLoss:
@@ -278,6 +303,10 @@ def restore_from_checkpoint(progress: TrainingProgress, config: RunConfig, resum
     progress.history = list(state["history"])
     progress.best_val_acc, progress.best_epoch = state["best_val_acc"], state["best_epoch"]
     progress.best_state = state.get("best_model", progress.learner.state_dict())
+    # The steps per epoch the run started with, not recounted: a retry trains the same steps whatever
+    # FLOP count this torch version would give, and a run resumed with more epochs goes on at the
+    # same pace. (A checkpoint that passed check_resumable has max_train_flops, so it has these too.)
+    progress.epoch_steps = state["epoch_steps"]
     if config.train.precision == "auto" and progress.history and "bf16_autocast" in progress.history[-1]:
         # "auto" was resolved on the machine that started the run; a retry may land on other hardware,
         # and one network must not train in two precisions.
@@ -286,9 +315,9 @@ def restore_from_checkpoint(progress: TrainingProgress, config: RunConfig, resum
 
 def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: RunConfig, epoch: int,
                 seconds_left: float = math.inf) -> EpochTraining:
-    """steps_per_epoch outer steps (`outer_step` on a freshly sampled meta-batch), or fewer: the epoch
-    ends after the step that uses up `seconds_left` of training time (the time cap's remainder), so
-    a configuration whose first epoch alone outlasts the cap trains no longer than any other.
+    """`progress.epoch_steps` outer steps (`outer_step` on a freshly sampled meta-batch), or fewer: the
+    epoch ends after the step that uses up `seconds_left` of training time (the time cap's remainder),
+    so a configuration whose first epoch alone outlasts the cap trains no longer than any other.
 
     Raises TrainingDiverged if the epoch's mean loss is not finite.
     """
@@ -297,7 +326,7 @@ def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: Run
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
-    for steps in range(1, t.steps_per_epoch + 1):
+    for steps in range(1, progress.epoch_steps + 1):
         loss, correct = outer_step(progress, sampler.sample(t.meta_batch, progress.generator), config, epoch)
         loss_sum += loss
         correct_sum += correct
@@ -309,7 +338,7 @@ def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: Run
     seconds = time.perf_counter() - start
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: train loss is {train_loss}")
-    return EpochTraining(train_loss, (correct_sum / n_train).item(), seconds, n_train)
+    return EpochTraining(train_loss, (correct_sum / n_train).item(), seconds, steps, n_train)
 
 
 def outer_step(progress: TrainingProgress, episodes: Episodes, config: RunConfig, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,6 +394,7 @@ def record_epoch(
     Returns whether this epoch is the new best.
     """
     learner = progress.learner
+    episodes_before, flops_before = training_totals(progress.history)
     improved = val.accuracy > progress.best_val_acc
     if improved:
         progress.best_val_acc, progress.best_epoch = val.accuracy, epoch + 1
@@ -378,7 +408,9 @@ def record_epoch(
         "best_val_acc": progress.best_val_acc,
         "episodes_per_s": training.episodes / training.seconds,
         "train_s": training.seconds,
-        "train_episodes": training.episodes,
+        # Cumulative: the last epoch's are what the network used in all.
+        "train_episodes": episodes_before + training.episodes,
+        "train_flops": flops_before + training.steps * progress.epoch_flops[epoch],
         "epoch_s": time.perf_counter() - epoch_start,
         "bf16_autocast": float(progress.precision == "bf16"),  # what precision "auto" became on this device
     }
@@ -398,6 +430,7 @@ def write_checkpoints(progress: TrainingProgress, config: RunConfig, checkpoint_
         "format": CHECKPOINT_FORMAT,
         "config": to_flat(config),
         "epoch": progress.epochs_done,
+        "epoch_steps": progress.epoch_steps,
         "model": progress.learner.state_dict(),
         "optimizer": progress.optimizer.state_dict(),
         "train_generator": progress.generator.get_state(),
