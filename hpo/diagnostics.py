@@ -47,22 +47,35 @@ class SeedSpread(Protocol):
     def challenger_seed_sd(self) -> float: ...  # points
 
 
-def diagnose(outcomes: dict[str, TuneOutcome], finalists: dict[str, Finalist], comparison: SeedSpread | None,
+def diagnose(outcomes: dict[str, TuneOutcome], finalists: dict[str, Finalist], comparisons: dict[int, SeedSpread],
              grace_period: int, epochs: int) -> list[Diagnostic]:
     """Every check that fires, check by check in the order of the module docstring, and within a
-    check by algorithm in the order of `outcomes` (tuning checks) or `finalists` (the others).
-    `comparison` is None when there is nothing to compare (fewer than 2 algorithms)."""
+    check by algorithm (and search) in the order of `outcomes` (tuning checks) or `finalists` (the
+    others). `comparisons` holds each search's comparison of its two finalists (empty when there is
+    nothing to compare). With several searches, each search is checked on its own and the keys end in
+    ".search<k>"."""
+    several = any(len(o.searches) > 1 for o in outcomes.values())
+    searches = [(o.of_search(k), f".search{k}" if several else "") for o in outcomes.values() for k in o.searches]
     found: list[Diagnostic | None] = []
-    found += [_boundary(finalist, outcomes.get(algorithm)) for algorithm, finalist in finalists.items()]
-    found += [_first_rung(outcome, grace_period) for outcome in outcomes.values()]
-    found += [_late_best(outcome) for outcome in outcomes.values()]
-    found.append(None if comparison is None else _seed_spread(comparison))
-    found += [_val_test_drop(finalist) for finalist in finalists.values()]
-    found += [_time_capped(finalist, epochs) for finalist in finalists.values()]
+    found += [_boundary(f, outcomes.get(f.algorithm), _suffix(f, several)) for f in finalists.values()]
+    found += [_first_rung(outcome, grace_period, suffix) for outcome, suffix in searches]
+    found += [_late_best(outcome, suffix) for outcome, suffix in searches]
+    found += [_seed_spread(c, f".search{k}" if several else "") for k, c in sorted(comparisons.items())]
+    found += [_val_test_drop(f, _suffix(f, several)) for f in finalists.values()]
+    found += [_time_capped(f, epochs, _suffix(f, several)) for f in finalists.values()]
     return [diagnostic for diagnostic in found if diagnostic is not None]
 
 
-def _boundary(finalist: Finalist, outcome: TuneOutcome | None) -> Diagnostic | None:
+def _suffix(finalist: Finalist, several: bool) -> str:
+    return f".search{finalist.search}" if several else ""
+
+
+def _words(suffix: str) -> str:
+    """".search2" -> " search 2", for messages."""
+    return f" search {suffix.removeprefix('.search')}" if suffix else ""
+
+
+def _boundary(finalist: Finalist, outcome: TuneOutcome | None, suffix: str = "") -> Diagnostic | None:
     """Tuned numeric values of the final configuration at an edge of the range they were drawn from.
 
     The ranges are those recorded on the finalist's source trial; without that trial (or outside its
@@ -80,8 +93,8 @@ def _boundary(finalist: Finalist, outcome: TuneOutcome | None) -> Diagnostic | N
         return None
     it = "it" if len(edges) == 1 else "them"
     return Diagnostic(
-        key=f"diagnostic.boundary.{finalist.algorithm}",
-        message=f"warning: {finalist.algorithm}'s final {', '.join(edges)}; the optimum may lie outside {it}",
+        key=f"diagnostic.boundary.{finalist.algorithm}{suffix}",
+        message=f"warning: {finalist.name}'s final {', '.join(edges)}; the optimum may lie outside {it}",
     )
 
 
@@ -98,7 +111,7 @@ def _at_edge(value: Any, low: float, high: float, log: bool) -> bool:
     return value - low <= EDGE_FRACTION * width or high - value <= EDGE_FRACTION * width
 
 
-def _first_rung(outcome: TuneOutcome, grace_period: int) -> Diagnostic | None:
+def _first_rung(outcome: TuneOutcome, grace_period: int, suffix: str = "") -> Diagnostic | None:
     """Half or more of the trials stopped by ASHA at its first rung: the search then ranked
     configurations mostly by how fast they learn in the first epochs, not by where they end up."""
     total = len(outcome.trials)
@@ -106,13 +119,13 @@ def _first_rung(outcome: TuneOutcome, grace_period: int) -> Diagnostic | None:
     if total == 0 or 2 * stopped < total:
         return None
     return Diagnostic(
-        key=f"diagnostic.first_rung.{outcome.algorithm}",
-        message=(f"warning: {stopped} of {total} {outcome.algorithm} trials were stopped at the first rung "
+        key=f"diagnostic.first_rung.{outcome.algorithm}{suffix}",
+        message=(f"warning: {stopped} of {total} {outcome.algorithm}{_words(suffix)} trials were stopped at the first rung "
                  f"(epoch ≤ {grace_period}); the search mostly compared early learning speed"),
     )
 
 
-def _late_best(outcome: TuneOutcome) -> Diagnostic | None:
+def _late_best(outcome: TuneOutcome, suffix: str = "") -> Diagnostic | None:
     """The best trial came among the last 20% of proposals: trials with number ≥ 0.8·n, where n is
     the number of trials (numbers are 0-based; of 10 trials, numbers 8 and 9). A search still finding
     its best at the end would likely have improved with more trials.
@@ -128,14 +141,14 @@ def _late_best(outcome: TuneOutcome) -> Diagnostic | None:
     if 5 * best.number < 4 * total:  # number < 0.8·n, in integers so that 0.8·n is exact
         return None
     return Diagnostic(
-        key=f"diagnostic.late_best.{outcome.algorithm}",
-        message=(f"warning: {outcome.algorithm}'s best tuning trial {best.trial_id} "
+        key=f"diagnostic.late_best.{outcome.algorithm}{suffix}",
+        message=(f"warning: {outcome.algorithm}{_words(suffix)}'s best tuning trial {best.trial_id} "
                  f"({100 * acc:.2f}%) was proposed as number {best.number} of {total} (0-based), "
                  f"in the last 20%; the search had not converged and more trials may find better"),
     )
 
 
-def _seed_spread(comparison: SeedSpread) -> Diagnostic | None:
+def _seed_spread(comparison: SeedSpread, suffix: str = "") -> Diagnostic | None:
     """Seed-to-seed standard deviation of either algorithm larger than the effect between them: the
     effect is then within what retraining with another seed changes, and a few seeds decide it."""
     spreads = [sd for sd in (comparison.baseline_seed_sd, comparison.challenger_seed_sd) if math.isfinite(sd)]
@@ -143,15 +156,15 @@ def _seed_spread(comparison: SeedSpread) -> Diagnostic | None:
     if not spreads or not max(spreads) > effect:  # written so that a nan effect never fires
         return None
     return Diagnostic(
-        key="diagnostic.seed_spread",
-        message=(f"warning: the seed-to-seed sd ({comparison.baseline} {comparison.baseline_seed_sd:.2f}, "
+        key=f"diagnostic.seed_spread{suffix}",
+        message=(f"warning: {_words(suffix).strip() + ': ' if suffix else ''}the seed-to-seed sd ({comparison.baseline} {comparison.baseline_seed_sd:.2f}, "
                  f"{comparison.challenger} {comparison.challenger_seed_sd:.2f} points) exceeds the effect "
                  f"|{comparison.challenger} − {comparison.baseline}| = {effect:.2f} points; "
                  "other seeds could change the answer"),
     )
 
 
-def _val_test_drop(finalist: Finalist) -> Diagnostic | None:
+def _val_test_drop(finalist: Finalist, suffix: str = "") -> Diagnostic | None:
     """Mean validation accuracy over the fresh seeds above the mean test accuracy by more than the
     test mean's 95% CI half-width: the validation score, which chose this configuration, overstates it.
 
@@ -173,14 +186,14 @@ def _val_test_drop(finalist: Finalist) -> Diagnostic | None:
     if not drop > half_width:
         return None
     return Diagnostic(
-        key=f"diagnostic.val_test_drop.{finalist.algorithm}",
-        message=(f"warning: {finalist.algorithm}'s final configuration drops {drop:.2f} points from validation "
+        key=f"diagnostic.val_test_drop.{finalist.algorithm}{suffix}",
+        message=(f"warning: {finalist.name}'s final configuration drops {drop:.2f} points from validation "
                  f"({100 * finalist.mean_val_acc:.2f}%) to test ({tests.mean():.2f}%), more than the "
                  f"{half_width:.2f}-point 95% CI half-width of its test mean; its validation score overstates it"),
     )
 
 
-def _time_capped(finalist: Finalist, epochs: int) -> Diagnostic | None:
+def _time_capped(finalist: Finalist, epochs: int, suffix: str = "") -> Diagnostic | None:
     """Replicates of the final configuration that ran fewer than the study's `epochs`: their
     training-time cap (--max-train-seconds) ended them (failed replicates are not in a Finalist). The
     comparison is then at equal compute, and this configuration was judged on fewer episodes than it
@@ -190,8 +203,8 @@ def _time_capped(finalist: Finalist, epochs: int) -> Diagnostic | None:
         return None
     span = str(ran[0]) if ran[0] == ran[-1] else f"{ran[0]}-{ran[-1]}"
     return Diagnostic(
-        key=f"diagnostic.time_capped.{finalist.algorithm}",
-        message=(f"warning: {finalist.algorithm}'s final configuration trained {span} of {epochs} epochs: its "
+        key=f"diagnostic.time_capped.{finalist.algorithm}{suffix}",
+        message=(f"warning: {finalist.name}'s final configuration trained {span} of {epochs} epochs: its "
                  "training-time cap ended it (equal compute); with more time per network it may do better"),
     )
 

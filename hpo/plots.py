@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from hpo.records import Finalist, TrialRecord, TuneOutcome
+from hpo.stats import ExpectedBest, expected_best
 
 DPI = 120  # as hpo.report, so all report images share one resolution
 # Horizontal spread of the seed dots around their algorithm's position, and where the mean sits:
@@ -86,6 +87,31 @@ def plot_anytime(outcomes: dict[str, TuneOutcome], path: str | Path) -> Figure:
     axes.set_ylabel("best validation accuracy so far (%)")
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right")
+    _save(figure, path)
+    return figure
+
+
+def expected_best_curves(outcomes: dict[str, TuneOutcome]) -> dict[str, ExpectedBest]:
+    """Each algorithm's expected best validation accuracy (points) after n = 1..N tuning trials, from the
+    best validation accuracies of all its searches' trials pooled (trials without one left out)."""
+    return {a: expected_best([100 * t.best_val_acc for t in o.trials if t.best_val_acc is not None])
+            for a, o in outcomes.items() if any(t.best_val_acc is not None for t in o.trials)}
+
+
+def plot_expected_best(curves: dict[str, ExpectedBest], path: str | Path) -> Figure:
+    """Expected best validation accuracy against the number of tuning trials, with its ±1 sd band
+    (Dodge et al. 2019): whether the comparison would change at a smaller or larger tuning budget."""
+    figure = Figure(figsize=(8, 5))
+    axes = figure.subplots()
+    for index, (algorithm, curve) in enumerate(curves.items()):
+        axes.plot(curve.n, curve.mean, color=f"C{index}", marker="o", markersize=3, label=f"{algorithm} ({len(curve.n)} trials)")
+        axes.fill_between(curve.n, curve.low, curve.high, color=f"C{index}", alpha=0.2)
+    axes.set_title("Expected best validation accuracy after n tuning trials (pooled over the searches)")
+    axes.set_xlabel("tuning trials n")
+    axes.set_ylabel("expected best validation accuracy (%)")
+    axes.grid(alpha=0.3)
+    if curves:
         axes.legend(loc="lower right")
     _save(figure, path)
     return figure

@@ -14,6 +14,10 @@ import numpy as np
 # How a tuning trial ended. TIME_CAP: its own training-time cap (--max-train-seconds) ended it before its
 # last epoch, so it ran its full compute budget; TIME_BUDGET: the study's time budget cut it.
 COMPLETED, TIME_CAP, EARLY_STOPPED, TIME_BUDGET, FAILED = "completed", "time_cap", "early_stopped", "time_budget", "failed"
+# Keys a tuning trial's config carries to say where it belongs: its search, its number in that search's
+# Optuna study and its round (hpo.rounds). Bookkeeping, not settings: the trainable drops them.
+SEARCH_KEY, NUMBER_KEY, ROUND_KEY = "hpo_search", "hpo_number", "hpo_round"
+PLACE_KEYS = (SEARCH_KEY, NUMBER_KEY, ROUND_KEY)
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class TrialRecord:
     reference: str = ""  # the source of the published configuration, when this trial is it
     # numeric param -> (low, high, log) of the distribution it was drawn from (for boundary checks)
     ranges: dict[str, tuple[float, float, bool]] = field(default_factory=dict)
+    search: int = 0  # which of the study's independent searches proposed it
+    train_episodes: int = 0  # training episodes it ran (all epochs it reported)
 
     @property
     def epochs_run(self) -> int:
@@ -49,6 +55,15 @@ class TuneOutcome:
     @property
     def trial_seconds(self) -> float:
         return sum(t.train_seconds for t in self.trials)
+
+    @property
+    def searches(self) -> list[int]:
+        return sorted({t.search for t in self.trials})
+
+    def of_search(self, search: int) -> TuneOutcome:
+        """The same phase, restricted to one search's trials."""
+        return TuneOutcome(self.algorithm, [t for t in self.trials if t.search == search], self.wall_seconds,
+                           self.episodes_per_trial)
 
     def count(self, status: str) -> int:
         return sum(t.status == status for t in self.trials)
@@ -72,6 +87,8 @@ class ReplicateRecord:
     parameters: int
     train_seconds: float
     episode_accs: np.ndarray  # [E] per-episode test accuracy, the same episodes for every replicate
+    search: int = 0  # the search whose candidate it retrains
+    train_episodes: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,16 @@ class Finalist:
     source_trial: str
     tuned: dict[str, Any]
     replicates: list[ReplicateRecord]  # its fresh seeds, in seed order
+    search: int = 0  # the search that found it
+    label: str = ""  # how reports name it: the algorithm, with the search when a study has several
+
+    @property
+    def name(self) -> str:
+        return self.label or self.algorithm
+
+    @property
+    def mean_test_acc(self) -> float:
+        return float(np.mean([r.test_acc for r in self.replicates]))
 
     @property
     def mean_val_acc(self) -> float:
@@ -107,3 +134,13 @@ def reference_gap(reference: TrialRecord, best: TrialRecord) -> float:
     """Points by which the best trial's validation accuracy leads the reference's after `compared_epochs`."""
     epochs = compared_epochs(reference, best)
     return 100 * (max(best.val_curve[:epochs]) - max(reference.val_curve[:epochs]))
+
+
+@dataclass(frozen=True)
+class StudyComparison:
+    """The head-to-head: the headline over searches (hpo.stats.SearchFinalistComparison: the search is the
+    unit, or the configurations when an algorithm has one search), and each search's own comparison of
+    its two finalists over their fresh seeds (hpo.stats.SeedComparison, kinds "config_..."), secondary."""
+
+    headline: Any
+    per_search: dict[int, Any]  # search -> its configuration-level comparison

@@ -20,31 +20,31 @@ import optuna
 from matplotlib.figure import Figure
 
 from .diagnostics import Diagnostic
-from .plots import plot_anytime, plot_seed_results, plot_validation_curves
-from .records import COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord, TuneOutcome, compared_epochs, reference_gap
+from .plots import expected_best_curves, plot_expected_best, plot_anytime, plot_seed_results, plot_validation_curves
+from .records import (COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord, StudyComparison,
+                      TuneOutcome, compared_epochs, reference_gap)
 from .spec import StudySpec
+from .stats import ExpectedBest
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 CSV_COLUMNS = (
-    "algorithm", "candidate_rank", "source_trial", "final", "seed", "best_val_acc", "test_acc", "test_ci95",
+    "algorithm", "search", "candidate_rank", "source_trial", "final", "seed", "best_val_acc", "test_acc", "test_ci95",
     "adapt_ms_per_task", "parameters", "train_seconds", "hyperparameters",
 )
 DPI = 120
 
 
 def budget_clause(spec: StudySpec, outcomes: dict[str, TuneOutcome]) -> str:
-    """The equal budget as it ran, and what the claim is conditional on, for the verdict sentence.
-
-    The verdict's CI covers training seeds and test episodes, not the search: another `--seed` can
-    find other configurations, and on the default budget that moved the effect by more than one
-    study's CI (README, "The default study, twice"). The sentence says so itself, as the tag does."""
+    """The equal budget as it ran, for the verdict sentence (which says itself what its CI covers)."""
     trials = "/".join(str(len(o.trials)) for o in outcomes.values())
-    cap = f" and {spec.max_train_seconds:g} s of training" if spec.max_train_seconds else ""
-    return (f"{trials} tuning trials ({' vs '.join(outcomes)}) of up to {spec.epochs * spec.episodes_per_epoch} "
+    searches = f"{spec.searches} searches, " if spec.searches > 1 else ""
+    cap = f" and {spec.max_train_flops:.3g} FLOPs" if spec.max_train_flops else ""
+    cap += f" and {spec.max_train_seconds:g} s of training" if spec.max_train_seconds else ""
+    return (f"{searches}{trials} tuning trials ({' vs '.join(outcomes)}) of up to {spec.epochs * spec.episodes_per_epoch} "
             f"training episodes{cap} each, replicates at that full budget, {spec.dataset} {spec.way}-way {spec.shot}-shot; "
-            f"conditional on the configurations this search found (searcher seed {spec.seed})")
+            f"study seed {spec.seed}")
 
 
 def write_files(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: list[ReplicateRecord],
@@ -55,8 +55,9 @@ def write_files(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: l
     curves = {a: [t.val_curve for t in o.trials if t.val_curve] for a, o in outcomes.items()}
     plot_validation_curves(curves, plots / "validation_curves.png")
     plot_anytime(outcomes, plots / "anytime.png")
+    plot_expected_best(expected_best_curves(outcomes), plots / "expected_best.png")
     if finalists:
-        plot_seed_results(finalists, comparison, plots / "seed_results.png")
+        plot_seed_results(finalists, comparison.headline if comparison else None, plots / "seed_results.png")
     files = [out / "summary.md", out / "summary.csv", out / "spec.json"]
     files[0].write_text(summary_markdown(spec, outcomes, replicates, finalists, comparison, diagnostics))
     files[1].write_text(summary_csv(replicates, finalists))
@@ -75,7 +76,7 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
                   + "; ".join(f"{o.count(TIME_BUDGET)} {a} trial(s) stopped by it" for a, o in outcomes.items() if a in cut)
                   + ". The budgets below are what ran.**", ""]
     if comparison is not None:
-        lines += [f"**{comparison.sentence}**", ""]
+        lines += [f"**{comparison.headline.sentence}**", ""]
     else:
         lines += ["**No verdict: it needs two algorithms with at least 2 successful replicates each.**", ""]
     lines += [d.message for d in diagnostics]
@@ -96,22 +97,8 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
     lines += ["", "Planned: " + "; ".join(f"{k}: {v}" for k, v in spec.budget().items()), ""]
 
     if comparison is not None:
-        c = comparison
-        lines += [
-            "## Comparison (the training seed is the unit)", "",
-            f"- effect {c.challenger} − {c.baseline}: {c.effect:+.2f} points, 95% CI {c.ci_low:+.2f} to {c.ci_high:+.2f} "
-            f"(Welch t, df {c.df:.1f}, p={_format_p(c.p_value)}); seed and episode variance both included",
-            f"- P({c.challenger} > {c.baseline}) for a random pair of training seeds: {c.p_improvement:.2f} "
-            f"(95% CI {c.p_improvement_low:.2f} to {c.p_improvement_high:.2f})",
-            f"- equivalence margin: ±{c.margin:g} points; verdict: `{c.kind}`"
-            + (f"; about {c.seeds_needed} seeds per algorithm would be needed to decide" if c.seeds_needed else ""),
-            f"- secondary, {_episode_line(c)}",
-            f"- what the CI does not cover: the search. It is conditional on the configurations this search found "
-            f"(searcher seed {spec.seed}); a rerun with another `--seed` can find others (README: \"The default "
-            "study, twice\"). A claim about the algorithms, not these configurations, needs several `--seed`s "
-            f"(each under its own `--name`), compared by `python -m hpo.across {spec.name} NAME2 ...`.",
-            "",
-        ]
+        lines += _comparison_lines(spec, comparison)
+    lines += _expected_best_lines(expected_best_curves(outcomes))
     lines += ["## Final configurations, per seed", "",
               "| algorithm | candidate | seed | best val acc | test acc ± 95% CI (episodes) | adapt ms/task | parameters | train s |",
               "|---|---|---|---|---|---|---|---|"]
@@ -125,10 +112,11 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
         lines.append(f"| {algorithm} | **mean** | | {100 * finalist.mean_val_acc:.2f}% | **{np.mean(accs):.2f}%**{spread} | | | |")
     lines += ["", "## Candidates (mean over fresh seeds; the validation mean chose the final one)", "",
               "| algorithm | rank | tuning trial | reference | mean val acc | mean test acc | seeds |", "|---|---|---|---|---|---|---|"]
-    for (algorithm, rank), group in sorted(_groups(replicates).items()):
+    for (algorithm, search, rank), group in sorted(_groups(replicates).items()):
         trial = next((t for t in outcomes[algorithm].trials if t.trial_id == group[0].source_trial), None)
-        chosen = " (final)" if finalists.get(algorithm) and finalists[algorithm].candidate_rank == rank else ""
-        lines.append(f"| {algorithm} | {rank}{chosen} | {group[0].source_trial} | {'yes' if trial and trial.reference else ''} | "
+        chosen = " (final)" if _is_final(finalists, group[0]) else ""
+        name = algorithm if spec.searches == 1 else f"{algorithm} search {search}"
+        lines.append(f"| {name} | {rank}{chosen} | {group[0].source_trial} | {'yes' if trial and trial.reference else ''} | "
                      f"{100 * np.mean([r.best_val_acc for r in group]):.2f}% | {100 * np.mean([r.test_acc for r in group]):.2f}% | "
                      f"{len(group)} |")
     lines += _unretrained_references(spec, outcomes, replicates)
@@ -140,15 +128,78 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
     return "\n".join(lines)
 
 
+def _expected_best_lines(curves: dict[str, ExpectedBest]) -> list[str]:
+    """The expected best validation accuracy after n trials (Dodge et al. 2019) at n = 1, 2, 4, ..., N: would
+    the comparison change at a smaller or larger tuning budget?"""
+    if not curves:
+        return []
+    count = max(len(c.n) for c in curves.values())
+    ns = sorted({n for n in (2 ** i for i in range(count.bit_length())) if n <= count} | {count})
+    lines = ["## Expected best validation accuracy after n tuning trials (pooled over searches; ± sd)", "",
+             "| n | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+    for n in ns:
+        cells = [f"{c.mean[n - 1]:.2f}% ± {c.sd[n - 1]:.2f}" if n <= len(c.n) else "" for c in curves.values()]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _comparison_lines(spec: StudySpec, comparison: StudyComparison) -> list[str]:
+    """The comparison section: the headline at its unit, then each search's own (secondary) comparison."""
+    h = comparison.headline
+    lines = []
+    if h.unit == "search":
+        spread = "; ".join(f"{name}: search means {', '.join(f'{m:.2f}' for m in means)}%, sd {sd:.2f} points"
+                           for name, means, sd in ((h.baseline, h.baseline_search_means, h.baseline_search_sd),
+                                                   (h.challenger, h.challenger_search_means, h.challenger_search_sd)))
+        lines += [
+            "## Comparison (the search is the unit)", "",
+            f"- effect {h.challenger} − {h.baseline}, mean over searches of each search finalist's mean test accuracy: "
+            f"{h.effect:+.2f} points, 95% CI {h.ci_low:+.2f} to {h.ci_high:+.2f} (Welch t over search means, "
+            f"df {h.df:.1f}, plus the shared test episodes; p={_format_p(h.p_value)})",
+            f"- {spread}",
+            f"- equivalence margin: ±{h.margin:g} points; verdict: `{h.kind}`"
+            + (f"; about {h.searches_needed} searches per algorithm would be needed to decide" if h.searches_needed else ""),
+            f"- given the configurations found (seeds and episodes only, not the search): 95% CI "
+            f"{h.config_ci_low:+.2f} to {h.config_ci_high:+.2f}", "",
+        ]
+    single = comparison.per_search.get(min(comparison.per_search)) if len(comparison.per_search) == 1 else None
+    if single is not None:
+        c = single
+        lines += [
+            "## Comparison (about these configurations: one search per algorithm)", "",
+            f"- effect {c.challenger} − {c.baseline}: {c.effect:+.2f} points, 95% CI {c.ci_low:+.2f} to {c.ci_high:+.2f} "
+            f"(Welch t, df {c.df:.1f}, p={_format_p(c.p_value)}); seed and episode variance both included",
+            f"- P({c.challenger} > {c.baseline}) for a random pair of training seeds: {c.p_improvement:.2f} "
+            f"({c.p_improvement_pairs[0]:g} of {c.p_improvement_pairs[1]} pairs, ties counting half; "
+            f"Mann–Whitney {_p_equals(c.p_improvement_p)})",
+            f"- equivalence margin: ±{c.margin:g} points; verdict: `{c.kind}`"
+            + (f"; about {c.seeds_needed} seeds per algorithm would be needed to decide" if c.seeds_needed else ""),
+            f"- secondary, {_episode_line(c)}",
+            "- what the CI does not cover: the search. Another search can find other configurations; a claim about "
+            f"the algorithms needs several: `--searches 3` or more, or grow this study with "
+            f"`--resume --name {spec.name} --searches 3` (only the new searches run).", "",
+        ]
+    elif comparison.per_search:
+        lines += ["## Each search's finalists (secondary: about that search's configurations)", "",
+                  f"| search | {h.baseline} | {h.challenger} | {h.challenger} − {h.baseline} | 95% CI | P({h.challenger} > "
+                  f"{h.baseline}) | verdict |", "|---|---|---|---|---|---|---|"]
+        for search, c in sorted(comparison.per_search.items()):
+            lines.append(f"| {search} | {c.baseline_mean:.2f}% | {c.challenger_mean:.2f}% | {c.effect:+.2f} | "
+                         f"{c.ci_low:+.2f} to {c.ci_high:+.2f} | {c.p_improvement_pairs[0]:g} of {c.p_improvement_pairs[1]} "
+                         f"pairs ({_p_equals(c.p_improvement_p)}) | `{c.kind}` |")
+        lines.append("")
+    return lines
+
+
 def summary_csv(replicates: list[ReplicateRecord], finalists: dict[str, Finalist]) -> str:
     """One row per replicate, header CSV_COLUMNS; `final` marks the finalists' replicates."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in replicates:
-        final = r.algorithm in finalists and finalists[r.algorithm].candidate_rank == r.candidate_rank
+        final = _is_final(finalists, r)
         writer.writerow({
-            "algorithm": r.algorithm, "candidate_rank": r.candidate_rank, "source_trial": r.source_trial,
+            "algorithm": r.algorithm, "search": r.search, "candidate_rank": r.candidate_rank, "source_trial": r.source_trial,
             "final": final, "seed": r.seed, "best_val_acc": r.best_val_acc, "test_acc": r.test_acc,
             "test_ci95": r.test_ci95, "adapt_ms_per_task": r.adapt_ms_per_task, "parameters": r.parameters,
             "train_seconds": r.train_seconds,
@@ -162,10 +213,16 @@ def _episode_line(c) -> str:
     return episode_line(c)
 
 
-def _groups(replicates: list[ReplicateRecord]) -> dict[tuple[str, int], list[ReplicateRecord]]:
-    groups: dict[tuple[str, int], list[ReplicateRecord]] = {}
+def _is_final(finalists: dict[str, Finalist], r: ReplicateRecord) -> bool:
+    """Whether this replicate retrains its search's final configuration."""
+    return any(f.algorithm == r.algorithm and f.search == r.search and f.candidate_rank == r.candidate_rank
+               for f in finalists.values())
+
+
+def _groups(replicates: list[ReplicateRecord]) -> dict[tuple[str, int, int], list[ReplicateRecord]]:
+    groups: dict[tuple[str, int, int], list[ReplicateRecord]] = {}
     for r in replicates:
-        groups.setdefault((r.algorithm, r.candidate_rank), []).append(r)
+        groups.setdefault((r.algorithm, r.search, r.candidate_rank), []).append(r)
     return groups
 
 
@@ -174,20 +231,27 @@ def _unretrained_references(spec: StudySpec, outcomes: dict[str, TuneOutcome],
     """A line for each published reference that was not retrained, and why (it was clearly beaten)."""
     retrained = {r.source_trial for r in replicates}
     lines = []
-    for algorithm, outcome in outcomes.items():
-        scored = [t for t in outcome.trials if t.best_val_acc is not None]
-        for reference in (t for t in scored if t.reference and t.trial_id not in retrained):
-            best = max(scored, key=lambda t: t.best_val_acc)
-            lines.append(f"\n{algorithm}'s published reference (trial {reference.trial_id}) was not retrained: after "
-                         f"{compared_epochs(reference, best)} epoch(s) its validation accuracy trailed the top trial's by "
-                         f"{reference_gap(reference, best):.1f} points, more than the {spec.reference_margin:g}-point "
-                         "`--reference-margin`.")
+    for algorithm, whole in outcomes.items():
+        for search in whole.searches:
+            scored = [t for t in whole.of_search(search).trials if t.best_val_acc is not None]
+            name = algorithm if spec.searches == 1 else f"{algorithm} search {search}"
+            lines += [_unretrained(spec, name, reference, max(scored, key=lambda t: t.best_val_acc))
+                      for reference in scored if reference.reference and reference.trial_id not in retrained]
     return lines
+
+
+def _unretrained(spec: StudySpec, name: str, reference, best) -> str:
+    return (f"\n{name}'s published reference (trial {reference.trial_id}) was not retrained: after "
+            f"{compared_epochs(reference, best)} epoch(s) its validation accuracy trailed the top trial's by "
+            f"{reference_gap(reference, best):.1f} points, more than the {spec.reference_margin:g}-point "
+            "`--reference-margin`.")
 
 
 def _replicate_shape(replicates: list[ReplicateRecord], algorithm: str) -> str:
     mine = [r for r in replicates if r.algorithm == algorithm]
-    return f"{len({r.candidate_rank for r in mine})} x {len({r.seed for r in mine})} ({len(mine)} runs)"
+    candidates = len({(r.search, r.candidate_rank) for r in mine})
+    seeds = len(mine) // candidates if candidates else 0
+    return f"{candidates} x {seeds} ({len(mine)} runs)"
 
 
 OPTUNA_PLOTS = {"param importances": "param_importances", "parallel coordinate": "parallel_coordinate"}

@@ -31,20 +31,20 @@ import numpy as np
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from hypermaml.data import default_cache_dir
 
 from . import report
 from .diagnostics import diagnose
+from .plots import expected_best_curves
 from .progress import ProgressLines, duration, say
-from .records import (COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord,
-                      TrialRecord, TuneOutcome, reference_gap)
+from .rounds import RoundHalving, RoundSearch
+from .records import (COMPLETED, EARLY_STOPPED, FAILED, NUMBER_KEY, PLACE_KEYS, SEARCH_KEY, TIME_BUDGET, TIME_CAP,
+                      Finalist, ReplicateRecord, StudyComparison, TrialRecord, TuneOutcome, reference_gap)
 from .spaces import FIXED_SETTINGS, SpaceFn, is_reference
 from . import storage
 from .spec import StudySpec
-from .stats import compare_seeds
+from .stats import compare_search_finalists, compare_seeds
 from .tracking import StudyTracker, trial_dirname, trial_id_of
 from .trainable import TEST_EPISODES_FILE, replicate_trial, train_trial
 
@@ -54,6 +54,7 @@ METRIC, MODE = "best_val_acc", "max"
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 REPLICATES = "replicates"  # the replicate phase's experiment folder in the study folder
 UNKNOWN_ORDER = 10**9  # the order of a trial with no Optuna record (not expected): after all others
+SEARCH_BLOCKS_FILE = "search_blocks.json"  # beside spec.json: the searches' blocks (search_blocks)
 
 
 # ---- the search space a trial samples from ---------------------------------------------------------
@@ -72,49 +73,6 @@ def trial_space(space: SpaceFn, fixed: dict[str, Any], episodes_per_epoch: int, 
 
 # ---- the searcher and the scheduler ----------------------------------------------------------------
 
-class StudySearch(OptunaSearch):
-    """OptunaSearch that tells Optuna what really happened to a trial.
-
-    Ray's OptunaSearch reports a trial that the scheduler stopped early as COMPLETE with its truncated
-    value, so TPE learns that fast starters are best. Here such a trial is PRUNED (its per-epoch
-    values stay as intermediate values, which is how TPE ranks pruned trials), and only trials that
-    ran their whole budget (all their epochs, or as many as their training-time cap allowed) are
-    COMPLETE.
-    """
-
-    def __init__(self, *args, full_epochs: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.full_epochs = full_epochs
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # The driver died after Optuna recorded this trial's end but before Tune's experiment
-            # snapshot did: the resumed trial repeats epochs Optuna already has, and Optuna keeps them.
-            pass
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and not error and result.get("epoch", 0) < self.full_epochs and not result.get("capped"):
-            result = {k: v for k, v in result.items() if k != self.metric}  # no value: Ray tells PRUNED
-        super().on_trial_complete(trial_id, result, error)
-
-
-class WarmupAwareASHA(ASHAScheduler):
-    """ASHA that never judges a trial before the model it will be tested with is being trained.
-
-    Validation always uses HyperMAML's pure hypernetwork, which a MAML warm-up has not trained yet:
-    judged at a rung inside its warm-up or switch, every warm-up trial would be stopped. A result
-    whose hypernetwork weight is below 1 is therefore not shown to ASHA; the trial is judged at the
-    first rung it reaches afterwards, with the accuracy it has then.
-    """
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if result.get("hn_weight", 1.0) < 1.0:
-            return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
-
-
 def optuna_sampler(searcher: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     """The Optuna sampler (search algorithm) named by the study's `searcher`."""
     if searcher == "tpe":
@@ -128,6 +86,11 @@ def optuna_sampler(searcher: str, seed: int, trials: int) -> optuna.samplers.Bas
     if searcher == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed)
     return optuna.samplers.QMCSampler(seed=seed)
+
+
+def optuna_study_name(spec: StudySpec, algorithm: str, search: int) -> str:
+    """Search k's Optuna study; search 0 keeps the name a single-search study always had."""
+    return f"{spec.name}-{algorithm}" + (f"-search{search}" if search else "")
 
 
 def optuna_storage_url(spec: StudySpec) -> str:
@@ -162,18 +125,26 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str,
     # engine prints nothing then. --verbose keeps the current engine and its status tables.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     # No address: a fresh local instance, never a cluster that `ray start` happened to leave on this
-    # machine. In a Ray job, RAY_ADDRESS (hence --address) points at the job's cluster.
-    ray.init(address=spec.address or "local", include_dashboard=False if not spec.address else None)
+    # machine, whose trial workers run at the driver's priority: Ray's default (nice +15) lets any other
+    # process on a researcher's laptop take their CPU, and a study beside a busy editor or build would
+    # crawl. In a Ray job, RAY_ADDRESS (hence --address) points at the job's cluster, configured there.
+    if spec.address:
+        ray.init(address=spec.address)
+    else:
+        ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0})
     interrupted = _interrupt_on_signals()
     try:
-        outcomes = {a: tune_algorithm(spec, a, spaces[a], references.get(a), tracker, verbose) for a in spec.algorithms}
-        replicates = replicate(spec, outcomes, tracker, verbose)
-        finalists = choose_finalists(replicates)
+        blocks = search_blocks(spec)
+        outcomes = {a: tune_algorithm(spec, a, spaces[a], references.get(a), tracker, blocks, verbose)
+                    for a in spec.algorithms}
+        replicates = replicate(spec, outcomes, tracker, blocks, verbose)
+        finalists = choose_finalists(replicates, spec.searches)
         tracker.mark_finalists(finalists)
         say("final configurations (best mean val over seeds): " + ", ".join(
             f"{a} #{f.candidate_rank} ({100 * f.mean_val_acc:.1f}%)" for a, f in finalists.items()))
         comparison = compare(spec, outcomes, finalists)
-        diagnostics = diagnose(outcomes, finalists, comparison, spec.grace_period, spec.epochs)
+        diagnostics = diagnose(outcomes, finalists, comparison.per_search if comparison else {}, spec.grace_period,
+                               spec.epochs)
         summary = write_report(spec, outcomes, replicates, finalists, comparison, diagnostics, tracker)
         tracker.finish_study("FINISHED")
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (a `ray job stop`): an interruption, not a failure
@@ -197,18 +168,46 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str,
     return 0
 
 
+# While a Tuner.fit runs (_fit): "usr1", the SIGUSR1 handler before it; "signal", the interruption it got.
+_FITTING: dict = {}
+
+
 def _interrupt_on_signals() -> dict:
     """Ctrl-C and SIGTERM raise KeyboardInterrupt in the driver, whatever phase it is in, so the study
     ends as interrupted (KILLED in MLflow) and can be resumed. Ray Tune's own SIGINT handler would
-    instead end the phase quietly and let the study go on with part of its trials."""
+    instead end the phase quietly and let the study go on with part of its trials.
+
+    Inside a Tuner.fit the first such signal stops Tune its own way first (its SIGUSR1 handler): Tune
+    then writes its experiment state to the storage one last time, and _fit raises KeyboardInterrupt
+    when fit returns. Raised in the middle of Tune's loop, the resume would restore Tune's last periodic
+    snapshot instead, without the trials started since (their runs deleted as orphans, their Optuna
+    trials RUNNING forever, their budget spent again). A second signal raises at once."""
     if threading.current_thread() is not threading.main_thread():
         return {}  # signal handlers belong to the main thread; elsewhere the default behaviour stays
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
 
     def interrupt(signum, frame):
+        stop_tune = signal.getsignal(signal.SIGUSR1)
+        if "usr1" in _FITTING and not _FITTING["signal"] and callable(stop_tune) and stop_tune is not _FITTING["usr1"]:
+            _FITTING["signal"] = signal.Signals(signum).name
+            stop_tune(signum, frame)  # installed by this fit's tune.run: ends its loop after a last snapshot
+            return
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     return {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
+    """tuner.fit(), raising KeyboardInterrupt after it if it was interrupted (_interrupt_on_signals)."""
+    _FITTING.update(usr1=signal.getsignal(signal.SIGUSR1), signal=None)
+    try:
+        results = tuner.fit()
+    finally:
+        interrupted = _FITTING.get("signal")
+        _FITTING.clear()
+    if interrupted:
+        raise KeyboardInterrupt(interrupted)
+    return results
 
 
 def _restore_signals(previous: dict) -> None:
@@ -218,52 +217,91 @@ def _restore_signals(previous: dict) -> None:
 
 # ---- phase 1: tune ---------------------------------------------------------------------------------
 
+def search_blocks(spec: StudySpec) -> list[tuple[int, int]]:
+    """The study's searches in the blocks they were started in: [(0, K)] for a new study, and one more
+    block for each `--resume --searches K2` that grew it. Each block is its own Tune experiments, so a
+    grown study runs only its new searches. Recorded beside the spec."""
+    path = f"{spec.study_dir}/{SEARCH_BLOCKS_FILE}"
+    text = storage.read_text(path)
+    blocks = [tuple(b) for b in json.loads(text)] if text else []
+    end = blocks[-1][1] if blocks else 0
+    if spec.searches > end:
+        blocks.append((end, spec.searches))
+        storage.write_text(path, json.dumps(blocks))
+    return blocks
+
+
+def _experiment_name(phase: str, block: tuple[int, int]) -> str:
+    """The first block's experiments keep the names a single-search study always had."""
+    return phase if block[0] == 0 else f"{phase}-searches-{block[0]}-{block[1] - 1}"
+
+
 def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: tuple[dict, str] | None,
-                   tracker: StudyTracker, verbose: bool = False) -> TuneOutcome:
+                   tracker: StudyTracker, blocks: list[tuple[int, int]], verbose: bool = False) -> TuneOutcome:
+    """Every search of an algorithm, block by block; one Tune experiment per block runs its searches
+    side by side, as the resources allow."""
     start = time.perf_counter()
-    experiment = f"{spec.study_dir}/{algorithm}"
+    trials: list[TrialRecord] = []
+    for block in blocks:
+        trials += _tune_block(spec, algorithm, space, reference, tracker, block, verbose)
+    wall = time.perf_counter() - start
+    outcome = TuneOutcome(algorithm, sorted(trials, key=lambda t: (t.search, t.number)), wall,
+                          spec.epochs * spec.episodes_per_epoch)
+    tracker.note_best_trial(outcome)
+    say(f"tune {algorithm} done in {duration(wall)}: {_tally(outcome)}")
+    return outcome
+
+
+def _tune_block(spec: StudySpec, algorithm: str, space: SpaceFn, reference: tuple[dict, str] | None,
+                tracker: StudyTracker, block: tuple[int, int], verbose: bool) -> list[TrialRecord]:
+    start = time.perf_counter()
+    searches = range(*block)
+    experiment = f"{spec.study_dir}/{_experiment_name(algorithm, block)}"
     trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     time_budget = spec.time_budget_s / len(spec.algorithms) if spec.time_budget_s else None
+    total = len(searches) * spec.trials
     callbacks = [tracker.trial_callback(algorithm, spec.epochs, reference),
-                 ProgressLines("trial", spec.trials, spec.epochs, spec.scheduler, time_budget or 0.0,
+                 ProgressLines("trial", total, spec.epochs, spec.scheduler, time_budget or 0.0,
                                reference[0] if reference else None)]
-    say(f"tune {algorithm}: {spec.trials} trials of up to {spec.epochs} epochs, {spec.max_concurrent} at a time "
-        f"({spec.searcher}, {spec.scheduler})")
+    which = (f"search {block[0]}" if len(searches) == 1 else f"searches {block[0]}-{block[1] - 1}") if spec.searches > 1 else ""
+    say(f"tune {algorithm}{f' {which}' if which else ''}: {total} trials"
+        f"{f' ({len(searches)} searches x {spec.trials})' if len(searches) > 1 else ''} of up to {spec.epochs} epochs, "
+        f"{spec.max_concurrent} at a time ({spec.searcher} in rounds of {spec.search_batch}, {spec.scheduler})")
     if tune.Tuner.can_restore(experiment):
         # Continue an interrupted study: finished trials stay, unfinished ones (RUNNING when the driver
         # died) resume from their checkpoints; trials that failed on their own stay failed.
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
     else:
-        searcher = StudySearch(
-            space=partial(trial_space, space, spec.fixed_settings(algorithm), spec.episodes_per_epoch),
-            metric=METRIC, mode=MODE, sampler=optuna_sampler(spec.searcher, spec.seed, spec.trials),
-            study_name=f"{spec.name}-{algorithm}", storage=optuna.storages.RDBStorage(optuna_storage_url(spec)),
-            points_to_evaluate=[reference[0]] if reference else None, full_epochs=spec.epochs,
+        optuna_storage = optuna.storages.RDBStorage(optuna_storage_url(spec))
+        studies = [optuna.create_study(study_name=optuna_study_name(spec, algorithm, k), storage=optuna_storage,
+                                       sampler=optuna_sampler(spec.searcher, spec.search_seed(k), spec.trials),
+                                       direction="maximize", load_if_exists=True)
+                   for k in searches]
+        searcher = RoundSearch(
+            studies, [partial(trial_space, space, spec.fixed_settings(algorithm, k), spec.episodes_per_epoch)
+                      for k in searches],
+            trials=spec.trials, batch=spec.search_batch, metric=METRIC, mode=MODE, full_epochs=spec.epochs,
+            first_points=[[reference[0]] if reference else [] for _ in studies], first_search=block[0],
         )
         scheduler = None
         if spec.scheduler == "asha":
-            scheduler = WarmupAwareASHA(time_attr="training_iteration", max_t=spec.epochs,
-                                        grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
+            scheduler = RoundHalving(max_t=spec.epochs, grace_period=spec.grace_period,
+                                     reduction_factor=spec.reduction_factor, metric=METRIC, mode=MODE)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=spec.trials,
+                metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=total,
                 max_concurrent_trials=spec.max_concurrent, reuse_actors=True, trial_dirname_creator=trial_dirname,
                 time_budget_s=time_budget,
             ),
-            run_config=_run_config(spec, algorithm, callbacks, verbose),
+            run_config=_run_config(spec, _experiment_name(algorithm, block), callbacks, verbose),
         )
-    results = tuner.fit()
-    tracker.reconcile(algorithm, results)
+    results = _fit(tuner)
+    tracker.reconcile(algorithm, results, searches)
     wall = time.perf_counter() - start
     budget_end = time.time() - wall + time_budget if time_budget and wall >= 0.98 * time_budget else None
-    proposals = _optuna_proposals(spec, algorithm)
-    trials = sorted((_trial_record(spec, algorithm, r, reference, budget_end, proposals) for r in results),
-                    key=lambda t: t.number)
-    outcome = TuneOutcome(algorithm, trials, wall, spec.epochs * spec.episodes_per_epoch)
-    tracker.note_best_trial(outcome)
-    say(f"tune {algorithm} done in {duration(wall)}: {_tally(outcome)}")
-    return outcome
+    proposals = {k: _optuna_trials(spec, algorithm, k) for k in searches}
+    return [_trial_record(spec, algorithm, r, reference, budget_end, proposals) for r in results]
 
 
 def _tally(outcome: TuneOutcome) -> str:
@@ -289,14 +327,11 @@ def _run_config(spec: StudySpec, name: str, callbacks: list, verbose: bool) -> t
 
 
 def _trial_record(spec: StudySpec, algorithm: str, result, reference, budget_end: float | None,
-                  proposals: list[optuna.trial.FrozenTrial]) -> TrialRecord:
+                  proposals: dict[int, dict[int, optuna.trial.FrozenTrial]]) -> TrialRecord:
     trial_id = trial_id_of(result.path)
     tuned = _tuned(result.config)
-    # Ray's trial ids carry no order; the Optuna trial with the same values gives it (and the ranges
-    # its values were drawn from). Each Optuna trial is used once (pops), so duplicates pair in order.
-    match = next((p for p in proposals if all(tuned.get(k) == v for k, v in p.params.items())), None)
-    if match is not None:
-        proposals.remove(match)
+    # Its Optuna trial: the order it was proposed in, and the ranges its values were drawn from.
+    match = proposals.get(result.config.get(SEARCH_KEY, 0), {}).get(result.config.get(NUMBER_KEY))
     frame = result.metrics_dataframe
     curve = [float(v) for v in frame["val_acc"]] if frame is not None and "val_acc" in frame else []
     metrics = result.metrics or {}
@@ -310,7 +345,9 @@ def _trial_record(spec: StudySpec, algorithm: str, result, reference, budget_end
         status = TIME_BUDGET  # it was still running when the time budget ended the experiment
     else:
         status = EARLY_STOPPED
+    episodes = frame["train_episodes"] if frame is not None and "train_episodes" in frame else []
     return TrialRecord(
+        search=int(result.config.get(SEARCH_KEY, 0)), train_episodes=int(episodes.iloc[-1]) if len(episodes) else 0,
         algorithm=algorithm, trial_id=trial_id, number=match.number if match else UNKNOWN_ORDER,
         tuned=tuned, val_curve=curve,
         best_val_acc=float(max(curve)) if curve else None,
@@ -322,18 +359,18 @@ def _trial_record(spec: StudySpec, algorithm: str, result, reference, budget_end
     )
 
 
-def _optuna_proposals(spec: StudySpec, algorithm: str) -> list[optuna.trial.FrozenTrial]:
-    """The Optuna trials of an algorithm's search, in the order they were proposed."""
+def _optuna_trials(spec: StudySpec, algorithm: str, search: int) -> dict[int, optuna.trial.FrozenTrial]:
+    """Number -> Optuna trial of one search of an algorithm."""
     try:
-        study = optuna.load_study(study_name=f"{spec.name}-{algorithm}", storage=optuna_storage_url(spec))
+        study = optuna.load_study(study_name=optuna_study_name(spec, algorithm, search), storage=optuna_storage_url(spec))
     except KeyError:
-        return []
-    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        return {}
+    return {t.number: t for t in study.get_trials(deepcopy=False)}
 
 
 def _tuned(config: dict[str, Any]) -> dict[str, Any]:
     """The settings a space chose (sampled or constant), not the ones the study fixes."""
-    return {k: v for k, v in sorted(config.items()) if k not in FIXED_SETTINGS}
+    return {k: v for k, v in sorted(config.items()) if k not in FIXED_SETTINGS and k not in PLACE_KEYS}
 
 
 # ---- phase 2: replicate ------------------------------------------------------------------------------
@@ -356,27 +393,38 @@ def candidates(outcome: TuneOutcome, top: int, reference_margin: float) -> list[
     return chosen
 
 
-def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker,
+def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker, blocks: list[tuple[int, int]],
               verbose: bool = False) -> list[ReplicateRecord]:
-    """Retrain every candidate with each fresh seed at the full trial budget (the same epochs and
-    training-time cap as its tuning trial), as one Tune experiment
-    (parallel, retried and resumable like the tuning trials), each tested on the same episodes."""
+    """Retrain every search's candidates with that search's fresh seeds at the full trial budget (the
+    same epochs and limits as its tuning trial), one Tune experiment per block of searches (parallel,
+    retried and resumable like the tuning trials), each tested on the study's test episodes."""
+    records: list[ReplicateRecord] = []
+    for block in blocks:
+        records += _replicate_block(spec, outcomes, tracker, block, verbose)
+    return records
+
+
+def _replicate_block(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker,
+                     block: tuple[int, int], verbose: bool) -> list[ReplicateRecord]:
     items = []
-    test_seeds = [spec.seed + r for r in range(spec.test_repeats)]
-    for seed in spec.replicate_seed_list():
-        for algorithm, outcome in outcomes.items():
-            for rank, trial in candidates(outcome, spec.replicate_top, spec.reference_margin):
-                settings = {**spec.fixed_settings(algorithm), **trial.tuned, "seed": seed}
-                settings["steps_per_epoch"] = max(1, spec.episodes_per_epoch // settings["meta_batch"])
-                items.append({"algorithm": algorithm, "candidate_rank": rank, "source_trial": trial.trial_id,
-                              "seed": seed, "tuned": trial.tuned, "settings": settings,
-                              "test_episodes": spec.test_episodes, "test_seeds": test_seeds})
+    test_seeds = [spec.seed + r for r in range(spec.test_repeats)]  # the same test episodes for every search
+    for search in range(*block):
+        for seed in spec.replicate_seed_list(search):
+            for algorithm, outcome in outcomes.items():
+                for rank, trial in candidates(outcome.of_search(search), spec.replicate_top, spec.reference_margin):
+                    settings = {**spec.fixed_settings(algorithm, search), **trial.tuned, "seed": seed}
+                    settings["steps_per_epoch"] = max(1, spec.episodes_per_epoch // settings["meta_batch"])
+                    items.append({"algorithm": algorithm, "search": search, "candidate_rank": rank,
+                                  "source_trial": trial.trial_id, "seed": seed, "tuned": trial.tuned,
+                                  "settings": settings, "test_episodes": spec.test_episodes, "test_seeds": test_seeds})
     if not items:
         raise RuntimeError(f"no tuning trial reported a validation accuracy; see {spec.study_dir}")
     start = time.perf_counter()
-    say(f"replicate: {len(items)} runs ({len(items) // spec.replicate_seeds} configurations x {spec.replicate_seeds} "
-        f"fresh seeds), {spec.epochs} epochs each, then the test")
-    experiment = f"{spec.study_dir}/{REPLICATES}"
+    configurations = len(items) // spec.replicate_seeds
+    say(f"replicate: {len(items)} runs ({configurations} configurations x {spec.replicate_seeds} fresh seeds), "
+        f"{spec.epochs} epochs each, then the test")
+    name = _experiment_name(REPLICATES, block)
+    experiment = f"{spec.study_dir}/{name}"
     trainable = tune.with_resources(replicate_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     if tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
@@ -385,11 +433,11 @@ def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyT
             trainable, param_space={"replicate": tune.grid_search(items)},
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=trial_dirname),
-            run_config=_run_config(spec, REPLICATES, [tracker.replicate_callback(spec.epochs),
-                                                      ProgressLines("replicate", len(items), spec.epochs)], verbose),
+            run_config=_run_config(spec, name, [tracker.replicate_callback(spec.epochs),
+                                                ProgressLines("replicate", len(items), spec.epochs)], verbose),
         )
     records = []
-    results = tuner.fit()
+    results = _fit(tuner)
     say(f"replicate done in {duration(time.perf_counter() - start)}")
     for result in results:
         item = result.config["replicate"]
@@ -407,37 +455,56 @@ def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyT
             val_curve=[float(v) for v in frame["val_acc"]], best_val_acc=float(metrics[METRIC]),
             test_acc=float(metrics["test_acc"]), test_ci95=float(metrics["test_ci95"]),
             adapt_ms_per_task=float(metrics["adapt_ms_per_task"]), parameters=int(metrics["parameters"]),
-            train_seconds=float(frame["train_s"].sum()), episode_accs=episode_accs,
+            train_seconds=float(frame["train_s"].sum()), episode_accs=episode_accs, search=int(item["search"]),
+            train_episodes=int(metrics.get("train_episodes", 0)),
         ))
     return records
 
 
-def choose_finalists(replicates: list[ReplicateRecord]) -> dict[str, Finalist]:
-    """Each algorithm's candidate with the best mean validation accuracy over its fresh seeds. The
-    test accuracies are never looked at here."""
-    groups: dict[tuple[str, int], list[ReplicateRecord]] = {}
+def choose_finalists(replicates: list[ReplicateRecord], searches: int = 1) -> dict[str, Finalist]:
+    """Each search's final configuration of each algorithm: its candidate with the best mean validation
+    accuracy over its fresh seeds (the test accuracies are never looked at here). Keyed by the name
+    reports use: the algorithm, and "<algorithm> search <k>" when the study has several searches."""
+    groups: dict[tuple[str, int, int], list[ReplicateRecord]] = {}
     for record in replicates:
-        groups.setdefault((record.algorithm, record.candidate_rank), []).append(record)
+        groups.setdefault((record.algorithm, record.search, record.candidate_rank), []).append(record)
     finalists: dict[str, Finalist] = {}
-    for (algorithm, rank), records in sorted(groups.items()):
+    for (algorithm, search, rank), records in sorted(groups.items()):
         records = sorted(records, key=lambda r: r.seed)
-        candidate = Finalist(algorithm, rank, records[0].source_trial, records[0].tuned, records)
-        if algorithm not in finalists or candidate.mean_val_acc > finalists[algorithm].mean_val_acc:
-            finalists[algorithm] = candidate
+        label = algorithm if searches == 1 else f"{algorithm} search {search}"
+        candidate = Finalist(algorithm, rank, records[0].source_trial, records[0].tuned, records, search, label)
+        if label not in finalists or candidate.mean_val_acc > finalists[label].mean_val_acc:
+            finalists[label] = candidate
     return finalists
+
+
+def by_algorithm(finalists: dict[str, Finalist], algorithm: str) -> list[Finalist]:
+    """An algorithm's finalists, one per search, in search order."""
+    return sorted((f for f in finalists.values() if f.algorithm == algorithm), key=lambda f: f.search)
 
 
 # ---- phase 3: compare --------------------------------------------------------------------------------
 
-def compare(spec: StudySpec, outcomes: dict[str, TuneOutcome], finalists: dict[str, Finalist]):
-    """The seed-level comparison of the first two algorithms' finalists, or None if it cannot be made."""
-    present = [a for a in spec.algorithms if a in finalists]
-    if len(present) != 2 or any(len(finalists[a].replicates) < 2 for a in present):
+def compare(spec: StudySpec, outcomes: dict[str, TuneOutcome], finalists: dict[str, Finalist]) -> StudyComparison | None:
+    """The first two algorithms' finalists compared with the search as the unit, and search by search;
+    None if it cannot be made (an algorithm without a finalist of 2 or more fresh seeds)."""
+    groups = {a: [f for f in by_algorithm(finalists, a) if len(f.replicates) >= 2] for a in spec.algorithms}
+    present = [a for a in spec.algorithms if groups[a]]
+    if len(present) != 2:
         return None
     baseline, challenger = present
-    return compare_seeds(baseline, finalists[baseline].episode_matrix(), challenger,
-                         finalists[challenger].episode_matrix(), margin=spec.equivalence_margin,
-                         budget=report.budget_clause(spec, outcomes), seed=spec.seed)
+    headline = compare_search_finalists(
+        baseline, [f.episode_matrix() for f in groups[baseline]], challenger,
+        [f.episode_matrix() for f in groups[challenger]], margin=spec.equivalence_margin,
+        budget=report.budget_clause(spec, outcomes))
+    per_search = {}
+    for b in groups[baseline]:
+        c = next((f for f in groups[challenger] if f.search == b.search), None)
+        if c is not None:
+            per_search[b.search] = compare_seeds(baseline, b.episode_matrix(), challenger, c.episode_matrix(),
+                                                 margin=spec.equivalence_margin, seed=spec.search_seed(b.search),
+                                                 unit="config")
+    return StudyComparison(headline, per_search)
 
 
 # ---- phase 4: report ---------------------------------------------------------------------------------
@@ -447,10 +514,10 @@ def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, d
     try:
         files = report.write_files(spec, outcomes, replicates, finalists, comparison, diagnostics, out)
         notes, figures = [], {}
-        storage = optuna_storage_url(spec)
+        optuna_storage = optuna_storage_url(spec)  # not `storage`: that is the module the summary is written with
         for algorithm in spec.algorithms:
             try:
-                study = optuna.load_study(study_name=f"{spec.name}-{algorithm}", storage=storage)
+                study = optuna.load_study(study_name=optuna_study_name(spec, algorithm, 0), storage=optuna_storage)
             except KeyError:
                 continue
             _, study_notes = report.plot_optuna_study(study, out / "plots", algorithm)
@@ -460,7 +527,7 @@ def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, d
             notes += study_notes + ([note] if note else [])
         for note in notes:
             print(f"note: {note}", file=sys.stderr, flush=True)
-        tracker.log_summary(comparison, diagnostics, files, notes, figures)
+        tracker.log_summary(comparison, diagnostics, files, notes, figures, expected_best_curves(outcomes))
         for name in ("summary.md", "summary.csv"):
             storage.write_text(f"{spec.study_dir}/{name}", (out / name).read_text())
         return (out / "summary.md").read_text()

@@ -79,8 +79,10 @@ def stored_spec(spec: StudySpec) -> StudySpec | None:
     return StudySpec(**{k: v for k, v in values.items() if k in known})
 
 
-def check_name(spec: StudySpec, resume: bool) -> StudySpec:
-    """A re-run of an existing --name must ask for the same study; --resume continues it as stored."""
+def check_name(spec: StudySpec, resume: bool, grow_to: int | None = None) -> StudySpec:
+    """A re-run of an existing --name must ask for the same study; --resume continues it as stored, and
+    with a larger --searches (`grow_to`) adds searches to it: only the new ones run, and the verdict is
+    computed again over all of them."""
     try:
         stored = stored_spec(spec)
     except OSError as error:  # remote storage that cannot be reached (credentials, endpoint, bucket)
@@ -90,7 +92,12 @@ def check_name(spec: StudySpec, resume: bool) -> StudySpec:
             raise ConfigError(f"--resume: no study {spec.name!r} in {spec.storage_path}")
         return spec
     if resume:
-        return stored
+        if grow_to is None or grow_to == stored.searches:
+            return stored
+        if grow_to < stored.searches:
+            raise ConfigError(f"--searches {grow_to}: study {spec.name!r} has {stored.searches} searches already; "
+                              "a study can only grow")
+        return dataclasses.replace(stored, searches=grow_to)
     current = spec.to_dict()
     differing = [k for k, v in stored.to_dict().items() if k not in RELOCATABLE and current.get(k) != v]
     if differing:
@@ -133,15 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = resolve_spec(args)
         if not (args.dry_run and spec.is_remote):  # a dry run reads no remote storage: it may be offline
-            spec = check_name(spec, args.resume)  # first: a stale name must write nothing
+            spec = check_name(spec, args.resume, cli.given(args, StudySpec).get("searches"))  # a stale name writes nothing
         spaces = preflight(spec)
         references = {a: r for a in spec.algorithms
                       if (r := reference_point(a, spec.spaces.get(a), spec.epochs, spec.shot)) is not None}
     except (ConfigError, DataError, SpaceError) as error:
         return parser.fail(error)
     if args.dry_run:
+        from .compute import estimate  # imports torch's training code: only for a dry run
+
         print(json.dumps({"study": spec.to_dict(), "budget": spec.budget(),
-                          "space_samples": {a: sample_space(spaces[a], seed=spec.seed) for a in spec.algorithms}},
+                          "space_samples": {a: sample_space(spaces[a], seed=spec.seed) for a in spec.algorithms},
+                          "compute": estimate(spec, spaces, references)},
                          indent=2, default=str))
         return 0
     if (store := sqlite_path(spec.tracking_uri)) is not None:  # SQLite creates its file, not the folder it is in

@@ -53,7 +53,7 @@ SpaceFn = Callable[[optuna.Trial], dict[str, Any] | None]
 FIXED_SETTINGS: frozenset[str] = frozenset({
     "algorithm", "dataset", "data_root", "cache_dir", "download",  # what is learned from
     "way", "shot", "query", "train_query",  # the benchmark
-    "epochs", "steps_per_epoch", "max_train_seconds",  # the training budget (the study derives the steps from meta_batch)
+    "epochs", "steps_per_epoch", "max_train_seconds", "max_train_flops",  # the training budget (steps from meta_batch)
     "val_episodes", "test_episodes", "eval_seed", "seed",  # what is measured, on which episodes
     # where and how a trial runs (precision changes the rounding, so it too is the same for all trials)
     "device", "task_chunk", "dense_conv", "channels_last", "precision", "compile",

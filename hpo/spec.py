@@ -31,6 +31,10 @@ RELOCATABLE = frozenset({"address", "data_root", "cache_dir", "download", "track
 SQLITE = "sqlite:///"
 # Replicate seeds start here: far from the small seeds users pass with --seed, which tuning trains with.
 REPLICATE_SEED_BASE = 1000
+# Search k of a study with --seed s seeds its searcher, tuning trials and validation episodes with
+# s + k * SEARCH_SEED_STRIDE: search 0 is the single search a study always had, and no two searches of
+# any two studies (seeds below the stride) share a seed.
+SEARCH_SEED_STRIDE = 100_000
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,18 @@ class StudySpec:
     train_query: int = setting("query images per class in training episodes (0: --query); validation and test "
                                "always use --query", 0)
     algorithms: tuple[Algorithm, ...] = setting("the algorithms compared", ALGORITHMS)
-    trials: int = setting("trials per algorithm", 8, low=1)
+    searches: int = setting("independent searches per algorithm, each with its own searcher, tuning and replicate "
+                            "seeds, sharing nothing: the verdict's unit (with --resume, a larger value adds searches)",
+                            1, low=1)
+    trials: int = setting("trials per search", 8, low=1)
     epochs: int = setting("epochs per trial (ASHA's max_t)", 5)
     episodes_per_epoch: int = setting("training episodes per epoch", 240, low=1)
     max_train_seconds: float = setting("most seconds of meta-training per network, tuning trial or replicate "
                                        "(validation excluded): equal compute as well as equal episodes (0: none)",
                                        0.0, low=0)
+    max_train_flops: float = setting("most floating-point operations of meta-training per network, tuning trial or "
+                                     "replicate (hypermaml.flops counts a configuration's outer step): equal compute "
+                                     "on any machine (0: none)", 0.0, low=0)
     meta_batch: int = setting("tasks per step when a space does not tune it", 8)
     val_episodes: int = setting("fixed validation episodes after each epoch", 100)
     test_episodes: int = setting("test episodes of each test set", 600)
@@ -69,7 +79,10 @@ class StudySpec:
                                       "trial's validation accuracy leads it by more", 10.0, low=0)
     time_budget_s: float = setting("seconds for the whole tuning, split equally (0: none)", 0.0, low=0, flag="--time-budget")
     searcher: Searcher = setting("Optuna sampler", "tpe")
-    scheduler: Scheduler = setting("trial scheduler", "asha")
+    search_batch: int = setting("trials a search proposes at once, from the same results (its rounds): what it "
+                                "proposes and stops then depends on no timing", 2, low=1)
+    scheduler: Scheduler = setting("trial scheduler: asha judges a trial at each rung against the earlier rounds of "
+                                   "its search", "asha")
     grace_period: int = setting("ASHA: epochs every trial gets before it can be stopped", 1, low=1)
     reduction_factor: int = setting("ASHA: keep 1/reduction-factor of the trials at each rung", 2, low=2)
     cpus_per_trial: float = setting("CPUs per trial", 1.0, above=0)
@@ -107,21 +120,25 @@ class StudySpec:
         """The spec this study was started with, beside Tune's results (local or remote)."""
         return f"{self.study_dir}/{SPEC_FILE}"
 
-    def fixed_settings(self, algorithm: str) -> dict[str, Any]:
-        """The run settings every trial of `algorithm` shares (the rest comes from its space)."""
+    def search_seed(self, search: int) -> int:
+        """The seed of search k: its searcher's, its tuning trials' and its validation episodes'."""
+        return self.seed + SEARCH_SEED_STRIDE * search
+
+    def fixed_settings(self, algorithm: str, search: int = 0) -> dict[str, Any]:
+        """The run settings every trial of `algorithm` in search k shares (the rest comes from its space)."""
         return {
             "algorithm": algorithm, "dataset": self.dataset, "data_root": self.data_root, "cache_dir": self.cache_dir,
             "download": self.download,
             "way": self.way, "shot": self.shot, "query": self.query, "train_query": self.train_query, "epochs": self.epochs,
-            "max_train_seconds": self.max_train_seconds,
+            "max_train_seconds": self.max_train_seconds, "max_train_flops": self.max_train_flops,
             "meta_batch": self.meta_batch, "val_episodes": self.val_episodes, "test_episodes": self.test_episodes,
-            "eval_seed": self.seed, "seed": self.seed, "device": self.device,
+            "eval_seed": self.search_seed(search), "seed": self.search_seed(search), "device": self.device,
         }
 
-    def replicate_seed_list(self) -> list[int]:
-        """Fresh training seeds of the replicates: the same for every candidate and algorithm (common
-        random numbers), never the tuning seed, and different for every study seed."""
-        first = REPLICATE_SEED_BASE + 100 * self.seed
+    def replicate_seed_list(self, search: int = 0) -> list[int]:
+        """Fresh training seeds of search k's replicates: the same for every candidate and algorithm
+        (common random numbers), never a tuning seed, and different for every search of every study."""
+        first = REPLICATE_SEED_BASE + 100 * self.search_seed(search)
         return [first + i for i in range(self.replicate_seeds)]
 
     def budget(self) -> dict[str, Any]:
@@ -130,11 +147,15 @@ class StudySpec:
         return {
             "benchmark": f"{self.dataset} {self.way}-way {self.shot}-shot, {self.query} queries per class"
                          + (f" ({self.train_query} in training episodes)" if self.train_query else ""),
-            "trials per algorithm": self.trials,
+            "searches per algorithm": f"{self.searches} (independent: own searcher, tuning and replicate seeds)",
+            "trials per search": self.trials,
             "epochs per trial": self.epochs,
             "training episodes per epoch": self.episodes_per_epoch,
             "training time per network": (f"at most {self.max_train_seconds:g} s (an epoch that would pass it "
                                           "does not start; one that reaches it stops there)" if self.max_train_seconds else "no limit"),
+            "training compute per network": (f"at most {self.max_train_flops:.3g} FLOPs (each configuration trains the "
+                                             "outer steps its FLOPs per step buy, at most all of them; the same on any "
+                                             "machine)" if self.max_train_flops else "its episodes"),
             "validation episodes": f"{self.val_episodes} (the same fixed set for every trial)",
             "replicates": f"top {self.replicate_top} configurations x {self.replicate_seeds} fresh seeds, full budget each",
             "test": f"{self.test_repeats * self.test_episodes} episodes (the same for every replicate of both algorithms)",
@@ -153,24 +174,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # retrained (margin 100 points), so the smoke test sees the finalist chosen against it.
     "smoke": dict(trials=4, epochs=3, episodes_per_epoch=24, meta_batch=4, query=5, val_episodes=40, test_episodes=60,
                   replicate_top=1, replicate_seeds=2, reference_margin=100),
-    # This laptop-class machine, 2 CPU cores: under 30 minutes (see README). Training episodes carry 5
-    # query images per class instead of 15 (validation and test keep 15): an episode then costs 30
-    # images instead of 80, and at equal training time (the 170 s cap below) both algorithms' networks
-    # ended 1.3-2.2 points higher than with 2400 episodes of 15 queries (README). 5760 training
-    # episodes per network: the cheap configurations need 130-150 s for them here.
-    # The top configuration (plus the reference when close), 3 fresh seeds each: 2 tuned candidates
-    # x 3 seeds did not fit in 30 minutes at a budget where both algorithms learn (README).
-    # The wall time is bounded: at most 1000 s of tuning, and each of the 6 replicates (3 rounds of 2)
-    # trains at most 170 s (MAML's second-order inner loops over all parameters cost up to 3.4x the
-    # cheap configurations per episode, and stop at the cap). A reference within 10 points of the top
-    # trial added 3 replicates and took a study to 33 min (README); 5 points still leaves out only
-    # references far outside the seed-to-seed spread of validation accuracy (sd up to 0.9 points).
+    # This laptop-class machine, 2 CPU cores. Equal compute per network, the same on any machine:
+    # 1.05e13 FLOPs buys the cheap configurations (<= 1.81 GFLOP per 5-query episode) all 5760 episodes
+    # and the costliest MAML ones (10.1 GFLOP) about 1000. Measurements: docs/results.md.
     "default": dict(trials=8, epochs=5, episodes_per_epoch=1152, train_query=5, meta_batch=8, val_episodes=100,
-                    test_episodes=600, replicate_top=1, replicate_seeds=3, time_budget_s=1000, max_train_seconds=170,
+                    test_episodes=600, replicate_top=1, replicate_seeds=3, max_train_flops=1.05e13,
                     reference_margin=5),
     # The literature's scale, for a GPU cluster.
     "paper": dict(trials=50, epochs=40, episodes_per_epoch=3200, meta_batch=32, val_episodes=600, test_episodes=600,
-                  replicate_top=3, replicate_seeds=5, gpus_per_trial=0.25, cpus_per_trial=2, max_concurrent=16,
+                  replicate_top=3, replicate_seeds=5, gpus_per_trial=0.25, cpus_per_trial=2, max_concurrent=16, search_batch=8,
                   max_failures=3),
 }
 
@@ -206,7 +218,7 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 # ---- study files -------------------------------------------------------------------------------------
 
 # The keys of `--dry-run`'s output besides "study": derived from it, so a study file may carry them.
-DERIVED_KEYS = frozenset({"budget", "space_samples"})
+DERIVED_KEYS = frozenset({"budget", "space_samples", "compute"})
 
 
 def read_study_file(path: str | Path) -> dict[str, Any]:

@@ -28,15 +28,16 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from . import provenance
+from .records import SEARCH_KEY
 from .progress import ending, error_line, replicate_name, stop_reason, tested
 from .spaces import is_reference
 from .spec import StudySpec, sqlite_path
 
 LOGGED_METRICS = ("train_loss", "train_acc", "val_acc", "val_ci95", "best_val_acc", "episodes_per_s", "epoch_s", "hn_weight", "bf16_autocast",
-                  "test_acc", "test_ci95", "adapt_ms_per_task", "parameters")
+                  "train_episodes", "train_flops", "test_acc", "test_ci95", "adapt_ms_per_task", "parameters")
 # Accuracies and their CIs go to MLflow in points (percent), the unit of the verdict and the summary.
 POINTS = frozenset({"train_acc", "val_acc", "val_ci95", "best_val_acc", "test_acc", "test_ci95"})
-STUDY_TAG, ROLE_TAG, TRIAL_TAG = "hpo.study", "hpo.role", "ray.trial_id"
+STUDY_TAG, ROLE_TAG, TRIAL_TAG, SEARCH_TAG = "hpo.study", "hpo.role", "ray.trial_id", "hpo.search"
 NOTE = "mlflow.note.content"  # a run's or an experiment's description in the MLflow UI
 MAX_NOTE = 7500  # MLflow caps tag values at 8000 characters
 UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
@@ -80,13 +81,13 @@ SAVED_VIEWS = {
     # their one-line descriptions and accuracies as columns.
     RUNS_VIEW: ("hpo: trials and replicates", {
         "searchFilter": RUNS_FILTER, "orderByKey": "attributes.start_time", "orderByAsc": False,
-        "selectedColumns": ["attributes.`Description`", "metrics.`test_acc`", "metrics.`best_val_acc`"],
+        "selectedColumns": ["attributes.`Description`", "tags.`hpo.search`", "metrics.`test_acc`", "metrics.`best_val_acc`"],
         "runsHiddenMode": "SHOW_ALL"}),
     # The head-to-head: the final configuration's replicates of each algorithm, grouped by algorithm,
     # so a group's row holds the means over its fresh seeds.
     FINAL_VIEW: ("hpo: head-to-head", {
         "searchFilter": "tags.`hpo.final` = 'true'", "orderByKey": "attributes.start_time", "orderByAsc": False,
-        "selectedColumns": ["metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_val_acc`",
+        "selectedColumns": ["tags.`hpo.search`", "metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_val_acc`",
                             "metrics.`adapt_ms_per_task`"],
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "algorithm"}]},
         "runsHiddenMode": "SHOW_ALL"}),
@@ -243,20 +244,23 @@ class StudyTracker:
                     self.ledger.client.set_tag(run.info.run_id, "hpo.final", "true")
                     note = run.data.tags.get(NOTE, "")
                     if not note.startswith("final "):
-                        self.ledger.client.set_tag(run.info.run_id, NOTE, f"final {finalist.algorithm}; {note}")
+                        self.ledger.client.set_tag(run.info.run_id, NOTE, f"final {finalist.name}; {note}")
 
     @_guarded
-    def reconcile(self, algorithm: str, results) -> None:
-        """Trial runs whose Ray trial no longer exists (created just before a driver crash, then
-        replaced on restore) are soft-deleted, so the store holds exactly the study's trials."""
+    def reconcile(self, algorithm: str, results, searches: range) -> None:
+        """Trial runs of these searches whose Ray trial no longer exists (created just before a driver
+        crash, then replaced on restore) are soft-deleted, so the store holds exactly the study's trials."""
         kept = {trial_id_of(r.path) for r in results if r.path}
         for run in self.ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "trial", "algorithm": algorithm}):
+            if int(run.data.tags.get(SEARCH_TAG, "0")) not in searches:
+                continue  # another block's experiment
             if run.data.tags.get(TRIAL_TAG) not in kept:
                 self.ledger.client.set_tag(run.info.run_id, "hpo.orphan", "true")
                 self.ledger.client.delete_run(run.info.run_id)
 
     @_guarded
-    def log_summary(self, comparison, diagnostics, files: list[Path], notes: list[str], figures: dict) -> None:
+    def log_summary(self, comparison, diagnostics, files: list[Path], notes: list[str], figures: dict,
+                    expected_best: dict | None = None) -> None:
         """The summary run (tables, plots, interactive plots) and, on the study run, the verdict, its
         numbers and the diagnostics as tags and metrics; the summary is the run description of both,
         and the verdict with the link is the experiment's description.
@@ -268,8 +272,12 @@ class StudyTracker:
             client.delete_run(old.info.run_id)  # a re-run of the summary replaces the previous one
         summary_md = files[0].read_text()[:MAX_NOTE]
         tags = {NOTE: summary_md}
-        if comparison is not None:
-            tags.update({"verdict": comparison.sentence[:5000], "verdict.kind": comparison.kind})
+        headline = comparison.headline if comparison is not None else None
+        if headline is not None:
+            searches = dict(zip((headline.baseline, headline.challenger), headline.searches))
+            tags.update({"verdict": headline.sentence[:5000], "verdict.kind": headline.kind, "verdict.unit": headline.unit,
+                         "verdict.searches": (str(headline.searches[0]) if len(set(searches.values())) == 1
+                                              else ", ".join(f"{a}={k}" for a, k in searches.items()))})
         tags.update({d.key: d.message[:5000] for d in diagnostics})
         if notes:
             tags["notes"] = " | ".join(notes)[:5000]
@@ -287,16 +295,21 @@ class StudyTracker:
         # The comparison's numbers, in points like every accuracy in MLflow; each algorithm's own results
         # are on its replicate runs (test_acc, ...), the same keys as the trials.
         metrics = []
-        if comparison is not None:
+        if headline is not None:
             now = int(time.time() * 1000)
-            values = {"effect_points": comparison.effect, "effect_ci95_low": comparison.ci_low,
-                      "effect_ci95_high": comparison.ci_high, "p_value": comparison.p_value,
-                      "p_improvement": comparison.p_improvement}
+            values = {"effect_points": headline.effect, "ci_low_points": headline.ci_low,
+                      "ci_high_points": headline.ci_high, "p_value": headline.p_value}
+            if len(comparison.per_search) == 1:  # one search: the seed pairs of its two finalists
+                values["p_improvement"] = next(iter(comparison.per_search.values())).p_improvement
             metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        # Dodge et al.'s curve, a step per number of tuning trials: charted as a curve, not a lone bar.
+        now = int(time.time() * 1000)
+        metrics += [Metric(f"expected_best_val_acc.{algorithm}", round(float(mean), 4), now, n)
+                    for algorithm, curve in (expected_best or {}).items() for n, mean in zip(curve.n, curve.mean)]
         client.log_batch(ledger.parent_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         client.log_artifact(ledger.parent_run_id, str(files[0]))
         client.log_artifacts(ledger.parent_run_id, str(next(p for p in files if p.is_dir())), "plots")
-        verdict = comparison.sentence if comparison is not None else "No verdict: it needs two algorithms with at least 2 successful replicates each."
+        verdict = headline.sentence if headline is not None else "No verdict: it needs two algorithms with at least 2 successful replicates each."
         client.set_experiment_tag(ledger.experiment_id, NOTE, (
             f"{verdict}\n\nTrial and replicate runs of both algorithms: {self.link}\n\n"
             f"Head-to-head, the final configurations' fresh seeds grouped by algorithm: {self.view_link(FINAL_VIEW)}\n\n"
@@ -348,9 +361,9 @@ class TrialRuns(tune.Callback):
         if self.role == "replicate":
             item = trial.config["replicate"]
             tags = {"algorithm": item["algorithm"], "seed": str(item["seed"]), "hpo.candidate_rank": str(item["candidate_rank"]),
-                    "hpo.source_trial": item["source_trial"]}
+                    "hpo.source_trial": item["source_trial"], SEARCH_TAG: str(item["search"])}
             return replicate_name(item), tags, item["settings"]
-        tags = {"algorithm": self.algorithm}
+        tags = {"algorithm": self.algorithm, SEARCH_TAG: str(trial.config.get(SEARCH_KEY, 0))}
         if self.reference and is_reference({k: v for k, v in trial.config.items()}, self.reference[0]):
             tags["hpo.reference"] = self.reference[1]
         return f"{self.algorithm} {trial.trial_id}", tags, trial.config

@@ -20,6 +20,8 @@ from ray import tune
 from hypermaml import evaluate, fit, from_flat, load_learner
 from hypermaml.training import BEST, load_data
 
+from .records import PLACE_KEYS
+
 TEST_EPISODES_FILE = "test_episode_accs.npy"
 
 
@@ -45,7 +47,7 @@ def replicate_trial(config: dict[str, Any]) -> None:
 
 
 def _train_and_report(settings: dict[str, Any], test: tuple[int, list[int]] | None) -> None:
-    run_config = from_flat(settings)
+    run_config = from_flat({k: v for k, v in settings.items() if k not in PLACE_KEYS})
     use_assigned_cpus()
     work = Path(tempfile.mkdtemp(prefix="hpo-trial-"))
     try:

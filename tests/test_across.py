@@ -7,9 +7,9 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from hpo import across, provenance
-from hpo.records import Finalist, ReplicateRecord
+from hpo.records import Finalist, ReplicateRecord, StudyComparison
 from hpo.spec import resolve
-from hpo.stats import compare_searches, compare_seeds
+from hpo.stats import compare_search_finalists, compare_searches, compare_seeds
 from hpo.tracking import ROLE_TAG, STUDY_TAG, TRIAL_TAG, StudyTracker
 
 EPISODES = 50
@@ -42,10 +42,12 @@ def write_study(tmp_path, name, seed, levels, finish=True, preset="smoke", commi
         finalists[algorithm] = Finalist(algorithm, 1, "t", {}, records)
     tracker.mark_finalists(finalists)
     if finish:
-        comparison = compare_seeds("maml", finalists["maml"].episode_matrix(), "hypermaml",
-                                   finalists["hypermaml"].episode_matrix())
+        matrices = {a: finalists[a].episode_matrix() for a in ("maml", "hypermaml")}
+        seed_level = compare_seeds("maml", matrices["maml"], "hypermaml", matrices["hypermaml"], unit="config")
+        comparison = StudyComparison(
+            compare_search_finalists("maml", [matrices["maml"]], "hypermaml", [matrices["hypermaml"]]), {0: seed_level})
         summary, plots = tmp_path / f"{name}.md", tmp_path / f"{name}-plots"
-        summary.write_text(comparison.sentence)
+        summary.write_text(comparison.headline.sentence)
         plots.mkdir()
         (plots / "x.txt").write_text("x")
         tracker.log_summary(comparison, [], [summary, plots], [], {})
@@ -71,7 +73,7 @@ def test_three_reruns_are_compared_with_the_study_as_the_unit(tmp_path, capsys):
     assert [[c[1], c[3], c[4], c[5]] for c in cells] == [
         ["0", "80.00%", "81.00%", "+1.00"], ["1", "80.00%", "82.00%", "+2.00"], ["2", "80.00%", "84.00%", "+4.00"]]
     # each study: seeds 1 point apart around the gap, so only the 4-point gap is decided within its study
-    assert [c[6] for c in cells] == ["inconclusive |", "inconclusive |", "hypermaml_better |"]
+    assert [c[6] for c in cells] == ["config_inconclusive |", "config_inconclusive |", "config_hypermaml_better |"]
     # mean 7/3, sd sqrt(7/3): a t interval with 2 degrees of freedom
     half = stats.t.ppf(0.975, 2) * np.sqrt(7 / 3 / 3)
     low, high = 7 / 3 - half, 7 / 3 + half

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
+import optuna
 import pytest
 import ray
 import yaml
@@ -742,11 +743,12 @@ def study_runs(cluster: Cluster, name: str, role: str):
                                       max_results=1000)
 
 
-def check_trial_runs(client: MlflowClient, trials) -> None:
-    """4 + 4 trial runs, one per Ray trial, each with every epoch it ran logged exactly once."""
+def check_trial_runs(client: MlflowClient, trials, per_algorithm: int = 4) -> None:
+    """`per_algorithm` trial runs of each algorithm, one per Ray trial, each with every epoch it ran logged
+    exactly once."""
     counts = {a: sum(r.data.tags["algorithm"] == a for r in trials) for a in ("maml", "hypermaml")}
-    assert counts == {"maml": 4, "hypermaml": 4}
-    assert len({r.data.tags["ray.trial_id"] for r in trials}) == 8
+    assert counts == {"maml": per_algorithm, "hypermaml": per_algorithm}
+    assert len({r.data.tags["ray.trial_id"] for r in trials}) == 2 * per_algorithm
     for run in trials:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert steps == list(range(1, len(steps) + 1)) and steps, f"epochs lost or logged twice: {steps}"
@@ -832,11 +834,14 @@ def test_job_api_refuses_a_submission_without_the_clusters_token(cluster, tmp_pa
     assert status == 200 and not any(j["submission_id"].startswith("refused-") for j in jobs)
 
 
-def test_killed_worker_node_trials_are_retried_on_the_head_and_nothing_is_lost(cluster, omniglot_root):
+def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluster, omniglot_root):
+    """Three independent searches per algorithm (2 trials each): their trials run at once on both nodes;
+    the worker node is killed mid-study, its trial resumes on the head, and nothing is lost or logged
+    twice; each search's Optuna study holds only its own trials."""
     job = f"cluster-fault-{secrets.token_hex(3)}"
     # No ASHA, so every trial runs all its epochs: a trial caught on the worker is still running when killed.
     proc = submit(cluster, job, study_args(cluster, omniglot_root, "cluster-fault", "--max-failures", "3",
-                                           "--scheduler", "none"))
+                                           "--scheduler", "none", "--searches", "3", "--trials", "2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # Kill the worker node once a trial on it has reported its first epoch (so it has a checkpoint), with two to go.
@@ -854,10 +859,27 @@ def test_killed_worker_node_trials_are_retried_on_the_head_and_nothing_is_lost(c
         time.sleep(0.3)
     _kill_node(cluster, "worker", cluster.root / "worker")
 
-    status, logs = wait_job(cluster, job, timeout=600)
+    status, logs = wait_job(cluster, job, timeout=900)
     assert status == "SUCCEEDED", logs[-4000:]
     client, trials = study_runs(cluster, "cluster-fault", "trial")
-    check_trial_runs(client, trials)
+    check_trial_runs(client, trials, per_algorithm=6)
+    # Searches side by side: trials of different searches of one algorithm ran at the same time on the two nodes.
+    overlapping = [(a, b) for a in trials for b in trials
+                   if a.data.tags["algorithm"] == b.data.tags["algorithm"]
+                   and a.data.tags["hpo.search"] < b.data.tags["hpo.search"]
+                   and a.data.tags["node_id"] != b.data.tags["node_id"]
+                   and a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time]
+    assert {a.data.tags["algorithm"] for a, _ in overlapping} == {"maml", "hypermaml"}, "no two searches overlapped"
+    storage = f"sqlite:///{cluster.root / 'ray' / 'cluster-fault' / 'optuna.db'}"
+    for algorithm in ("maml", "hypermaml"):
+        for k, name in enumerate((f"cluster-fault-{algorithm}", f"cluster-fault-{algorithm}-search1",
+                                  f"cluster-fault-{algorithm}-search2")):
+            numbers = sorted(t.number for t in optuna.load_study(study_name=name, storage=storage).trials)
+            mine = sorted(int(r.data.params["hpo_number"]) for r in trials
+                          if r.data.tags["algorithm"] == algorithm and r.data.tags["hpo.search"] == str(k))
+            assert numbers == mine == [0, 1], (name, numbers, mine)
+    _, replicates = study_runs(cluster, "cluster-fault", "replicate")
+    assert len(replicates) == len({r.data.tags["ray.trial_id"] for r in replicates}) == 3 * 2 * 2  # searches x algorithms x seeds
     retried = [r for r in trials if int(r.data.tags.get("retries", "0")) >= 1]
     assert victim in {r.data.tags["ray.trial_id"] for r in retried}, f"trial {victim} was not retried"
     for run in retried:  # resumed from its checkpoint on the surviving node, every epoch logged once

@@ -67,7 +67,7 @@ def study(outcomes=None, finalists=None, compared=comparison()):
     """diagnose() on a healthy two-algorithm study, with the given parts replaced."""
     outcomes = {"maml": healthy_outcome("maml"), "hypermaml": healthy_outcome("hypermaml"), **(outcomes or {})}
     finalists = {"maml": finalist("maml"), "hypermaml": finalist("hypermaml"), **(finalists or {})}
-    return diagnose(outcomes, finalists, compared, GRACE, EPOCHS)
+    return diagnose(outcomes, finalists, {} if compared is None else {0: compared}, GRACE, EPOCHS)
 
 
 def only(diagnostics):

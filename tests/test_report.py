@@ -1,6 +1,7 @@
 """hpo.report: the summary (verdict first, the budget that ran, per-seed table), its CSV and the plots,
 on hand-made records and real optuna studies."""
 
+import dataclasses
 import csv
 import io
 
@@ -13,10 +14,11 @@ from matplotlib.collections import LineCollection
 
 from hpo.diagnostics import Diagnostic
 from hpo.plots import plot_validation_curves
-from hpo.records import COMPLETED, EARLY_STOPPED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
+from hpo.records import (COMPLETED, EARLY_STOPPED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord, StudyComparison,
+                         TrialRecord, TuneOutcome)
 from hpo.report import CSV_COLUMNS, budget_clause, optuna_plot, plot_optuna_study, summary_csv, summary_markdown
 from hpo.spec import StudySpec
-from hpo.stats import compare_seeds
+from hpo.stats import compare_search_finalists, compare_seeds
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -45,7 +47,10 @@ def study_records(time_budget_cut=False, maml_capped=False):
             replicates.append(replicate(algorithm, 2, seed, 0.7, np.clip(level - 0.1 + rng.normal(0, 0.05, 40), 0, 1), trial="u"))
     finalists = {a: Finalist(a, 1, f"{a}_t", {"outer_lr": 0.001}, [r for r in replicates if r.algorithm == a and r.candidate_rank == 1])
                  for a in outcomes}
-    comparison = compare_seeds("maml", finalists["maml"].episode_matrix(), "hypermaml", finalists["hypermaml"].episode_matrix())
+    matrices = {a: finalists[a].episode_matrix() for a in finalists}
+    comparison = StudyComparison(
+        compare_search_finalists("maml", [matrices["maml"]], "hypermaml", [matrices["hypermaml"]]),
+        {0: compare_seeds("maml", matrices["maml"], "hypermaml", matrices["hypermaml"], unit="config")})
     return outcomes, replicates, finalists, comparison
 
 
@@ -54,17 +59,18 @@ def test_summary_opens_with_the_verdict_and_states_the_budget_that_ran():
     diagnostics = [Diagnostic("diagnostic.seed_spread", "warning: the seeds disagree")]
     text = summary_markdown(StudySpec(trials=2), outcomes, replicates, finalists, comparison, diagnostics)
     lines = text.splitlines()
-    assert lines[2] == f"**{comparison.sentence}**"
+    assert lines[2] == f"**{comparison.headline.sentence}**" and comparison.headline.kind.startswith("config_")
     assert lines[4] == "warning: the seeds disagree"
     assert "| tuning trials run | 2 of 2 | 2 of 2 |" in lines
     assert "| completed / training-time cap / early-stopped / time budget / failed | 1 / 0 / 1 / 0 / 0 | 1 / 0 / 1 / 0 / 0 |" in lines
     assert "| tuning compute (trial-seconds) | 40 | 40 |" in lines
     assert "| replicates (candidates x seeds) | 2 x 3 (6 runs) | 2 x 3 (6 runs) |" in lines
-    assert f"effect hypermaml − maml: {comparison.effect:+.2f} points" in text
-    assert "- what the CI does not cover: the search. It is conditional on the configurations this search found " \
-           "(searcher seed 0);" in lines[lines.index("## Comparison (the training seed is the unit)") + 6]
-    assert lines[lines.index("## Comparison (the training seed is the unit)") + 6].endswith(
-        "compared by `python -m hpo.across hypermaml-vs-maml NAME2 ...`.")
+    assert f"effect hypermaml − maml: {comparison.headline.effect:+.2f} points" in text
+    section = lines.index("## Comparison (about these configurations: one search per algorithm)")
+    assert lines[section + 6] == (
+        "- what the CI does not cover: the search. Another search can find other configurations; a claim about the "
+        "algorithms needs several: `--searches 3` or more, or grow this study with `--resume --name hypermaml-vs-maml "
+        "--searches 3` (only the new searches run).")
     # one per-seed row per final replicate, with its own numbers
     for r in finalists["hypermaml"].replicates:
         assert f"| hypermaml | rank 1 (trial hypermaml_t) | {r.seed} | 80.00% | {100 * r.test_acc:.2f} ± 1.00% |" in text
@@ -78,7 +84,11 @@ def test_the_summary_counts_trials_ended_by_their_training_time_cap_and_states_t
     assert "| completed / training-time cap / early-stopped / time budget / failed | 1 / 1 / 0 / 0 / 0 | 1 / 0 / 1 / 0 / 0 |" in lines
     assert budget_clause(spec, outcomes) == ("2/2 tuning trials (maml vs hypermaml) of up to 2400 training episodes and "
                                              "170 s of training each, replicates at that full budget, omniglot 5-way 1-shot; "
-                                             "conditional on the configurations this search found (searcher seed 0)")
+                                             "study seed 0")
+    flops = dataclasses.replace(spec, max_train_seconds=0.0, max_train_flops=1.05e13, searches=3)
+    assert budget_clause(flops, outcomes) == ("3 searches, 2/2 tuning trials (maml vs hypermaml) of up to 2400 training "
+                                              "episodes and 1.05e+13 FLOPs each, replicates at that full budget, omniglot "
+                                              "5-way 1-shot; study seed 0")
     assert "training time per network: at most 170 s (an epoch that would pass it does not start; one that reaches it stops there)" in "\n".join(lines)
 
 

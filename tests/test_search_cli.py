@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ FLAGS_BEFORE = {
     "--gpus-per-trial": "0.25", "--max-concurrent": "3", "--max-failures": "0", "--seed": "7",
     "--tracking-uri": "sqlite:///x.db", "--storage-path": "/s", "--address": "auto", "--space": "maml=x.py",
 }
+# Flags added since, with a value.
+FLAGS_ADDED = {"--searches": "3", "--search-batch": "4", "--max-train-flops": "1e12"}
 
 
 def search(*args, cwd=REPO):
@@ -33,13 +36,15 @@ def search(*args, cwd=REPO):
 
 
 def test_every_flag_keeps_its_spelling_and_sets_its_field():
-    argv = [word for flag, value in FLAGS_BEFORE.items() for word in (flag, value)] + ["--resume", "--dry-run", "--download"]
+    flags = {**FLAGS_BEFORE, **FLAGS_ADDED}
+    argv = [word for flag, value in flags.items() for word in (flag, value)] + ["--resume", "--dry-run", "--download"]
     args = build_parser().parse_args(argv)
     given = cli.given(args, StudySpec)
     assert set(given) == {f.name for f in dataclasses.fields(StudySpec)} - {"spaces"}  # every field has its flag
     assert (given["preset"], given["time_budget_s"], given["algorithms"], given["gpus_per_trial"], given["max_failures"],
             given["max_train_seconds"], given["train_query"]) == ("smoke", 60.0, ("maml",), 0.25, 0, 90.0, 3)
     assert (args.space, args.resume, args.dry_run, given["download"]) == (["maml=x.py"], True, True, True)
+    assert (given["searches"], given["search_batch"], given["max_train_flops"]) == (3, 4, 1e12)
     assert set(PRESETS) == set(get_args(Preset))
 
 
@@ -51,7 +56,7 @@ def test_dry_run_prints_the_resolved_study_and_a_sample_of_each_space(omniglot_r
     assert out["study"]["trials"] == 4 and out["study"]["name"] == "dry"
     assert out["study"]["algorithms"] == ["maml", "hypermaml"]
     assert "inner_lr" in out["space_samples"]["maml"] and "hn_hidden" in out["space_samples"]["hypermaml"]
-    assert out["budget"]["trials per algorithm"] == 4
+    assert out["budget"]["trials per search"] == 4 and out["budget"]["searches per algorithm"].startswith("1 ")
     assert not (tmp_path / "ray").exists() and not (tmp_path / "m.db").exists()  # started nothing, not even a folder
 
 
@@ -172,3 +177,18 @@ def test_a_missing_study_file_is_one_line(tmp_path):
     proc = search("--config", str(tmp_path / "nowhere.yaml"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert f"study file {tmp_path / 'nowhere.yaml'}: cannot be read" in proc.stderr
+
+
+def test_the_paper_presets_dry_run_prints_its_compute_and_wall_time(omniglot_root, tmp_path):
+    proc = search("--preset", "paper", "--data-root", str(omniglot_root), "--storage-path", str(tmp_path / "ray"),
+                  "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    compute = json.loads(proc.stdout)["compute"]
+    # 2 algorithms x 1 search x 50 trials; each search retrains its top 3 (+ the reference) x 5 seeds
+    assert compute["networks"] == "at most 100 tuning trials and 40 replicates"
+    assert compute["training episodes per network"] == "at most 128000"
+    assert re.fullmatch(r"maml at most [0-9.e+]+, hypermaml at most [0-9.e+]+ \(its reference configuration's full "
+                        r"episodes\)", compute["FLOPs per network"]), compute
+    assert re.fullmatch(r"at most \d+ (min|h) of training, 1 trial\(s\) at a time, .* 2 thread\(s\) each\); .*",
+                        compute["this machine's CPUs"]), compute
+    assert "gpu_check.sh" in compute["a GPU"]

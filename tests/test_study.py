@@ -4,10 +4,12 @@ store is then inspected."""
 
 import csv
 import io
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,7 +67,8 @@ def test_mlflow_has_the_study_run_its_trials_replicates_and_summary(smoke):
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.params["preset"] == "smoke" and parent.data.params["trials"] == "4"
-    assert parent.data.tags["verdict.kind"] in ("hypermaml_better", "maml_better", "equivalent", "inconclusive")
+    assert parent.data.tags["verdict.kind"] in ("config_hypermaml_better", "config_maml_better", "config_equivalent",
+                                                "config_inconclusive")
     assert parent.data.tags["verdict"] in parent.data.tags["mlflow.note.content"]
     _, trials = smoke_runs(tmp, "trial")
     by_algorithm = {a: [r for r in trials if r.data.tags["algorithm"] == a] for a in ("maml", "hypermaml")}
@@ -97,7 +100,17 @@ def test_mlflow_has_the_study_run_its_trials_replicates_and_summary(smoke):
             assert len(history) == 3
             assert note.endswith(f"ran all 3 epochs, best val {best:.1f}%")
         assert ("published reference; " in note) == ("hpo.reference" in tags)
-    assert any(r.data.tags.get("stopped_by") == "ASHA" for r in trials), "ASHA stopped no trial"
+    # Early stopping follows its rule (hpo.rounds): a search's first round is never stopped; a trial of the
+    # second is stopped at the first rung (epochs 1, 2) where its best validation accuracy is below the
+    # median of the first round's there. (MAML: no warm-up exempts its results from being judged.)
+    maml = by_algorithm["maml"]
+    best_by = {r.info.run_id: [m.value for m in client.get_metric_history(r.info.run_id, "best_val_acc")] for r in maml}
+    first, second = ([r for r in maml if r.data.params["hpo_round"] == str(k)] for k in (0, 1))
+    assert len(first) == len(second) == 2 and not any("stopped_by" in r.data.tags for r in first)
+    for run in second:
+        mine = best_by[run.info.run_id]
+        stop = next((e for e in (1, 2) if mine[e - 1] < np.percentile([best_by[r.info.run_id][e - 1] for r in first], 50)), None)
+        assert run.data.tags.get("stopped_at_epoch") == (str(stop) if stop else None), (mine, stop)
     for algorithm, mine in by_algorithm.items():
         best_val = {r.info.run_id: max(m.value for m in client.get_metric_history(r.info.run_id, "val_acc")) for r in mine}
         described = [r for r in mine if r.data.tags["mlflow.note.content"].startswith(f"best {algorithm} trial; ")]
@@ -115,7 +128,7 @@ def test_mlflow_has_the_study_run_its_trials_replicates_and_summary(smoke):
     artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert {"summary.md", "summary.csv", "spec.json", "plots"} <= artifacts
     plots = {Path(a.path).name for a in client.list_artifacts(summary.info.run_id, "plots")}
-    assert {"validation_curves.png", "anytime.png", "seed_results.png"} <= plots
+    assert {"validation_curves.png", "anytime.png", "seed_results.png", "expected_best.png"} <= plots
     for algorithm in ("maml", "hypermaml"):  # interactive, or a note saying why not
         if f"{algorithm}_parallel_coordinate.html" in plots:
             html = Path(client.download_artifacts(summary.info.run_id, f"plots/{algorithm}_parallel_coordinate.html"))
@@ -126,7 +139,17 @@ def test_mlflow_has_the_study_run_its_trials_replicates_and_summary(smoke):
             assert f"interactive parallel coordinate for {algorithm}: " in summary.data.tags["notes"]
     # the study's numbers live on the study run, each algorithm's on its replicate runs: no per-algorithm
     # metrics of a single run, which the UI would chart as lone bars
-    assert set(parent.data.metrics) == {"effect_points", "effect_ci95_low", "effect_ci95_high", "p_value", "p_improvement"}
+    assert set(parent.data.metrics) == {"effect_points", "ci_low_points", "ci_high_points", "p_value", "p_improvement",
+                                        "expected_best_val_acc.maml", "expected_best_val_acc.hypermaml"}
+    assert (parent.data.tags["verdict.unit"], parent.data.tags["verdict.searches"]) == ("config", "1")
+    assert parent.data.tags["verdict.kind"].startswith("config_")
+    # Dodge et al.'s curve: at n = 1 the mean of the 4 trials' best validation accuracies, rising to at most the best
+    for algorithm in ("maml", "hypermaml"):
+        curve = client.get_metric_history(parent.info.run_id, f"expected_best_val_acc.{algorithm}")
+        bests = [r.data.metrics["best_val_acc"] for r in by_algorithm[algorithm]]
+        assert [m.step for m in curve] == [1, 2, 3, 4]
+        assert curve[0].value == pytest.approx(np.mean(bests), abs=1e-3)
+        assert all(a.value <= b.value + 1e-9 for a, b in zip(curve, curve[1:])) and curve[-1].value <= max(bests) + 1e-9
     assert summary.data.metrics == {}
 
 
@@ -233,6 +256,41 @@ def test_rerunning_a_name_with_other_settings_exits_2_and_writes_nothing(smoke, 
     assert proc.stderr.strip().count("\n") == 0
     assert "trials 4 -> 5" in proc.stderr and "--resume" in proc.stderr and "--name" in proc.stderr
     assert {p: p.stat().st_mtime_ns for p in tmp.rglob("*")} == before
+
+
+def test_the_same_seed_gives_the_same_study_under_load(smoke, omniglot_root, tmp_path):
+    """The README's smoke study again, same flags and seed (another name and store), with two CPU-bound
+    processes beside it at normal priority: the same trials, proposals, early stops, episodes and test
+    accuracies, to the digit (the same CPU and threads)."""
+    first, _ = smoke
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(2)]
+    try:
+        cmd = study_cmd(omniglot_root, tmp_path, SMOKE_NAME)
+        proc = run_study(cmd)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def trials(folder, db):
+        client, runs_ = runs(folder, SMOKE_NAME, "trial", db)
+        return {(r.data.tags["algorithm"], r.data.params["hpo_number"]): (
+            {k: v for k, v in r.data.params.items() if k not in ("data_root", "cache_dir")},
+            [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_acc")],
+            r.data.tags.get("stopped_at_epoch"),
+            [m.value for m in client.get_metric_history(r.info.run_id, "train_episodes")]) for r in runs_}
+
+    def replicates(folder, db):
+        _, runs_ = runs(folder, SMOKE_NAME, "replicate", db)
+        return {(r.data.tags["algorithm"], r.data.tags["hpo.candidate_rank"], r.data.tags["seed"]):
+                (r.data.metrics["test_acc"], r.data.metrics["train_episodes"]) for r in runs_}
+
+    again, before = trials(tmp_path, "mlflow.db"), trials(first, SMOKE_DB)
+    assert len(before) == 8 and again == before
+    assert replicates(tmp_path, "mlflow.db") == replicates(first, SMOKE_DB)
+    verdict = [p.data.tags["verdict"] for p in runs(tmp_path, SMOKE_NAME, "study")[1]]
+    assert verdict == [p.data.tags["verdict"] for p in smoke_runs(first, "study")[1]]
 
 
 def test_killed_driver_resumes_without_losing_or_duplicating_runs(omniglot_root, tmp_path):
@@ -371,3 +429,45 @@ def test_a_training_time_cap_ends_every_network_early_as_its_full_budget(omniglo
     summary = (tmp_path / "ray" / "capped" / "summary.md").read_text()
     assert "| completed / training-time cap / early-stopped / time budget / failed | 0 / 2 / 0 / 0 / 0 |" in summary
     assert "training time per network: at most 1e-09 s" in summary
+
+
+def test_a_study_grows_by_searches_and_runs_only_the_new_ones(omniglot_root, tmp_path):
+    """Two searches per algorithm, then `--resume --searches 3`: exactly one more search per algorithm
+    runs (its trials and replicates), nothing already run is repeated, and the verdict is recomputed
+    over three searches."""
+    cmd = study_cmd(omniglot_root, tmp_path, "grown", "--searches", "2", "--trials", "2", "--epochs", "1",
+                    "--scheduler", "none")
+    first = run_study(cmd)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client, trials = runs(tmp_path, "grown", "trial")
+    _, replicates = runs(tmp_path, "grown", "replicate")
+    before = {r.info.run_id for r in trials + replicates}
+    assert sorted((r.data.tags["algorithm"], r.data.tags["hpo.search"]) for r in trials) == sorted(
+        (a, s) for a in ("maml", "hypermaml") for s in ("0", "1") for _ in range(2))
+    study = runs(tmp_path, "grown", "study")[1][0]
+    assert (study.data.tags["verdict.unit"], study.data.tags["verdict.searches"]) == ("search", "2")
+    effect_before = study.data.metrics["effect_points"]
+
+    grown = run_study([*cmd, "--resume", "--searches", "3"])
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    assert "tune maml search 2: 2 trials" in grown.stdout and "tune hypermaml search 2: 2 trials" in grown.stdout
+    started = [line for line in grown.stdout.splitlines() if re.search(r" started( \(published reference\))?$", line)]
+    _, trials = runs(tmp_path, "grown", "trial")
+    _, replicates = runs(tmp_path, "grown", "replicate")
+    new = [r for r in trials + replicates if r.info.run_id not in before]
+    assert before <= {r.info.run_id for r in trials + replicates}  # nothing redone, nothing lost
+    assert {r.data.tags["hpo.search"] for r in new} == {"2"} and len(started) == len(new)  # only search 2 ran
+    assert sum(r.data.tags["hpo.role"] == "trial" for r in new) == 2 * 2  # its 2 trials per algorithm
+    study = runs(tmp_path, "grown", "study")[1][0]
+    assert (study.data.tags["verdict.unit"], study.data.tags["verdict.searches"]) == ("search", "3")
+    assert "3 hypermaml vs 3 maml searches as the unit" in study.data.tags["verdict"]
+    assert study.data.metrics["effect_points"] != effect_before
+    assert json.loads((tmp_path / "ray" / "grown" / "search_blocks.json").read_text()) == [[0, 2], [2, 3]]
+    # Each search's own Optuna study holds only its own trials.
+    storage = f"sqlite:///{tmp_path / 'ray' / 'grown' / 'optuna.db'}"
+    for algorithm in ("maml", "hypermaml"):
+        for name in (f"grown-{algorithm}", f"grown-{algorithm}-search1", f"grown-{algorithm}-search2"):
+            assert len(optuna.load_study(study_name=name, storage=storage).trials) == 2, name
+    # Growing only: fewer searches than the study has is refused in one line.
+    shrink = run_study([*cmd, "--resume", "--searches", "1"])
+    assert shrink.returncode == 2 and "a study can only grow" in shrink.stderr and shrink.stderr.count("\n") == 1
