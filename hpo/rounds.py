@@ -60,18 +60,24 @@ class RoundSearch(Searcher):
         self.live: list[set[str]] = [set() for _ in studies]  # handed-out trials of the current round, not ended
         self.ot_trials: dict[str, tuple[int, optuna.Trial]] = {}  # Tune trial id -> (search, Optuna trial)
         self.ended: set[str] = set()
+        self.turn = 0  # the search whose turn it is to propose
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space is ours (define-by-run); Tune's metric and mode are the same as ours
 
     def suggest(self, trial_id: str) -> dict | None:
-        for k in range(len(self.studies)):  # the lowest search with a proposal ready, for a stable order
+        # The searches take turns (the next one after the last that proposed), so with a few free slots
+        # every search has a trial running: side by side, not one after the other. The turns change only
+        # what runs when, never what a search proposes.
+        count = len(self.studies)
+        for k in [(self.turn + i) % count for i in range(count)]:
             if not self.queued[k] and not self.live[k] and self.proposed[k] < self.trials:
                 self._open_round(k)
             if self.queued[k]:
                 ot_trial, config = self.queued[k].pop(0)
                 self.live[k].add(trial_id)
                 self.ot_trials[trial_id] = (k, ot_trial)
+                self.turn = (k + 1) % count
                 return config
         if all(n >= self.trials for n in self.proposed) and not any(self.queued):
             return Searcher.FINISHED

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ METRIC, MODE = "best_val_acc", "max"
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 REPLICATES = "replicates"  # the replicate phase's experiment folder in the study folder
 UNKNOWN_ORDER = 10**9  # the order of a trial with no Optuna record (not expected): after all others
+Fit = Callable[[tune.Tuner], tune.ResultGrid]  # runs a Tuner: Interrupts.fit, or plain Tuner.fit
 SEARCH_BLOCKS_FILE = "search_blocks.json"  # beside spec.json: the searches' blocks (search_blocks)
 
 
@@ -132,31 +134,30 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str,
         ray.init(address=spec.address)
     else:
         ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0})
-    interrupted = _interrupt_on_signals()
-    try:
-        blocks = search_blocks(spec)
-        outcomes = {a: tune_algorithm(spec, a, spaces[a], references.get(a), tracker, blocks, verbose)
-                    for a in spec.algorithms}
-        replicates = replicate(spec, outcomes, tracker, blocks, verbose)
-        finalists = choose_finalists(replicates, spec.searches)
-        tracker.mark_finalists(finalists)
-        say("final configurations (best mean val over seeds): " + ", ".join(
-            f"{a} #{f.candidate_rank} ({100 * f.mean_val_acc:.1f}%)" for a, f in finalists.items()))
-        comparison = compare(spec, outcomes, finalists)
-        diagnostics = diagnose(outcomes, finalists, comparison.per_search if comparison else {}, spec.grace_period,
-                               spec.epochs)
-        summary = write_report(spec, outcomes, replicates, finalists, comparison, diagnostics, tracker)
-        tracker.finish_study("FINISHED")
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (a `ray job stop`): an interruption, not a failure
-        tracker.finish_study("KILLED")
-        say(f"interrupted: {spec.name} stopped; run the same command again (or --resume) to continue it")
-        return 130
-    except BaseException as error:
-        tracker.finish_study("FAILED", error=f"{type(error).__name__}: {error}".splitlines()[0])
-        raise
-    finally:
-        ray.shutdown()
-        _restore_signals(interrupted)
+    with Interrupts() as interrupts:
+        try:
+            blocks = search_blocks(spec)
+            outcomes = {a: tune_algorithm(spec, a, spaces[a], references.get(a), tracker, blocks, interrupts.fit,
+                                          verbose) for a in spec.algorithms}
+            replicates = replicate(spec, outcomes, tracker, blocks, interrupts.fit, verbose)
+            finalists = choose_finalists(replicates, spec.searches)
+            tracker.mark_finalists(finalists)
+            say("final configurations (best mean val over seeds): " + ", ".join(
+                f"{a} #{f.candidate_rank} ({100 * f.mean_val_acc:.1f}%)" for a, f in finalists.items()))
+            comparison = compare(spec, outcomes, finalists)
+            diagnostics = diagnose(outcomes, finalists, comparison.per_search if comparison else {}, spec.grace_period,
+                                   spec.epochs)
+            summary = write_report(spec, outcomes, replicates, finalists, comparison, diagnostics, tracker)
+            tracker.finish_study("FINISHED")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (a `ray job stop`): an interruption, not a failure
+            tracker.finish_study("KILLED")
+            say(f"interrupted: {spec.name} stopped; run the same command again (or --resume) to continue it")
+            return 130
+        except BaseException as error:
+            tracker.finish_study("FAILED", error=f"{type(error).__name__}: {error}".splitlines()[0])
+            raise
+        finally:
+            ray.shutdown()
     # The answer last: the diagnostics, the summary's bold opening lines (a time-budget warning, the
     # verdict), then where the rest is.
     opening = summary.split("\n## ")[0].splitlines()
@@ -168,51 +169,53 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str,
     return 0
 
 
-# While a Tuner.fit runs (_fit): "usr1", the SIGUSR1 handler before it; "signal", the interruption it got.
-_FITTING: dict = {}
-
-
-def _interrupt_on_signals() -> dict:
+class Interrupts:
     """Ctrl-C and SIGTERM raise KeyboardInterrupt in the driver, whatever phase it is in, so the study
     ends as interrupted (KILLED in MLflow) and can be resumed. Ray Tune's own SIGINT handler would
     instead end the phase quietly and let the study go on with part of its trials.
 
-    Inside a Tuner.fit the first such signal stops Tune its own way first (its SIGUSR1 handler): Tune
-    then writes its experiment state to the storage one last time, and _fit raises KeyboardInterrupt
-    when fit returns. Raised in the middle of Tune's loop, the resume would restore Tune's last periodic
-    snapshot instead, without the trials started since (their runs deleted as orphans, their Optuna
-    trials RUNNING forever, their budget spent again). A second signal raises at once."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}  # signal handlers belong to the main thread; elsewhere the default behaviour stays
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    Inside a Tuner.fit run through `fit`, the first such signal stops Tune its own way first (its
+    SIGUSR1 handler): Tune then writes its experiment state to the storage one last time, and `fit`
+    raises KeyboardInterrupt when Tune returns. Raised in the middle of Tune's loop, the resume would
+    restore Tune's last periodic snapshot instead, without the trials started since (their runs
+    deleted as orphans, their Optuna trials RUNNING forever, their budget spent again). A second
+    signal raises at once. Used as a context manager around the study (handlers belong to the main
+    thread; elsewhere the default behaviour stays)."""
 
-    def interrupt(signum, frame):
+    def __init__(self):
+        self._previous: dict = {}
+        self._tune_stop = None  # the SIGUSR1 handler before the fit under way: Tune's is any other one
+        self._fitting = False
+        self._received: str | None = None  # the signal the fit under way got
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
         stop_tune = signal.getsignal(signal.SIGUSR1)
-        if "usr1" in _FITTING and not _FITTING["signal"] and callable(stop_tune) and stop_tune is not _FITTING["usr1"]:
-            _FITTING["signal"] = signal.Signals(signum).name
+        if self._fitting and not self._received and callable(stop_tune) and stop_tune is not self._tune_stop:
+            self._received = signal.Signals(signum).name
             stop_tune(signum, frame)  # installed by this fit's tune.run: ends its loop after a last snapshot
             return
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    return {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
-    """tuner.fit(), raising KeyboardInterrupt after it if it was interrupted (_interrupt_on_signals)."""
-    _FITTING.update(usr1=signal.getsignal(signal.SIGUSR1), signal=None)
-    try:
-        results = tuner.fit()
-    finally:
-        interrupted = _FITTING.get("signal")
-        _FITTING.clear()
-    if interrupted:
-        raise KeyboardInterrupt(interrupted)
-    return results
-
-
-def _restore_signals(previous: dict) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+    def fit(self, tuner: tune.Tuner) -> tune.ResultGrid:
+        """tuner.fit(), raising KeyboardInterrupt after it if it was interrupted."""
+        self._tune_stop, self._fitting, self._received = signal.getsignal(signal.SIGUSR1), True, None
+        try:
+            results = tuner.fit()
+        finally:
+            self._fitting = False
+        if self._received:
+            raise KeyboardInterrupt(self._received)
+        return results
 
 
 # ---- phase 1: tune ---------------------------------------------------------------------------------
@@ -237,13 +240,14 @@ def _experiment_name(phase: str, block: tuple[int, int]) -> str:
 
 
 def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: tuple[dict, str] | None,
-                   tracker: StudyTracker, blocks: list[tuple[int, int]], verbose: bool = False) -> TuneOutcome:
+                   tracker: StudyTracker, blocks: list[tuple[int, int]], fit: Fit = tune.Tuner.fit,
+                   verbose: bool = False) -> TuneOutcome:
     """Every search of an algorithm, block by block; one Tune experiment per block runs its searches
     side by side, as the resources allow."""
     start = time.perf_counter()
     trials: list[TrialRecord] = []
     for block in blocks:
-        trials += _tune_block(spec, algorithm, space, reference, tracker, block, verbose)
+        trials += _tune_block(spec, algorithm, space, reference, tracker, block, fit, verbose)
     wall = time.perf_counter() - start
     outcome = TuneOutcome(algorithm, sorted(trials, key=lambda t: (t.search, t.number)), wall,
                           spec.epochs * spec.episodes_per_epoch)
@@ -253,7 +257,7 @@ def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: t
 
 
 def _tune_block(spec: StudySpec, algorithm: str, space: SpaceFn, reference: tuple[dict, str] | None,
-                tracker: StudyTracker, block: tuple[int, int], verbose: bool) -> list[TrialRecord]:
+                tracker: StudyTracker, block: tuple[int, int], fit: Fit, verbose: bool) -> list[TrialRecord]:
     start = time.perf_counter()
     searches = range(*block)
     experiment = f"{spec.study_dir}/{_experiment_name(algorithm, block)}"
@@ -296,7 +300,7 @@ def _tune_block(spec: StudySpec, algorithm: str, space: SpaceFn, reference: tupl
             ),
             run_config=_run_config(spec, _experiment_name(algorithm, block), callbacks, verbose),
         )
-    results = _fit(tuner)
+    results = fit(tuner)
     tracker.reconcile(algorithm, results, searches)
     wall = time.perf_counter() - start
     budget_end = time.time() - wall + time_budget if time_budget and wall >= 0.98 * time_budget else None
@@ -394,18 +398,18 @@ def candidates(outcome: TuneOutcome, top: int, reference_margin: float) -> list[
 
 
 def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker, blocks: list[tuple[int, int]],
-              verbose: bool = False) -> list[ReplicateRecord]:
+              fit: Fit = tune.Tuner.fit, verbose: bool = False) -> list[ReplicateRecord]:
     """Retrain every search's candidates with that search's fresh seeds at the full trial budget (the
     same epochs and limits as its tuning trial), one Tune experiment per block of searches (parallel,
     retried and resumable like the tuning trials), each tested on the study's test episodes."""
     records: list[ReplicateRecord] = []
     for block in blocks:
-        records += _replicate_block(spec, outcomes, tracker, block, verbose)
+        records += _replicate_block(spec, outcomes, tracker, block, fit, verbose)
     return records
 
 
 def _replicate_block(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker,
-                     block: tuple[int, int], verbose: bool) -> list[ReplicateRecord]:
+                     block: tuple[int, int], fit: Fit, verbose: bool) -> list[ReplicateRecord]:
     items = []
     test_seeds = [spec.seed + r for r in range(spec.test_repeats)]  # the same test episodes for every search
     for search in range(*block):
@@ -437,7 +441,7 @@ def _replicate_block(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker:
                                                 ProgressLines("replicate", len(items), spec.epochs)], verbose),
         )
     records = []
-    results = _fit(tuner)
+    results = fit(tuner)
     say(f"replicate done in {duration(time.perf_counter() - start)}")
     for result in results:
         item = result.config["replicate"]

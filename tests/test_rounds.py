@@ -127,3 +127,9 @@ def test_decisions_within_a_round_do_not_depend_on_the_order_its_trials_report_i
                                                         {"acc": acc, "training_iteration": 1})
     assert decisions == {"r1a": TrialScheduler.STOP, "r1b": TrialScheduler.CONTINUE, "r1c": TrialScheduler.CONTINUE,
                          "r1d": TrialScheduler.STOP}
+
+
+def test_searches_take_turns_so_they_run_side_by_side():
+    search = searcher(searches=3)
+    assert [search.suggest(f"t{i}")[SEARCH_KEY] for i in range(6)] == [0, 1, 2, 0, 1, 2]
+    assert search.suggest("t6") is None  # every search's first round is out
