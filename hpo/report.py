@@ -48,25 +48,29 @@ def budget_clause(spec: StudySpec, outcomes: dict[str, TuneOutcome]) -> str:
 
 
 def write_files(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: list[ReplicateRecord],
-                finalists: dict[str, Finalist], comparison, diagnostics: list[Diagnostic], out: Path) -> list[Path]:
-    """summary.md, summary.csv, spec.json and plots/ in `out`; returns them (summary.md first)."""
+                finalists: dict[str, Finalist], comparison, diagnostics: list[Diagnostic], out: Path,
+                expected: dict[str, ExpectedBest] | None = None) -> list[Path]:
+    """summary.md, summary.csv, spec.json and plots/ in `out`; returns them (summary.md first).
+    `expected`: the expected-best curves (plots.expected_best_curves), computed here when not given."""
+    expected = expected_best_curves(outcomes) if expected is None else expected
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     curves = {a: [t.val_curve for t in o.trials if t.val_curve] for a, o in outcomes.items()}
     plot_validation_curves(curves, plots / "validation_curves.png")
     plot_anytime(outcomes, plots / "anytime.png")
-    plot_expected_best(expected_best_curves(outcomes), plots / "expected_best.png")
+    plot_expected_best(expected, plots / "expected_best.png")
     if finalists:
         plot_seed_results(finalists, comparison.headline if comparison else None, plots / "seed_results.png")
     files = [out / "summary.md", out / "summary.csv", out / "spec.json"]
-    files[0].write_text(summary_markdown(spec, outcomes, replicates, finalists, comparison, diagnostics))
+    files[0].write_text(summary_markdown(spec, outcomes, replicates, finalists, comparison, diagnostics, expected))
     files[1].write_text(summary_csv(replicates, finalists))
     files[2].write_text(json.dumps(spec.to_dict(), indent=2))
     return files + [plots]
 
 
 def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: list[ReplicateRecord],
-                     finalists: dict[str, Finalist], comparison, diagnostics: list[Diagnostic]) -> str:
+                     finalists: dict[str, Finalist], comparison, diagnostics: list[Diagnostic],
+                     expected: dict[str, ExpectedBest] | None = None) -> str:
     """The report a reader opens first: verdict, what the budget really was, warnings, per-seed table."""
     names = " vs ".join(outcomes)
     lines = [f"# {names}: tuned with equal budgets, compared over fresh training seeds", ""]
@@ -98,7 +102,7 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
 
     if comparison is not None:
         lines += _comparison_lines(spec, comparison)
-    lines += _expected_best_lines(expected_best_curves(outcomes))
+    lines += _expected_best_lines(expected_best_curves(outcomes) if expected is None else expected)
     lines += ["## Final configurations, per seed", "",
               "| algorithm | candidate | seed | best val acc | test acc ± 95% CI (episodes) | adapt ms/task | parameters | train s |",
               "|---|---|---|---|---|---|---|---|"]

@@ -516,7 +516,8 @@ def compare(spec: StudySpec, outcomes: dict[str, TuneOutcome], finalists: dict[s
 def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, diagnostics, tracker) -> str:
     out = Path(tempfile.mkdtemp(prefix="hpo-summary-"))
     try:
-        files = report.write_files(spec, outcomes, replicates, finalists, comparison, diagnostics, out)
+        expected = expected_best_curves(outcomes)  # once: the plot, summary.md and MLflow
+        files = report.write_files(spec, outcomes, replicates, finalists, comparison, diagnostics, out, expected)
         notes, figures = [], {}
         optuna_storage = optuna_storage_url(spec)  # not `storage`: that is the module the summary is written with
         for algorithm in spec.algorithms:
@@ -531,7 +532,7 @@ def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, d
             notes += study_notes + ([note] if note else [])
         for note in notes:
             print(f"note: {note}", file=sys.stderr, flush=True)
-        tracker.log_summary(comparison, diagnostics, files, notes, figures, expected_best_curves(outcomes))
+        tracker.log_summary(comparison, diagnostics, files, notes, figures, expected)
         for name in ("summary.md", "summary.csv"):
             storage.write_text(f"{spec.study_dir}/{name}", (out / name).read_text())
         return (out / "summary.md").read_text()
