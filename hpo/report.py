@@ -87,7 +87,7 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
     lines += ["", "## Budget that ran", "",
               "| | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
     rows = {
-        "tuning trials run": lambda o: f"{len(o.trials)} of {spec.trials}",
+        "tuning trials run": lambda o: f"{len(o.trials)} of {spec.searches * spec.trials}",
         "completed / training-time cap / early-stopped / time budget / failed": lambda o: " / ".join(
             str(o.count(s)) for s in (COMPLETED, TIME_CAP, EARLY_STOPPED, TIME_BUDGET, FAILED)),
         "training episodes per full trial": lambda o: str(o.episodes_per_trial),

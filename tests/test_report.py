@@ -62,6 +62,8 @@ def test_summary_opens_with_the_verdict_and_states_the_budget_that_ran():
     assert lines[2] == f"**{comparison.headline.sentence}**" and comparison.headline.kind.startswith("config_")
     assert lines[4] == "warning: the seeds disagree"
     assert "| tuning trials run | 2 of 2 | 2 of 2 |" in lines
+    two_searches = summary_markdown(StudySpec(trials=1, searches=2), outcomes, replicates, finalists, comparison, [])
+    assert "| tuning trials run | 2 of 2 | 2 of 2 |" in two_searches.splitlines()  # every search's trials planned
     assert "| completed / training-time cap / early-stopped / time budget / failed | 1 / 0 / 1 / 0 / 0 | 1 / 0 / 1 / 0 / 0 |" in lines
     assert "| tuning compute (trial-seconds) | 40 | 40 |" in lines
     assert "| replicates (candidates x seeds) | 2 x 3 (6 runs) | 2 x 3 (6 runs) |" in lines
