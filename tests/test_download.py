@@ -143,7 +143,8 @@ def test_smoke_study_without_a_data_root_fetches_omniglot_and_reaches_its_verdic
     url = serve(omniglot_root)
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "hpo.search", "--preset", "smoke", "--download"], cwd=work,
+    proc = subprocess.run([sys.executable, "-m", "hpo.search", "--preset", "smoke", "--download", "--trials", "2",
+                           "--epochs", "1", "--scheduler", "none", "--reference-margin", "0"], cwd=work,
                           env=search_env(tmp_path, url), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     target = tmp_path / "cache" / "omniglot"
