@@ -1,4 +1,4 @@
-"""The README's commands, and a way to run one exactly as printed.
+"""The commands of the README and of the docs/ pages, and a way to run one exactly as printed.
 
 A command runs in a scratch folder laid out like a checkout on our machines: `.venv` is this test run's
 environment and `../shared/data/omniglot` holds the test data. So `.venv/bin/python`, `python` and
@@ -14,6 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = REPO / "docs"
 # Inline code spans that are commands (the rest of the README's inline code is names and values).
 INLINE_COMMAND = re.compile(r"^(python|\.venv/bin/|ray |kubectl )")
 
@@ -41,6 +42,16 @@ def readme_commands(text: str | None = None) -> list[str]:
     lines, then its inline commands."""
     text = README.read_text() if text is None else text
     return list(dict.fromkeys(bash_commands(text) + inline_commands(text)))
+
+
+def documented_pages() -> list[Path]:
+    """Every page that prints commands: the README, then each docs/*.md page."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def page_commands(page: Path) -> list[str]:
+    """Every command of one page (the README or a docs/*.md page): its ```bash lines, then its inline commands."""
+    return readme_commands(page.read_text())
 
 
 def scratch_checkout(tmp: Path, omniglot_root: Path) -> Path:

@@ -1,7 +1,8 @@
-"""Every command in the README is run exactly as printed, by a test here, by another test module, or by
-.ci/run; the one GPU command is parsed, and so would be any cluster command (they are in docs/cluster.md,
-whose every command tests/test_cluster.py checks). `COVERED` says which: a README
-command it does not list, or one it lists that the README no longer has, fails the first test.
+"""Every command in the README and in the docs/ pages is run exactly as printed, by a test here, by another
+test module, or by .ci/run; the one GPU command is parsed, and so would be any cluster command (they are in
+docs/cluster.md, whose every command tests/test_cluster.py checks). `COVERED` says which: a command of the
+README or of a docs/*.md page other than docs/cluster.md that it does not list, or one it lists that no page
+has any more, fails the first test. A docs page added later is collected as well.
 
 The default study (`python -m hpo.search`, with or without --data-root; about half an hour here) is run
 with one flag added, `--dry-run`: exactly the printed command otherwise, so it resolves the default
@@ -11,6 +12,7 @@ preset, fetches or finds the data, loads all three splits and samples and checks
 
 import importlib.util
 import json
+import re
 import shlex
 import shutil
 import socket
@@ -27,10 +29,17 @@ from hpo.screenshot import stop_process
 from hpo.search import build_parser as search_parser
 from hypermaml.training import training_precision
 from tests.helpers import files_under
-from tests.readme_commands import (README, REPO, bash_commands, command_env, readme_commands, run_as_printed,
-                                    scratch_checkout)
+from tests.readme_commands import (DOCS, README, REPO, bash_commands, command_env, documented_pages, page_commands,
+                                    run_as_printed, scratch_checkout)
 
 ZIPS = ["images_background.zip", "images_evaluation.zip"]
+
+# Where the commands are printed. docs/cluster.md's are checked by tests/test_cluster.py
+# (test_every_command_in_the_cluster_doc_names_what_exists); every other page's are listed in COVERED.
+CLUSTER_DOC = DOCS / "cluster.md"
+STUDY_DOC = DOCS / "study.md"  # the study's flags, MLflow, optuna-dashboard
+RESULTS_DOC = DOCS / "results.md"  # the training command's results row
+PAGES = [page for page in documented_pages() if page != CLUSTER_DOC]
 
 SETUP = "python3.11 -m venv .venv && .venv/bin/pip install -e '.[dev]'"
 TESTS = ".venv/bin/python -m pytest -q"
@@ -77,9 +86,35 @@ COVERED = {
 
 
 def test_every_readme_command_is_run_or_parsed_by_a_test():
-    commands = readme_commands()
-    assert set(commands) - set(COVERED) == set(), "README commands no test runs"
-    assert set(COVERED) - set(commands) == set(), "commands tested here that the README no longer has"
+    """The README's and every docs page's commands (docs/cluster.md's: tests/test_cluster.py)."""
+    assert {README, STUDY_DOC, RESULTS_DOC} <= set(PAGES) and CLUSTER_DOC.is_file()
+    pages = {}  # command -> the pages that print it
+    for page in PAGES:
+        for command in page_commands(page):
+            pages.setdefault(command, []).append(page.relative_to(REPO).as_posix())
+    assert {c: p for c, p in pages.items() if c not in COVERED} == {}, "commands no test runs, and their pages"
+    assert set(COVERED) - set(pages) == set(), "commands tested here that no page has any more"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_pages_exists():
+    """Relative links of the README and the docs pages name files that exist, and headings that exist there."""
+    for page in documented_pages():
+        prose = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+        for target in re.findall(r"\]\(([^()\s]+)\)", prose):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name}: {target}"
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", linked.read_text(), flags=re.DOTALL),
+                                      flags=re.MULTILINE)
+                assert anchor in {github_anchor(h) for h in headings}, f"{page.name}: {target}"
 
 
 def test_ci_runs_the_set_up_and_test_commands_as_printed():
@@ -96,7 +131,7 @@ def mirror(omniglot_root, serve):
 def dry_run_of_the_default_study(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    assert out["study"]["preset"] == "default" and out["study"]["trials"] == 8 and out["study"]["epochs"] == 5
+    assert out["study"]["preset"] == "default" and out["study"]["searches"] == 3 and out["study"]["trials"] == 4
     assert set(out["space_samples"]) == {"maml", "hypermaml"}
     return out
 
@@ -131,10 +166,11 @@ def test_the_training_command_gives_the_results_row(omniglot_root, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["algorithm"] == "hypermaml" and result["test_episodes"] == 600
     assert json.loads((checkout / "runs" / "hypermaml" / "config.json").read_text())["hn_hidden"] == 256
-    row = next(line for line in README.read_text().splitlines() if line.startswith("| HyperMAML, hidden 256, 3 layers, meta-batch 8, 4×25"))
-    readme_accuracy = float(row.split("|")[3].split("%")[0])
-    print(f"README {readme_accuracy}%, this run {100 * result['test_acc']:.2f}% ± {100 * result['test_ci95']:.2f}")
-    assert abs(100 * result["test_acc"] - readme_accuracy) < 3  # the same seeded run, on another CPU's floats
+    assert TRAIN in page_commands(RESULTS_DOC)  # printed beside its row
+    row = next(line for line in RESULTS_DOC.read_text().splitlines() if line.startswith("| HyperMAML, hidden 256, 3 layers, meta-batch 8, 4×25"))
+    documented_accuracy = float(row.split("|")[3].split("%")[0])
+    print(f"docs/results.md {documented_accuracy}%, this run {100 * result['test_acc']:.2f}% ± {100 * result['test_ci95']:.2f}")
+    assert abs(100 * result["test_acc"] - documented_accuracy) < 3  # the same seeded run, on another CPU's floats
     assert result["test_ci95"] < 0.02  # 600 test episodes (this also stands in for test_learning's HyperMAML case)
     # The run says what its default precision ("auto") became on this machine: bf16 on a CPU with bf16 instructions.
     assert result["precision"] == training_precision("auto", torch.device("cpu"))
@@ -147,7 +183,7 @@ def test_help_lists_every_flag(omniglot_root, tmp_path):
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         assert proc.stdout.startswith(f"usage: {command.removesuffix(' --help')}")
     study_help = run_as_printed(HELP[0], checkout, timeout=120).stdout
-    listed = README.read_text().split("Every flag overrides its preset:")[1].split("\n\n")[0]
+    listed = STUDY_DOC.read_text().split("Every flag overrides its preset:")[1].split("\n\n")[0]
     for flag in [*shlex.split(listed.replace("`", " ").replace(",", " ").replace(".", " ")), "--download", "--dry-run"]:
         assert flag in study_help, flag
 
@@ -176,7 +212,7 @@ def test_the_reruns_and_their_comparison(omniglot_root, tmp_path):
 def test_the_mlflow_ui_command_serves_the_store(omniglot_root, tmp_path):
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 5000)) == 0:
-            pytest.fail("port 5000 is taken on this machine; the README's `mlflow ui` command needs it")
+            pytest.fail("port 5000 is taken on this machine; the `mlflow ui` command of docs/study.md needs it")
     checkout = scratch_checkout(tmp_path, omniglot_root)
     ui = subprocess.Popen(["bash", "-c", MLFLOW_UI], cwd=checkout, env=command_env(), start_new_session=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -218,8 +254,10 @@ def test_the_suite_without_data_stops_with_one_line(tmp_path):
 
 
 def test_cluster_and_gpu_commands_parse():
+    from tests.test_cluster import CLUSTER_DOC as CHECKED_THERE
     from tests.test_cluster import check_command
 
+    assert CHECKED_THERE == CLUSTER_DOC  # the page whose commands that module checks, not COVERED
     for command in CLUSTER:  # as docs/cluster.md's: against the ray CLI, the manifest, the study's parser, ...
         check_command(command, complete=command in bash_commands(README.read_text()))
     section = README.read_text().split("\n## Run on a cluster\n")[1].split("\n## ")[0]
