@@ -68,14 +68,27 @@ def main() -> None:
         print(json.dumps({"images_per_s": rate}))
         return
 
-    print(f"Conv4 forward + backward, {args.images_per_task} images per task, precision "
-          f"{training_precision(args.precision, torch.device('cpu'))}, {args.threads} thread(s); fresh process per case")
+    print(
+        f"Conv4 forward + backward, {args.images_per_task} images per task, precision "
+        f"{training_precision(args.precision, torch.device('cpu'))}, {args.threads} thread(s); fresh process per case"
+    )
     rates: dict[int, list[float]] = {tasks: [] for tasks in args.tasks}
     for round_ in range(args.rounds):
         for tasks in args.tasks:  # alternated: every round runs each case once
-            command = [sys.executable, str(Path(__file__).resolve()), "--child", str(tasks), "--images-per-task",
-                       str(args.images_per_task), "--images", str(args.images), "--threads", str(args.threads),
-                       "--precision", args.precision]
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                str(tasks),
+                "--images-per-task",
+                str(args.images_per_task),
+                "--images",
+                str(args.images),
+                "--threads",
+                str(args.threads),
+                "--precision",
+                args.precision,
+            ]
             done = subprocess.run(command, check=True, capture_output=True, text=True)
             rates[tasks].append(float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]))
             print(f"round {round_ + 1}: {tasks:>2} task(s) per pass  {rates[tasks][-1]:8.0f} images/s", flush=True)

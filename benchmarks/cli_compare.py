@@ -28,9 +28,30 @@ CASES = {  # the issue's two learners; 5-way 1-shot, meta-batch 32, 1 epoch x 10
 
 def run_cli(tree: Path, args: list[str], data_root: str, threads: int) -> float:
     with tempfile.TemporaryDirectory() as output:
-        command = [sys.executable, "-m", "hypermaml.train", "--data-root", data_root, "--output", f"{output}/run",
-                   "--way", "5", "--shot", "1", "--meta-batch", "32", "--epochs", "1", "--steps-per-epoch", "10",
-                   "--val-episodes", "10", "--test-episodes", "10", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "hypermaml.train",
+            "--data-root",
+            data_root,
+            "--output",
+            f"{output}/run",
+            "--way",
+            "5",
+            "--shot",
+            "1",
+            "--meta-batch",
+            "32",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "10",
+            "--val-episodes",
+            "10",
+            "--test-episodes",
+            "10",
+            *args,
+        ]
         env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
         done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=True)
     return float(json.loads(done.stdout.strip().splitlines()[-1])["train_episodes_per_s"])
@@ -47,7 +68,9 @@ def main() -> None:
     data_root = str(Path(args.data_root).resolve())
     with tempfile.TemporaryDirectory() as folder:
         baseline_tree = Path(folder) / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(baseline_tree), args.baseline], check=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(baseline_tree), args.baseline], check=True
+        )
         try:
             trees = {f"baseline {args.baseline}": baseline_tree, "this tree": ROOT}
             rates: dict[tuple[str, str], list[float]] = {}

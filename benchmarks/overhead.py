@@ -42,7 +42,9 @@ def main() -> None:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="trial shape (default: default)")
     parser.add_argument("--trials", type=int, default=2, help="trials per algorithm")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per trial (default 2; the preset's other settings stay)")
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="epochs per trial (default 2; the preset's other settings stay)"
+    )
     parser.add_argument("--episodes-per-epoch", type=int, help="override the preset's training episodes per epoch")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
@@ -59,12 +61,16 @@ def main() -> None:
         sys.exit("the two studies sampled different configurations; the comparison would not be paired")
 
     shape = first["configs"][0].train
-    print(f"\n{args.trials} trials per algorithm of {shape.epochs} epochs x {shape.steps_per_epoch * shape.meta_batch} "
-          f"episodes (+{shape.val_episodes} validation episodes per epoch), {shape.way}-way {shape.shot}-shot "
-          f"{shape.query} queries; one trial at a time with {args.cpus} CPUs and {args.cpus} torch threads; "
-          f"order: study, direct, direct, study (sums of both of each)")
-    print(f"{'algorithm':<11}{'study (s)':>11}{'direct (s)':>12}{'overhead':>10}   {'in epochs: study / direct (s)':>34}"
-          f"   {'around epochs: study / direct (s)':>34}")
+    print(
+        f"\n{args.trials} trials per algorithm of {shape.epochs} epochs x {shape.steps_per_epoch * shape.meta_batch} "
+        f"episodes (+{shape.val_episodes} validation episodes per epoch), {shape.way}-way {shape.shot}-shot "
+        f"{shape.query} queries; one trial at a time with {args.cpus} CPUs and {args.cpus} torch threads; "
+        f"order: study, direct, direct, study (sums of both of each)"
+    )
+    print(
+        f"{'algorithm':<11}{'study (s)':>11}{'direct (s)':>12}{'overhead':>10}   {'in epochs: study / direct (s)':>34}"
+        f"   {'around epochs: study / direct (s)':>34}"
+    )
     totals = {"study": 0.0, "direct": 0.0}
     for algorithm in first["tuning"]:
         study = first["tuning"][algorithm] + second["tuning"][algorithm]
@@ -80,8 +86,10 @@ def main() -> None:
     for label, run in (("study 1", first), ("direct 1", direct_1), ("direct 2", direct_2), ("study 2", second)):
         seconds = run["tuning"] if "tuning" in run else run["total"]
         print(f"  {label:<9}" + "  ".join(f"{a} {t:.1f} s" for a, t in seconds.items()))
-    print(f"(a whole study incl. Ray start-up, the test head-to-head and the summary: {first['wall']:.1f} s and "
-          f"{second['wall']:.1f} s; head-to-head {first['head_to_head']:.1f} s)")
+    print(
+        f"(a whole study incl. Ray start-up, the test head-to-head and the summary: {first['wall']:.1f} s and "
+        f"{second['wall']:.1f} s; head-to-head {first['head_to_head']:.1f} s)"
+    )
 
 
 def run_study(args, work: Path, name: str) -> dict:
@@ -91,11 +99,35 @@ def run_study(args, work: Path, name: str) -> dict:
     if args.episodes_per_epoch:
         shape += ["--episodes-per-epoch", str(args.episodes_per_epoch)]
     start = time.perf_counter()
-    code = search_main([
-        "--preset", args.preset, "--data-root", args.data_root, "--tracking-uri", uri, "--storage-path", str(work / "ray"),
-        "--name", name, "--trials", str(args.trials), *shape, "--scheduler", "none", "--searcher", "random",
-        "--max-concurrent", "1", "--cpus-per-trial", str(args.cpus), "--test-repeats", "1", "--time-budget", "1e9",
-    ])
+    code = search_main(
+        [
+            "--preset",
+            args.preset,
+            "--data-root",
+            args.data_root,
+            "--tracking-uri",
+            uri,
+            "--storage-path",
+            str(work / "ray"),
+            "--name",
+            name,
+            "--trials",
+            str(args.trials),
+            *shape,
+            "--scheduler",
+            "none",
+            "--searcher",
+            "random",
+            "--max-concurrent",
+            "1",
+            "--cpus-per-trial",
+            str(args.cpus),
+            "--test-repeats",
+            "1",
+            "--time-budget",
+            "1e9",
+        ]
+    )
     wall = time.perf_counter() - start
     if code != 0:
         sys.exit(f"study failed with exit code {code}")
@@ -109,8 +141,13 @@ def run_study(args, work: Path, name: str) -> dict:
         configs.append(config)
         epochs[config.train.algorithm] += sum(m.value for m in client.get_metric_history(run.info.run_id, "epoch_s"))
     configs.sort(key=lambda c: (c.train.algorithm, json.dumps(to_flat(c), sort_keys=True)))
-    return {"tuning": timing["tuning_seconds"], "epochs": epochs, "configs": configs, "wall": wall,
-            "head_to_head": timing["head_to_head_seconds"]}
+    return {
+        "tuning": timing["tuning_seconds"],
+        "epochs": epochs,
+        "configs": configs,
+        "wall": wall,
+        "head_to_head": timing["head_to_head_seconds"],
+    }
 
 
 def run_direct(configs) -> dict:

@@ -27,21 +27,63 @@ from pathlib import Path
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGET = ["--epochs", "5", "--steps-per-epoch", "30", "--meta-batch", "8", "--val-episodes", "100", "--test-episodes", "600"]
+BUDGET = [
+    "--epochs",
+    "5",
+    "--steps-per-epoch",
+    "30",
+    "--meta-batch",
+    "8",
+    "--val-episodes",
+    "100",
+    "--test-episodes",
+    "600",
+]
 LEARNERS = {
     "hypermaml": ["--algorithm", "hypermaml", "--hn-hidden", "256", "--hn-layers", "3"],
-    "maml-head": ["--algorithm", "maml", "--inner-params", "head", "--inner-steps", "10", "--inner-lr", "0.37",
-                  "--first-order"],
-    "maml-second-order": ["--algorithm", "maml", "--inner-params", "all", "--inner-steps", "3", "--inner-lr", "0.1",
-                          "--no-first-order"],
+    "maml-head": [
+        "--algorithm",
+        "maml",
+        "--inner-params",
+        "head",
+        "--inner-steps",
+        "10",
+        "--inner-lr",
+        "0.37",
+        "--first-order",
+    ],
+    "maml-second-order": [
+        "--algorithm",
+        "maml",
+        "--inner-params",
+        "all",
+        "--inner-steps",
+        "3",
+        "--inner-lr",
+        "0.1",
+        "--no-first-order",
+    ],
 }
 PRECISIONS = ("fp32", "bf16")
 
 
 def train(learner: str, precision: str, seed: int, data_root: str) -> dict:
     with tempfile.TemporaryDirectory() as output:
-        command = [sys.executable, "-m", "hypermaml.train", "--data-root", data_root, "--output", f"{output}/run",
-                   *BUDGET, *LEARNERS[learner], "--precision", precision, "--seed", str(seed)]
+        command = [
+            sys.executable,
+            "-m",
+            "hypermaml.train",
+            "--data-root",
+            data_root,
+            "--output",
+            f"{output}/run",
+            *BUDGET,
+            *LEARNERS[learner],
+            "--precision",
+            precision,
+            "--seed",
+            str(seed),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -63,19 +105,25 @@ def main() -> None:
             results[run] = future.result()
             learner, seed, precision = run
             r = results[run]
-            print(f"{learner:<18} seed {seed}  {precision}  test {100 * r['test_acc']:.2f} ± {100 * r['test_ci95']:.2f}"
-                  f"  val {100 * r['val_acc']:.2f}  {r['train_episodes_per_s']:.1f} episodes/s", flush=True)
+            print(
+                f"{learner:<18} seed {seed}  {precision}  test {100 * r['test_acc']:.2f} ± {100 * r['test_ci95']:.2f}"
+                f"  val {100 * r['val_acc']:.2f}  {r['train_episodes_per_s']:.1f} episodes/s",
+                flush=True,
+            )
     print("\nlearner             fp32 mean   bf16 mean   bf16 - fp32 (95% CI over seeds)   bf16 inside fp32's CI")
     for learner in args.learners:
         fp32 = [100 * results[(learner, s, "fp32")]["test_acc"] for s in args.seeds]
         bf16 = [100 * results[(learner, s, "bf16")]["test_acc"] for s in args.seeds]
         differences = [b - f for b, f in zip(bf16, fp32)]
         interval = stats.ttest_1samp(differences, 0.0).confidence_interval(0.95)
-        inside = sum(abs(b - f) <= 100 * results[(learner, s, "fp32")]["test_ci95"]
-                     for s, b, f in zip(args.seeds, bf16, fp32))
-        print(f"{learner:<18} {statistics.mean(fp32):9.2f}   {statistics.mean(bf16):9.2f}   "
-              f"{statistics.mean(differences):+.2f} ({interval.low:+.2f} to {interval.high:+.2f})"
-              f"{'':>14}{inside} of {len(args.seeds)}")
+        inside = sum(
+            abs(b - f) <= 100 * results[(learner, s, "fp32")]["test_ci95"] for s, b, f in zip(args.seeds, bf16, fp32)
+        )
+        print(
+            f"{learner:<18} {statistics.mean(fp32):9.2f}   {statistics.mean(bf16):9.2f}   "
+            f"{statistics.mean(differences):+.2f} ({interval.low:+.2f} to {interval.high:+.2f})"
+            f"{'':>14}{inside} of {len(args.seeds)}"
+        )
 
 
 if __name__ == "__main__":

@@ -101,8 +101,15 @@ def measure_in_process(args: argparse.Namespace, case: str, mode: str, variant: 
     algo = CASES[case]
     algorithm = "maml" if isinstance(algo, MAMLConfig) else "hypermaml"
     device = torch.device(args.device)
-    train = TrainConfig(algorithm=algorithm, data_root=args.data_root, query=args.query, meta_batch=args.meta_batch,
-                        device=args.device, task_chunk=args.task_chunk, **variant_settings(variant))
+    train = TrainConfig(
+        algorithm=algorithm,
+        data_root=args.data_root,
+        query=args.query,
+        meta_batch=args.meta_batch,
+        device=args.device,
+        task_chunk=args.task_chunk,
+        **variant_settings(variant),
+    )
     config = RunConfig(train, algo).validate()
     sampler = episode_sampler(config, load_data(config, ("train",))["train"].to(device), "train")
     generator = torch.Generator(device).manual_seed(0)
@@ -130,13 +137,34 @@ def measure_in_process(args: argparse.Namespace, case: str, mode: str, variant: 
 def measure_in_fresh_process(args: argparse.Namespace, case: str, mode: str, variant: str) -> float | None:
     """Episodes/s of one case in a fresh process; None (and its stderr printed) if it failed."""
     command = [
-        sys.executable, str(Path(__file__).resolve()), "--data-root", args.data_root, "--device", args.device,
-        "--meta-batch", str(args.meta_batch), "--query", str(args.query), "--task-chunk", str(args.task_chunk),
-        "--steps", str(args.steps), "--warmup", str(args.warmup), "--child", case, mode, variant,
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--data-root",
+        args.data_root,
+        "--device",
+        args.device,
+        "--meta-batch",
+        str(args.meta_batch),
+        "--query",
+        str(args.query),
+        "--task-chunk",
+        str(args.task_chunk),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--child",
+        case,
+        mode,
+        variant,
     ]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:  # reported, and the other cases still run
-        print(f"{case} {mode} {variant} failed (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+        print(
+            f"{case} {mode} {variant} failed (exit {done.returncode}):\n{done.stderr[-3000:]}",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     return float(json.loads(done.stdout.strip().splitlines()[-1])["episodes_per_s"])
 
@@ -147,14 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--meta-batch", type=int, default=32)
     parser.add_argument("--query", type=int, default=15)
-    parser.add_argument("--task-chunk", type=int, default=0, help="tasks per vectorized pass; 0 = the library's default")
+    parser.add_argument(
+        "--task-chunk", type=int, default=0, help="tasks per vectorized pass; 0 = the library's default"
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed outer steps per measurement")
     parser.add_argument("--warmup", type=int, default=1, help="untimed outer steps before them")
     parser.add_argument("--rounds", type=int, default=3, help="fresh-process measurements per case")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-loop", action="store_true", help="skip the loop reference")
-    parser.add_argument("--variants", nargs="+", type=variant_type, default=[DEFAULT_VARIANT],
-                        help=f"{DEFAULT_VARIANT} and/or levers joined by '+', from: {', '.join(LEVERS)} (default: {DEFAULT_VARIANT})")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        type=variant_type,
+        default=[DEFAULT_VARIANT],
+        help=f"{DEFAULT_VARIANT} and/or levers joined by '+', from: {', '.join(LEVERS)} (default: {DEFAULT_VARIANT})",
+    )
     parser.add_argument("--child", nargs=3, metavar=("CASE", "MODE", "VARIANT"), help=argparse.SUPPRESS)
     return parser
 
@@ -169,10 +204,13 @@ def main() -> None:
 
     device = torch.device(args.device)
     chunk = args.task_chunk or ("all" if device.type == "cuda" else "library default")
-    print(f"torch {torch.__version__}, device {device}"
-          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, threads {torch.get_num_threads()}, "
-          f"5-way 1-shot {args.query}-query Omniglot, meta-batch {args.meta_batch}, task chunk {chunk}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps per fresh process, {args.rounds} rounds", flush=True)
+    print(
+        f"torch {torch.__version__}, device {device}"
+        f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, threads {torch.get_num_threads()}, "
+        f"5-way 1-shot {args.query}-query Omniglot, meta-batch {args.meta_batch}, task chunk {chunk}, "
+        f"{args.warmup} warm-up + {args.steps} timed steps per fresh process, {args.rounds} rounds",
+        flush=True,
+    )
     # (mode, variant) pairs of each case: the loop reference runs with the default settings only.
     runs = [("vectorized", variant) for variant in args.variants]
     if not args.no_loop:

@@ -41,8 +41,11 @@ class AcrossError(Exception):
 def build_parser() -> Parser:
     parser = Parser(prog="python -m hpo.across", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="+", metavar="NAME", help="finished studies (their --name), at least two")
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{Path.cwd() / 'mlflow.db'}",
-                        help="the MLflow store the studies logged to (default sqlite:///./mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=f"sqlite:///{Path.cwd() / 'mlflow.db'}",
+        help="the MLflow store the studies logged to (default sqlite:///./mlflow.db)",
+    )
     return parser
 
 
@@ -75,17 +78,27 @@ def read_study(client, name: str) -> FinishedStudy:
     run = studies[0] if studies else None
     if run is None or "verdict.kind" not in run.data.tags or "effect_points" not in run.data.metrics:
         raise AcrossError(f"study {name!r} has no verdict: it has not finished, or had too few replicates to compare")
-    finals = client.search_runs(ids, f"tags.`{STUDY_TAG}` = '{name}' and tags.`{ROLE_TAG}` = 'replicate' "
-                                     f"and tags.`hpo.final` = 'true'", max_results=10000)
+    finals = client.search_runs(
+        ids,
+        f"tags.`{STUDY_TAG}` = '{name}' and tags.`{ROLE_TAG}` = 'replicate' and tags.`hpo.final` = 'true'",
+        max_results=10000,
+    )
     accuracies: dict[str, list[float]] = {}
     for replicate in finals:
         if "test_acc" in replicate.data.metrics:
             accuracies.setdefault(replicate.data.tags["algorithm"], []).append(replicate.data.metrics["test_acc"])
     params = run.data.params
-    return FinishedStudy(name, int(params["seed"]), run.data.tags.get(COMMIT_TAG, UNKNOWN),
-                         run.data.tags.get(DIRTY_TAG, UNKNOWN), params,
-                         tuple(ast.literal_eval(params["algorithms"])), run.data.metrics["effect_points"],
-                         run.data.tags["verdict.kind"], accuracies)
+    return FinishedStudy(
+        name,
+        int(params["seed"]),
+        run.data.tags.get(COMMIT_TAG, UNKNOWN),
+        run.data.tags.get(DIRTY_TAG, UNKNOWN),
+        params,
+        tuple(ast.literal_eval(params["algorithms"])),
+        run.data.metrics["effect_points"],
+        run.data.tags["verdict.kind"],
+        accuracies,
+    )
 
 
 def check_reruns(studies: list[FinishedStudy]) -> None:
@@ -96,23 +109,32 @@ def check_reruns(studies: list[FinishedStudy]) -> None:
         differing = [k for k in keys if first.params.get(k) != other.params.get(k)]
         if differing:
             k = differing[0]
-            raise AcrossError(f"studies {first.name!r} and {other.name!r} differ in {k} "
-                              f"({first.params.get(k)} vs {other.params.get(k)}): not reruns of one procedure")
+            raise AcrossError(
+                f"studies {first.name!r} and {other.name!r} differ in {k} "
+                f"({first.params.get(k)} vs {other.params.get(k)}): not reruns of one procedure"
+            )
     seen: dict[int, str] = {}
     for study in studies:
         if study.seed in seen:
-            raise AcrossError(f"studies {seen[study.seed]!r} and {study.name!r} both used --seed {study.seed}: "
-                              "the same search twice is not a rerun")
+            raise AcrossError(
+                f"studies {seen[study.seed]!r} and {study.name!r} both used --seed {study.seed}: "
+                "the same search twice is not a rerun"
+            )
         seen[study.seed] = study.name
 
 
 def table(studies: list[FinishedStudy], result: SearchComparison) -> str:
     b, c = result.baseline, result.challenger
-    lines = [f"| study | seed | commit | {b} final | {c} final | {c} − {b} | verdict |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| study | seed | commit | {b} final | {c} final | {c} − {b} | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for study in studies:
         effect = f"{study.effect:+.2f}".replace("-", "−")  # the sentence's minus sign
-        lines.append(f"| {study.name} | {study.seed} | {study.commit[:7]} | {study.final_mean(b):.2f}% "
-                     f"| {study.final_mean(c):.2f}% | {effect} | {study.verdict} |")
+        lines.append(
+            f"| {study.name} | {study.seed} | {study.commit[:7]} | {study.final_mean(b):.2f}% "
+            f"| {study.final_mean(c):.2f}% | {effect} | {study.verdict} |"
+        )
     return "\n".join(lines)
 
 
@@ -146,12 +168,16 @@ def provenance_warnings(studies: list[FinishedStudy]) -> list[str]:
     lines = []
     commits = sorted({s.commit[:7] for s in studies})
     if len(commits) > 1:
-        lines.append(f"warning: the studies ran different commits ({', '.join(commits)}); a change of the search "
-                     "spaces or the training between them is part of what this interval averages over")
+        lines.append(
+            f"warning: the studies ran different commits ({', '.join(commits)}); a change of the search "
+            "spaces or the training between them is part of what this interval averages over"
+        )
     dirty = [s.name for s in studies if s.dirty != "false"]
     if dirty:
-        lines.append(f"warning: {', '.join(dirty)} ran with uncommitted changes, or from a tree whose state is "
-                     "unknown: their code is not fully named by their commit")
+        lines.append(
+            f"warning: {', '.join(dirty)} ran with uncommitted changes, or from a tree whose state is "
+            "unknown: their code is not fully named by their commit"
+        )
     return lines
 
 

@@ -37,12 +37,19 @@ def estimate(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, 
     flops, rates = {}, {}
     for algorithm in spec.algorithms:
         tuned = references[algorithm][0] if algorithm in references else sample_space(spaces[algorithm], seed=spec.seed)
-        config = from_flat({**spec.fixed_settings(algorithm), **tuned,
-                            "steps_per_epoch": max(1, spec.episodes_per_epoch // tuned.get("meta_batch", spec.meta_batch))})
+        config = from_flat(
+            {
+                **spec.fixed_settings(algorithm),
+                **tuned,
+                "steps_per_epoch": max(1, spec.episodes_per_epoch // tuned.get("meta_batch", spec.meta_batch)),
+            }
+        )
         per_episode = step_flops(config) / config.train.meta_batch
         flops[algorithm] = min(spec.max_train_flops or float("inf"), episodes * per_episode)
         # Timed at a small meta-batch: the FLOP rate per task hardly depends on it on a CPU, and a dry run stays quick.
-        timed = from_flat({**to_flat(config), "device": "cpu", "meta_batch": min(TIMED_META_BATCH, config.train.meta_batch)})
+        timed = from_flat(
+            {**to_flat(config), "device": "cpu", "meta_batch": min(TIMED_META_BATCH, config.train.meta_batch)}
+        )
         rates[algorithm] = _flops_per_second(timed, max(1, int(spec.cpus_per_trial)))
     total = (tuning + replicates) / len(spec.algorithms) * sum(flops.values())
     at_once = max(1, min(spec.max_concurrent, int((os.cpu_count() or 1) // spec.cpus_per_trial)))
@@ -51,12 +58,17 @@ def estimate(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, 
         "networks": f"at most {tuning} tuning trials and {replicates} replicates",
         "training episodes per network": f"at most {episodes}",
         "FLOPs per network": ", ".join(f"{a} at most {f:.3g}" for a, f in flops.items())
-                             + (" (its FLOP budget, or its reference configuration's full episodes if fewer)"
-                                if spec.max_train_flops else " (its reference configuration's full episodes)"),
+        + (
+            " (its FLOP budget, or its reference configuration's full episodes if fewer)"
+            if spec.max_train_flops
+            else " (its reference configuration's full episodes)"
+        ),
         "FLOPs in all": f"at most {total:.3g}",
-        "this machine's CPUs": (f"at most {_duration(here)} of training, {at_once} trial(s) at a time, at the rate one "
-                                f"outer step of each reference ran here ({', '.join(f'{a} {r:.3g} FLOP/s' for a, r in rates.items())}, "
-                                f"{max(1, int(spec.cpus_per_trial))} thread(s) each); validation, test and start-up come on top"),
+        "this machine's CPUs": (
+            f"at most {_duration(here)} of training, {at_once} trial(s) at a time, at the rate one "
+            f"outer step of each reference ran here ({', '.join(f'{a} {r:.3g} FLOP/s' for a, r in rates.items())}, "
+            f"{max(1, int(spec.cpus_per_trial))} thread(s) each); validation, test and start-up come on top"
+        ),
         "a GPU": "no GPU rate measured yet (run bash benchmarks/gpu_check.sh on one)",
     }
 

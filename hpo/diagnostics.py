@@ -47,8 +47,13 @@ class SeedSpread(Protocol):
     def challenger_seed_sd(self) -> float: ...  # points
 
 
-def diagnose(outcomes: dict[str, TuneOutcome], finalists: dict[str, Finalist], comparisons: dict[int, SeedSpread],
-             grace_period: int, epochs: int) -> list[Diagnostic]:
+def diagnose(
+    outcomes: dict[str, TuneOutcome],
+    finalists: dict[str, Finalist],
+    comparisons: dict[int, SeedSpread],
+    grace_period: int,
+    epochs: int,
+) -> list[Diagnostic]:
     """Every check that fires, check by check in the order of the module docstring, and within a
     check by algorithm (and search) in the order of `outcomes` (tuning checks) or `finalists` (the
     others). `comparisons` holds each search's comparison of its two finalists (empty when there is
@@ -71,7 +76,7 @@ def _suffix(finalist: Finalist, several: bool) -> str:
 
 
 def _words(suffix: str) -> str:
-    """".search2" -> " search 2", for messages."""
+    """ ".search2" -> " search 2", for messages."""
     return f" search {suffix.removeprefix('.search')}" if suffix else ""
 
 
@@ -120,8 +125,10 @@ def _first_rung(outcome: TuneOutcome, grace_period: int, suffix: str = "") -> Di
         return None
     return Diagnostic(
         key=f"diagnostic.first_rung.{outcome.algorithm}{suffix}",
-        message=(f"warning: {stopped} of {total} {outcome.algorithm}{_words(suffix)} trials were stopped at the first rung "
-                 f"(epoch ≤ {grace_period}); the search mostly compared early learning speed"),
+        message=(
+            f"warning: {stopped} of {total} {outcome.algorithm}{_words(suffix)} trials were stopped at the first rung "
+            f"(epoch ≤ {grace_period}); the search mostly compared early learning speed"
+        ),
     )
 
 
@@ -142,9 +149,11 @@ def _late_best(outcome: TuneOutcome, suffix: str = "") -> Diagnostic | None:
         return None
     return Diagnostic(
         key=f"diagnostic.late_best.{outcome.algorithm}{suffix}",
-        message=(f"warning: {outcome.algorithm}{_words(suffix)}'s best tuning trial {best.trial_id} "
-                 f"({100 * acc:.2f}%) was proposed as number {best.number} of {total} (0-based), "
-                 f"in the last 20%; the search had not converged and more trials may find better"),
+        message=(
+            f"warning: {outcome.algorithm}{_words(suffix)}'s best tuning trial {best.trial_id} "
+            f"({100 * acc:.2f}%) was proposed as number {best.number} of {total} (0-based), "
+            f"in the last 20%; the search had not converged and more trials may find better"
+        ),
     )
 
 
@@ -157,10 +166,12 @@ def _seed_spread(comparison: SeedSpread, suffix: str = "") -> Diagnostic | None:
         return None
     return Diagnostic(
         key=f"diagnostic.seed_spread{suffix}",
-        message=(f"warning: {_words(suffix).strip() + ': ' if suffix else ''}the seed-to-seed sd ({comparison.baseline} {comparison.baseline_seed_sd:.2f}, "
-                 f"{comparison.challenger} {comparison.challenger_seed_sd:.2f} points) exceeds the effect "
-                 f"|{comparison.challenger} − {comparison.baseline}| = {effect:.2f} points; "
-                 "other seeds could change the answer"),
+        message=(
+            f"warning: {_words(suffix).strip() + ': ' if suffix else ''}the seed-to-seed sd ({comparison.baseline} {comparison.baseline_seed_sd:.2f}, "
+            f"{comparison.challenger} {comparison.challenger_seed_sd:.2f} points) exceeds the effect "
+            f"|{comparison.challenger} − {comparison.baseline}| = {effect:.2f} points; "
+            "other seeds could change the answer"
+        ),
     )
 
 
@@ -187,9 +198,11 @@ def _val_test_drop(finalist: Finalist, suffix: str = "") -> Diagnostic | None:
         return None
     return Diagnostic(
         key=f"diagnostic.val_test_drop.{finalist.algorithm}{suffix}",
-        message=(f"warning: {finalist.name}'s final configuration drops {drop:.2f} points from validation "
-                 f"({100 * finalist.mean_val_acc:.2f}%) to test ({tests.mean():.2f}%), more than the "
-                 f"{half_width:.2f}-point 95% CI half-width of its test mean; its validation score overstates it"),
+        message=(
+            f"warning: {finalist.name}'s final configuration drops {drop:.2f} points from validation "
+            f"({100 * finalist.mean_val_acc:.2f}%) to test ({tests.mean():.2f}%), more than the "
+            f"{half_width:.2f}-point 95% CI half-width of its test mean; its validation score overstates it"
+        ),
     )
 
 
@@ -204,8 +217,10 @@ def _time_capped(finalist: Finalist, epochs: int, suffix: str = "") -> Diagnosti
     span = str(ran[0]) if ran[0] == ran[-1] else f"{ran[0]}-{ran[-1]}"
     return Diagnostic(
         key=f"diagnostic.time_capped.{finalist.algorithm}{suffix}",
-        message=(f"warning: {finalist.name}'s final configuration trained {span} of {epochs} epochs: its "
-                 "training-time cap ended it (equal compute); with more time per network it may do better"),
+        message=(
+            f"warning: {finalist.name}'s final configuration trained {span} of {epochs} epochs: its "
+            "training-time cap ended it (equal compute); with more time per network it may do better"
+        ),
     )
 
 

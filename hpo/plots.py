@@ -75,13 +75,29 @@ def plot_anytime(outcomes: dict[str, TuneOutcome], path: str | Path) -> Figure:
     for index, (algorithm, outcome) in enumerate(outcomes.items()):
         color = f"C{index}"
         x, y = anytime_curve(outcome)
-        axes.step(x, y, where="post", color=color, marker="o", markersize=3.5,
-                  label=f"{algorithm} ({len(outcome.trials)} trials)")
+        axes.step(
+            x,
+            y,
+            where="post",
+            color=color,
+            marker="o",
+            markersize=3.5,
+            label=f"{algorithm} ({len(outcome.trials)} trials)",
+        )
         reference = _reference_point(outcome)
         if reference is not None:
             source, compute, acc = reference
-            axes.scatter([compute], [100 * acc], marker="*", s=160, color=color, edgecolors="black",
-                         linewidths=0.8, zorder=3, label=f"{algorithm} reference ({source})")
+            axes.scatter(
+                [compute],
+                [100 * acc],
+                marker="*",
+                s=160,
+                color=color,
+                edgecolors="black",
+                linewidths=0.8,
+                zorder=3,
+                label=f"{algorithm} reference ({source})",
+            )
     axes.set_title("Best validation accuracy found vs tuning compute")
     axes.set_xlabel("cumulative trial compute (trial-seconds)")
     axes.set_ylabel("best validation accuracy so far (%)")
@@ -95,8 +111,11 @@ def plot_anytime(outcomes: dict[str, TuneOutcome], path: str | Path) -> Figure:
 def expected_best_curves(outcomes: dict[str, TuneOutcome]) -> dict[str, ExpectedBest]:
     """Each algorithm's expected best validation accuracy (points) after n = 1..N tuning trials, from the
     best validation accuracies of all its searches' trials pooled (trials without one left out)."""
-    return {a: expected_best([100 * t.best_val_acc for t in o.trials if t.best_val_acc is not None])
-            for a, o in outcomes.items() if any(t.best_val_acc is not None for t in o.trials)}
+    return {
+        a: expected_best([100 * t.best_val_acc for t in o.trials if t.best_val_acc is not None])
+        for a, o in outcomes.items()
+        if any(t.best_val_acc is not None for t in o.trials)
+    }
 
 
 def plot_expected_best(curves: dict[str, ExpectedBest], path: str | Path) -> Figure:
@@ -105,7 +124,14 @@ def plot_expected_best(curves: dict[str, ExpectedBest], path: str | Path) -> Fig
     figure = Figure(figsize=(8, 5))
     axes = figure.subplots()
     for index, (algorithm, curve) in enumerate(curves.items()):
-        axes.plot(curve.n, curve.mean, color=f"C{index}", marker="o", markersize=3, label=f"{algorithm} ({len(curve.n)} trials)")
+        axes.plot(
+            curve.n,
+            curve.mean,
+            color=f"C{index}",
+            marker="o",
+            markersize=3,
+            label=f"{algorithm} ({len(curve.n)} trials)",
+        )
         axes.fill_between(curve.n, curve.low, curve.high, color=f"C{index}", alpha=0.2)
     axes.set_title("Expected best validation accuracy after n tuning trials (pooled over the searches)")
     axes.set_xlabel("tuning trials n")
@@ -135,21 +161,31 @@ def plot_seed_results(finalists: dict[str, Finalist], comparison: SeedEffect | N
         first = position == 0  # one legend entry per kind of mark
         axes.scatter(position + spread, accs, color="C1", s=22, zorder=3, label="fresh seeds" if first else None)
         for x, acc, seed in zip(position + spread, accs, finalist.seeds):
-            axes.annotate(str(seed), (x, acc), xytext=(4, 0), textcoords="offset points", fontsize=7,
-                          va="center", color="0.35")
+            axes.annotate(
+                str(seed), (x, acc), xytext=(4, 0), textcoords="offset points", fontsize=7, va="center", color="0.35"
+            )
         half_width = _t_half_width(accs)
-        axes.errorbar([position + MEAN_OFFSET], [float(accs.mean())],
-                      yerr=None if math.isnan(half_width) else [half_width],
-                      fmt="o", markersize=8, capsize=8, color="C0",
-                      label="mean over seeds ± 95% CI" if first else None)
-    axes.set_xticks(positions, [f"{algorithm}\nrank {finalist.candidate_rank}"
-                                for algorithm, finalist in finalists.items()])
+        axes.errorbar(
+            [position + MEAN_OFFSET],
+            [float(accs.mean())],
+            yerr=None if math.isnan(half_width) else [half_width],
+            fmt="o",
+            markersize=8,
+            capsize=8,
+            color="C0",
+            label="mean over seeds ± 95% CI" if first else None,
+        )
+    axes.set_xticks(
+        positions, [f"{algorithm}\nrank {finalist.candidate_rank}" for algorithm, finalist in finalists.items()]
+    )
     axes.set_xlim(-0.6, len(finalists) - 0.4)
     axes.set_ylabel("test accuracy (%)")
     title = "Test accuracy of each final configuration over fresh seeds"
     if comparison is not None:
-        title += (f"\n{comparison.challenger} − {comparison.baseline} = {_signed(comparison.effect)} points "
-                  f"(95% CI {_signed(comparison.ci_low)} to {_signed(comparison.ci_high)})")
+        title += (
+            f"\n{comparison.challenger} − {comparison.baseline} = {_signed(comparison.effect)} points "
+            f"(95% CI {_signed(comparison.ci_low)} to {_signed(comparison.ci_high)})"
+        )
     axes.set_title(title, fontsize=11)
     axes.grid(axis="y", alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
@@ -182,7 +218,7 @@ def _t_half_width(values: np.ndarray) -> float:
 
 
 def _signed(points: float) -> str:
-    """"+1.2" / "−0.5": with a typographic minus, as in the rest of the title."""
+    """ "+1.2" / "−0.5": with a typographic minus, as in the rest of the title."""
     return f"{points:+.1f}".replace("-", "−")
 
 
@@ -206,8 +242,16 @@ def plot_validation_curves(curves: dict[str, list[list[float]]], path: str | Pat
             # Only the first line of each algorithm is labelled: one legend entry per algorithm.
             label = f"{algorithm} ({len(plotted)} trials)" if number == 0 else None
             # Small markers keep one-epoch trials (stopped at once) visible.
-            axes.plot(epochs, 100 * np.asarray(accs, dtype=float), color=f"C{index}", linewidth=0.9,
-                      alpha=0.7, marker="o", markersize=2.5, label=label)
+            axes.plot(
+                epochs,
+                100 * np.asarray(accs, dtype=float),
+                color=f"C{index}",
+                linewidth=0.9,
+                alpha=0.7,
+                marker="o",
+                markersize=2.5,
+                label=label,
+            )
     axes.set_title("Validation accuracy of all trials")
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy (%)")

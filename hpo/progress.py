@@ -45,8 +45,10 @@ def replicate_name(item: dict) -> str:
 
 def tested(result: dict) -> str:
     """A replicate's result in a few words: "test 73.6% ± 2.8, best val 75.3%" (accuracies fractions)."""
-    return (f"test {100 * result['test_acc']:.1f}% ± {100 * result['test_ci95']:.1f}, "
-            f"best val {100 * result['best_val_acc']:.1f}%")
+    return (
+        f"test {100 * result['test_acc']:.1f}% ± {100 * result['test_ci95']:.1f}, "
+        f"best val {100 * result['best_val_acc']:.1f}%"
+    )
 
 
 def error_line(trial) -> str:
@@ -75,8 +77,15 @@ class ProgressLines(tune.Callback):
     candidate rank and seed. Picklable: Tune stores it with the experiment, and a resumed study uses it.
     """
 
-    def __init__(self, role: str, total: int, epochs: int, scheduler: str = "asha", time_budget_s: float = 0.0,
-                 reference: dict | None = None):
+    def __init__(
+        self,
+        role: str,
+        total: int,
+        epochs: int,
+        scheduler: str = "asha",
+        time_budget_s: float = 0.0,
+        reference: dict | None = None,
+    ):
         self.role, self.total, self.epochs = role, total, epochs
         self.scheduler, self.time_budget_s, self.reference = scheduler, time_budget_s, reference
         self._running: set[str] = set()  # ids of the trials started and not ended
@@ -99,7 +108,9 @@ class ProgressLines(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.role == "trial" and "val_acc" in result:  # replicates: their start and their test only
-            say(f"  {self._name(trial)} epoch {int(result.get('epoch', 0))}/{self.epochs}: val {100 * result['val_acc']:.1f}%")
+            say(
+                f"  {self._name(trial)} epoch {int(result.get('epoch', 0))}/{self.epochs}: val {100 * result['val_acc']:.1f}%"
+            )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._running.discard(trial.trial_id)
@@ -108,7 +119,9 @@ class ProgressLines(tune.Callback):
         if self.role == "replicate" and "test_acc" in result:
             text = tested(result)
         else:
-            stopped_by = "" if epoch >= self.epochs else stop_reason(self.scheduler, self.time_budget_s, self._started, result)
+            stopped_by = (
+                "" if epoch >= self.epochs else stop_reason(self.scheduler, self.time_budget_s, self._started, result)
+            )
             text = ending(epoch, self.epochs, result.get("best_val_acc"), stopped_by)
         say(f"  {self._name(trial)} {text} {self._done(trials, trial)}")
 

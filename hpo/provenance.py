@@ -52,6 +52,7 @@ class Provenance:
 def from_git(folder: Path) -> Provenance:
     """The checkout holding `folder`: HEAD, and whether tracked files differ from it (untracked files,
     such as a study's own results, do not count: `git describe --dirty`'s rule)."""
+
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10)

@@ -13,7 +13,13 @@ import numpy as np
 
 # How a tuning trial ended. TIME_CAP: its own training-time cap (--max-train-seconds) ended it before its
 # last epoch, so it ran its full compute budget; TIME_BUDGET: the study's time budget cut it.
-COMPLETED, TIME_CAP, EARLY_STOPPED, TIME_BUDGET, FAILED = "completed", "time_cap", "early_stopped", "time_budget", "failed"
+COMPLETED, TIME_CAP, EARLY_STOPPED, TIME_BUDGET, FAILED = (
+    "completed",
+    "time_cap",
+    "early_stopped",
+    "time_budget",
+    "failed",
+)
 # Keys a tuning trial's config carries to say where it belongs: its search, its number in that search's
 # Optuna study and its round (hpo.rounds). Bookkeeping, not settings: the trainable drops them.
 SEARCH_KEY, NUMBER_KEY, ROUND_KEY = "hpo_search", "hpo_number", "hpo_round"
@@ -62,8 +68,9 @@ class TuneOutcome:
 
     def of_search(self, search: int) -> TuneOutcome:
         """The same phase, restricted to one search's trials."""
-        return TuneOutcome(self.algorithm, [t for t in self.trials if t.search == search], self.wall_seconds,
-                           self.episodes_per_trial)
+        return TuneOutcome(
+            self.algorithm, [t for t in self.trials if t.search == search], self.wall_seconds, self.episodes_per_trial
+        )
 
     def count(self, status: str) -> int:
         return sum(t.status == status for t in self.trials)

@@ -20,9 +20,20 @@ import optuna
 from matplotlib.figure import Figure
 
 from .diagnostics import Diagnostic
-from .plots import expected_best_curves, plot_expected_best, plot_anytime, plot_seed_results, plot_validation_curves
-from .records import (COMPLETED, EARLY_STOPPED, FAILED, TIME_BUDGET, TIME_CAP, Finalist, ReplicateRecord, StudyComparison,
-                      TuneOutcome, compared_epochs, reference_gap)
+from .plots import expected_best_curves, plot_anytime, plot_expected_best, plot_seed_results, plot_validation_curves
+from .records import (
+    COMPLETED,
+    EARLY_STOPPED,
+    FAILED,
+    TIME_BUDGET,
+    TIME_CAP,
+    Finalist,
+    ReplicateRecord,
+    StudyComparison,
+    TuneOutcome,
+    compared_epochs,
+    reference_gap,
+)
 from .spec import StudySpec
 from .stats import ExpectedBest
 
@@ -30,8 +41,19 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 CSV_COLUMNS = (
-    "algorithm", "search", "candidate_rank", "source_trial", "final", "seed", "best_val_acc", "test_acc", "test_ci95",
-    "adapt_ms_per_task", "parameters", "train_seconds", "hyperparameters",
+    "algorithm",
+    "search",
+    "candidate_rank",
+    "source_trial",
+    "final",
+    "seed",
+    "best_val_acc",
+    "test_acc",
+    "test_ci95",
+    "adapt_ms_per_task",
+    "parameters",
+    "train_seconds",
+    "hyperparameters",
 )
 DPI = 120
 
@@ -42,14 +64,23 @@ def budget_clause(spec: StudySpec, outcomes: dict[str, TuneOutcome]) -> str:
     searches = f"{spec.searches} searches, " if spec.searches > 1 else ""
     cap = f" and {spec.max_train_flops:.3g} FLOPs" if spec.max_train_flops else ""
     cap += f" and {spec.max_train_seconds:g} s of training" if spec.max_train_seconds else ""
-    return (f"{searches}{trials} tuning trials ({' vs '.join(outcomes)}) of up to {spec.epochs * spec.episodes_per_epoch} "
-            f"training episodes{cap} each, replicates at that full budget, {spec.dataset} {spec.way}-way {spec.shot}-shot; "
-            f"study seed {spec.seed}")
+    return (
+        f"{searches}{trials} tuning trials ({' vs '.join(outcomes)}) of up to {spec.epochs * spec.episodes_per_epoch} "
+        f"training episodes{cap} each, replicates at that full budget, {spec.dataset} {spec.way}-way {spec.shot}-shot; "
+        f"study seed {spec.seed}"
+    )
 
 
-def write_files(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: list[ReplicateRecord],
-                finalists: dict[str, Finalist], comparison, diagnostics: list[Diagnostic], out: Path,
-                expected: dict[str, ExpectedBest] | None = None) -> list[Path]:
+def write_files(
+    spec: StudySpec,
+    outcomes: dict[str, TuneOutcome],
+    replicates: list[ReplicateRecord],
+    finalists: dict[str, Finalist],
+    comparison,
+    diagnostics: list[Diagnostic],
+    out: Path,
+    expected: dict[str, ExpectedBest] | None = None,
+) -> list[Path]:
     """summary.md, summary.csv, spec.json and plots/ in `out`; returns them (summary.md first).
     `expected`: the expected-best curves (plots.expected_best_curves), computed here when not given."""
     expected = expected_best_curves(outcomes) if expected is None else expected
@@ -68,33 +99,44 @@ def write_files(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: l
     return files + [plots]
 
 
-def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: list[ReplicateRecord],
-                     finalists: dict[str, Finalist], comparison, diagnostics: list[Diagnostic],
-                     expected: dict[str, ExpectedBest] | None = None) -> str:
+def summary_markdown(
+    spec: StudySpec,
+    outcomes: dict[str, TuneOutcome],
+    replicates: list[ReplicateRecord],
+    finalists: dict[str, Finalist],
+    comparison,
+    diagnostics: list[Diagnostic],
+    expected: dict[str, ExpectedBest] | None = None,
+) -> str:
     """The report a reader opens first: verdict, what the budget really was, warnings, per-seed table."""
     names = " vs ".join(outcomes)
     lines = [f"# {names}: tuned with equal budgets, compared over fresh training seeds", ""]
     cut = [a for a, o in outcomes.items() if o.count(TIME_BUDGET)]
     if cut:  # an unequal budget must be the first thing a reader sees
-        lines += [f"**warning: the time budget cut {', '.join(cut)} short: "
-                  + "; ".join(f"{o.count(TIME_BUDGET)} {a} trial(s) stopped by it" for a, o in outcomes.items() if a in cut)
-                  + ". The budgets below are what ran.**", ""]
+        lines += [
+            f"**warning: the time budget cut {', '.join(cut)} short: "
+            + "; ".join(f"{o.count(TIME_BUDGET)} {a} trial(s) stopped by it" for a, o in outcomes.items() if a in cut)
+            + ". The budgets below are what ran.**",
+            "",
+        ]
     if comparison is not None:
         lines += [f"**{comparison.headline.sentence}**", ""]
     else:
         lines += ["**No verdict: it needs two algorithms with at least 2 successful replicates each.**", ""]
     lines += [d.message for d in diagnostics]
-    lines += ["", "## Budget that ran", "",
-              "| | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
+    lines += ["", "## Budget that ran", "", "| | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
     rows = {
         "tuning trials run": lambda o: f"{len(o.trials)} of {spec.searches * spec.trials}",
         "completed / training-time cap / early-stopped / time budget / failed": lambda o: " / ".join(
-            str(o.count(s)) for s in (COMPLETED, TIME_CAP, EARLY_STOPPED, TIME_BUDGET, FAILED)),
+            str(o.count(s)) for s in (COMPLETED, TIME_CAP, EARLY_STOPPED, TIME_BUDGET, FAILED)
+        ),
         "training episodes per full trial": lambda o: str(o.episodes_per_trial),
         "tuning compute (trial-seconds)": lambda o: f"{o.trial_seconds:.0f}",
         "tuning wall time (s)": lambda o: f"{o.wall_seconds:.0f}",
         "replicates (candidates x seeds)": lambda o: _replicate_shape(replicates, o.algorithm),
-        "replicate compute (trial-seconds)": lambda o: f"{sum(r.train_seconds for r in replicates if r.algorithm == o.algorithm):.0f}",
+        "replicate compute (trial-seconds)": lambda o: (
+            f"{sum(r.train_seconds for r in replicates if r.algorithm == o.algorithm):.0f}"
+        ),
     }
     for label, cell in rows.items():
         lines.append(f"| {label} | " + " | ".join(cell(o) for o in outcomes.values()) + " |")
@@ -103,31 +145,50 @@ def summary_markdown(spec: StudySpec, outcomes: dict[str, TuneOutcome], replicat
     if comparison is not None:
         lines += _comparison_lines(spec, comparison)
     lines += _expected_best_lines(expected_best_curves(outcomes) if expected is None else expected)
-    lines += ["## Final configurations, per seed", "",
-              "| algorithm | candidate | seed | best val acc | test acc ± 95% CI (episodes) | adapt ms/task | parameters | train s |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Final configurations, per seed",
+        "",
+        "| algorithm | candidate | seed | best val acc | test acc ± 95% CI (episodes) | adapt ms/task | parameters | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for algorithm, finalist in finalists.items():
         for r in finalist.replicates:
-            lines.append(f"| {algorithm} | rank {finalist.candidate_rank} (trial {finalist.source_trial}) | {r.seed} | "
-                         f"{100 * r.best_val_acc:.2f}% | {100 * r.test_acc:.2f} ± {100 * r.test_ci95:.2f}% | "
-                         f"{r.adapt_ms_per_task:.1f} | {r.parameters:,} | {r.train_seconds:.0f} |")
+            lines.append(
+                f"| {algorithm} | rank {finalist.candidate_rank} (trial {finalist.source_trial}) | {r.seed} | "
+                f"{100 * r.best_val_acc:.2f}% | {100 * r.test_acc:.2f} ± {100 * r.test_ci95:.2f}% | "
+                f"{r.adapt_ms_per_task:.1f} | {r.parameters:,} | {r.train_seconds:.0f} |"
+            )
         accs = [100 * r.test_acc for r in finalist.replicates]
         spread = f" (sd {np.std(accs, ddof=1):.2f} over seeds)" if len(accs) > 1 else ""
-        lines.append(f"| {algorithm} | **mean** | | {100 * finalist.mean_val_acc:.2f}% | **{np.mean(accs):.2f}%**{spread} | | | |")
-    lines += ["", "## Candidates (mean over fresh seeds; the validation mean chose the final one)", "",
-              "| algorithm | rank | tuning trial | reference | mean val acc | mean test acc | seeds |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {algorithm} | **mean** | | {100 * finalist.mean_val_acc:.2f}% | **{np.mean(accs):.2f}%**{spread} | | | |"
+        )
+    lines += [
+        "",
+        "## Candidates (mean over fresh seeds; the validation mean chose the final one)",
+        "",
+        "| algorithm | rank | tuning trial | reference | mean val acc | mean test acc | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (algorithm, search, rank), group in sorted(_groups(replicates).items()):
         trial = next((t for t in outcomes[algorithm].trials if t.trial_id == group[0].source_trial), None)
         chosen = " (final)" if _is_final(finalists, group[0]) else ""
         name = algorithm if spec.searches == 1 else f"{algorithm} search {search}"
-        lines.append(f"| {name} | {rank}{chosen} | {group[0].source_trial} | {'yes' if trial and trial.reference else ''} | "
-                     f"{100 * np.mean([r.best_val_acc for r in group]):.2f}% | {100 * np.mean([r.test_acc for r in group]):.2f}% | "
-                     f"{len(group)} |")
+        lines.append(
+            f"| {name} | {rank}{chosen} | {group[0].source_trial} | {'yes' if trial and trial.reference else ''} | "
+            f"{100 * np.mean([r.best_val_acc for r in group]):.2f}% | {100 * np.mean([r.test_acc for r in group]):.2f}% | "
+            f"{len(group)} |"
+        )
     lines += _unretrained_references(spec, outcomes, replicates)
     lines += ["", "## Final hyperparameters", ""]
     for algorithm, finalist in finalists.items():
-        lines += [f"### {algorithm} (tuning trial {finalist.source_trial}, candidate rank {finalist.candidate_rank})", ""]
-        lines += [f"- {name}: {_compact(value)}" for name, value in sorted(finalist.tuned.items())] or ["- (none tuned)"]
+        lines += [
+            f"### {algorithm} (tuning trial {finalist.source_trial}, candidate rank {finalist.candidate_rank})",
+            "",
+        ]
+        lines += [f"- {name}: {_compact(value)}" for name, value in sorted(finalist.tuned.items())] or [
+            "- (none tuned)"
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -138,9 +199,13 @@ def _expected_best_lines(curves: dict[str, ExpectedBest]) -> list[str]:
     if not curves:
         return []
     count = max(len(c.n) for c in curves.values())
-    ns = sorted({n for n in (2 ** i for i in range(count.bit_length())) if n <= count} | {count})
-    lines = ["## Expected best validation accuracy after n tuning trials (pooled over searches; ± sd)", "",
-             "| n | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+    ns = sorted({n for n in (2**i for i in range(count.bit_length())) if n <= count} | {count})
+    lines = [
+        "## Expected best validation accuracy after n tuning trials (pooled over searches; ± sd)",
+        "",
+        "| n | " + " | ".join(curves) + " |",
+        "|---|" + "---|" * len(curves),
+    ]
     for n in ns:
         cells = [f"{c.mean[n - 1]:.2f}% ± {c.sd[n - 1]:.2f}" if n <= len(c.n) else "" for c in curves.values()]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
@@ -152,25 +217,36 @@ def _comparison_lines(spec: StudySpec, comparison: StudyComparison) -> list[str]
     h = comparison.headline
     lines = []
     if h.unit == "search":
-        spread = "; ".join(f"{name}: search means {', '.join(f'{m:.2f}' for m in means)}%, sd {sd:.2f} points"
-                           for name, means, sd in ((h.baseline, h.baseline_search_means, h.baseline_search_sd),
-                                                   (h.challenger, h.challenger_search_means, h.challenger_search_sd)))
+        spread = "; ".join(
+            f"{name}: search means {', '.join(f'{m:.2f}' for m in means)}%, sd {sd:.2f} points"
+            for name, means, sd in (
+                (h.baseline, h.baseline_search_means, h.baseline_search_sd),
+                (h.challenger, h.challenger_search_means, h.challenger_search_sd),
+            )
+        )
         lines += [
-            "## Comparison (the search is the unit)", "",
+            "## Comparison (the search is the unit)",
+            "",
             f"- effect {h.challenger} − {h.baseline}, mean over searches of each search finalist's mean test accuracy: "
             f"{h.effect:+.2f} points, 95% CI {h.ci_low:+.2f} to {h.ci_high:+.2f} (Welch t over search means, "
             f"df {h.df:.1f}, plus the shared test episodes; p={_format_p(h.p_value)})",
             f"- {spread}",
             f"- equivalence margin: ±{h.margin:g} points; verdict: `{h.kind}`"
-            + (f"; about {h.searches_needed} searches per algorithm would be needed to decide" if h.searches_needed else ""),
+            + (
+                f"; about {h.searches_needed} searches per algorithm would be needed to decide"
+                if h.searches_needed
+                else ""
+            ),
             f"- given the configurations found (seeds and episodes only, not the search): 95% CI "
-            f"{h.config_ci_low:+.2f} to {h.config_ci_high:+.2f}", "",
+            f"{h.config_ci_low:+.2f} to {h.config_ci_high:+.2f}",
+            "",
         ]
     single = comparison.per_search.get(min(comparison.per_search)) if len(comparison.per_search) == 1 else None
     if single is not None:
         c = single
         lines += [
-            "## Comparison (about these configurations: one search per algorithm)", "",
+            "## Comparison (about these configurations: one search per algorithm)",
+            "",
             f"- effect {c.challenger} − {c.baseline}: {c.effect:+.2f} points, 95% CI {c.ci_low:+.2f} to {c.ci_high:+.2f} "
             f"(Welch t, df {c.df:.1f}, p={_format_p(c.p_value)}); seed and episode variance both included",
             f"- P({c.challenger} > {c.baseline}) for a random pair of training seeds: {c.p_improvement:.2f} "
@@ -181,16 +257,23 @@ def _comparison_lines(spec: StudySpec, comparison: StudyComparison) -> list[str]
             f"- secondary, {_episode_line(c)}",
             "- what the CI does not cover: the search. Another search can find other configurations; a claim about "
             f"the algorithms needs several: `--searches 3` or more, or grow this study with "
-            f"`--resume --name {spec.name} --searches 3` (only the new searches run).", "",
+            f"`--resume --name {spec.name} --searches 3` (only the new searches run).",
+            "",
         ]
     elif comparison.per_search:
-        lines += ["## Each search's finalists (secondary: about that search's configurations)", "",
-                  f"| search | {h.baseline} | {h.challenger} | {h.challenger} − {h.baseline} | 95% CI | P({h.challenger} > "
-                  f"{h.baseline}) | verdict |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Each search's finalists (secondary: about that search's configurations)",
+            "",
+            f"| search | {h.baseline} | {h.challenger} | {h.challenger} − {h.baseline} | 95% CI | P({h.challenger} > "
+            f"{h.baseline}) | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for search, c in sorted(comparison.per_search.items()):
-            lines.append(f"| {search} | {c.baseline_mean:.2f}% | {c.challenger_mean:.2f}% | {c.effect:+.2f} | "
-                         f"{c.ci_low:+.2f} to {c.ci_high:+.2f} | {c.p_improvement_pairs[0]:g} of {c.p_improvement_pairs[1]} "
-                         f"pairs ({_p_equals(c.p_improvement_p)}) | `{c.kind}` |")
+            lines.append(
+                f"| {search} | {c.baseline_mean:.2f}% | {c.challenger_mean:.2f}% | {c.effect:+.2f} | "
+                f"{c.ci_low:+.2f} to {c.ci_high:+.2f} | {c.p_improvement_pairs[0]:g} of {c.p_improvement_pairs[1]} "
+                f"pairs ({_p_equals(c.p_improvement_p)}) | `{c.kind}` |"
+            )
         lines.append("")
     return lines
 
@@ -202,25 +285,38 @@ def summary_csv(replicates: list[ReplicateRecord], finalists: dict[str, Finalist
     writer.writeheader()
     for r in replicates:
         final = _is_final(finalists, r)
-        writer.writerow({
-            "algorithm": r.algorithm, "search": r.search, "candidate_rank": r.candidate_rank, "source_trial": r.source_trial,
-            "final": final, "seed": r.seed, "best_val_acc": r.best_val_acc, "test_acc": r.test_acc,
-            "test_ci95": r.test_ci95, "adapt_ms_per_task": r.adapt_ms_per_task, "parameters": r.parameters,
-            "train_seconds": r.train_seconds,
-            "hyperparameters": ", ".join(f"{k}={_compact(v)}" for k, v in sorted(r.tuned.items())),
-        })
+        writer.writerow(
+            {
+                "algorithm": r.algorithm,
+                "search": r.search,
+                "candidate_rank": r.candidate_rank,
+                "source_trial": r.source_trial,
+                "final": final,
+                "seed": r.seed,
+                "best_val_acc": r.best_val_acc,
+                "test_acc": r.test_acc,
+                "test_ci95": r.test_ci95,
+                "adapt_ms_per_task": r.adapt_ms_per_task,
+                "parameters": r.parameters,
+                "train_seconds": r.train_seconds,
+                "hyperparameters": ", ".join(f"{k}={_compact(v)}" for k, v in sorted(r.tuned.items())),
+            }
+        )
     return buffer.getvalue()
 
 
 def _episode_line(c) -> str:
     from .stats import episode_line
+
     return episode_line(c)
 
 
 def _is_final(finalists: dict[str, Finalist], r: ReplicateRecord) -> bool:
     """Whether this replicate retrains its search's final configuration."""
-    return any(f.algorithm == r.algorithm and f.search == r.search and f.candidate_rank == r.candidate_rank
-               for f in finalists.values())
+    return any(
+        f.algorithm == r.algorithm and f.search == r.search and f.candidate_rank == r.candidate_rank
+        for f in finalists.values()
+    )
 
 
 def _groups(replicates: list[ReplicateRecord]) -> dict[tuple[str, int, int], list[ReplicateRecord]]:
@@ -230,8 +326,9 @@ def _groups(replicates: list[ReplicateRecord]) -> dict[tuple[str, int, int], lis
     return groups
 
 
-def _unretrained_references(spec: StudySpec, outcomes: dict[str, TuneOutcome],
-                             replicates: list[ReplicateRecord]) -> list[str]:
+def _unretrained_references(
+    spec: StudySpec, outcomes: dict[str, TuneOutcome], replicates: list[ReplicateRecord]
+) -> list[str]:
     """A line for each published reference that was not retrained, and why (it was clearly beaten)."""
     retrained = {r.source_trial for r in replicates}
     lines = []
@@ -239,16 +336,21 @@ def _unretrained_references(spec: StudySpec, outcomes: dict[str, TuneOutcome],
         for search in whole.searches:
             scored = [t for t in whole.of_search(search).trials if t.best_val_acc is not None]
             name = algorithm if spec.searches == 1 else f"{algorithm} search {search}"
-            lines += [_unretrained(spec, name, reference, max(scored, key=lambda t: t.best_val_acc))
-                      for reference in scored if reference.reference and reference.trial_id not in retrained]
+            lines += [
+                _unretrained(spec, name, reference, max(scored, key=lambda t: t.best_val_acc))
+                for reference in scored
+                if reference.reference and reference.trial_id not in retrained
+            ]
     return lines
 
 
 def _unretrained(spec: StudySpec, name: str, reference, best) -> str:
-    return (f"\n{name}'s published reference (trial {reference.trial_id}) was not retrained: after "
-            f"{compared_epochs(reference, best)} epoch(s) its validation accuracy trailed the top trial's by "
-            f"{reference_gap(reference, best):.1f} points, more than the {spec.reference_margin:g}-point "
-            "`--reference-margin`.")
+    return (
+        f"\n{name}'s published reference (trial {reference.trial_id}) was not retrained: after "
+        f"{compared_epochs(reference, best)} epoch(s) its validation accuracy trailed the top trial's by "
+        f"{reference_gap(reference, best):.1f} points, more than the {spec.reference_margin:g}-point "
+        "`--reference-margin`."
+    )
 
 
 def _replicate_shape(replicates: list[ReplicateRecord], algorithm: str) -> str:
@@ -269,7 +371,8 @@ def optuna_plot(study: optuna.Study, name: str, params: list[str]):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "param importances":  # seeded so the same study always gives the same importances
             return optuna.visualization.matplotlib.plot_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params)
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params
+            )
         return optuna.visualization.matplotlib.plot_parallel_coordinate(study, params=params)
 
 
@@ -318,7 +421,8 @@ def interactive_parallel_coordinate(study: optuna.Study, algorithm: str) -> tupl
     if reason:
         return None, f"interactive parallel coordinate for {algorithm}: {reason}"
     figure = optuna.visualization.plot_parallel_coordinate(
-        study, params=varied, target=lambda trial: 100 * trial.value, target_name="best val acc (%)")
+        study, params=varied, target=lambda trial: 100 * trial.value, target_name="best val acc (%)"
+    )
     figure.update_layout(title=f"{algorithm}: completed tuning trials (ASHA-stopped ones are left out)")
     return figure, None
 
@@ -343,7 +447,8 @@ def _varied_params(completed: list[optuna.trial.FrozenTrial]) -> tuple[list[str]
     """(params set in every completed trial with more than one value, all other params), both sorted."""
     names = sorted({name for trial in completed for name in trial.params})
     varied = [
-        name for name in names
+        name
+        for name in names
         if all(name in trial.params for trial in completed) and len({trial.params[name] for trial in completed}) > 1
     ]
     return varied, [name for name in names if name not in varied]
@@ -358,7 +463,7 @@ def _format_p(p: float) -> str:
 
 
 def _p_equals(p: float) -> str:
-    """"p=0.027", or "p<1e-300" where the p-value underflowed to zero."""
+    """ "p=0.027", or "p<1e-300" where the p-value underflowed to zero."""
     text = _format_p(p)
     return f"p{text}" if text.startswith("<") else f"p={text}"
 

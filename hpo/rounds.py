@@ -45,12 +45,27 @@ class RoundSearch(Searcher):
     whole budget are COMPLETE.
     """
 
-    def __init__(self, studies: list[optuna.Study], spaces: list[Callable[[optuna.Trial], dict[str, Any]]],
-                 trials: int, batch: int, metric: str, mode: str, full_epochs: int,
-                 first_points: list[list[dict]] | None = None, first_search: int = 0):
+    def __init__(
+        self,
+        studies: list[optuna.Study],
+        spaces: list[Callable[[optuna.Trial], dict[str, Any]]],
+        trials: int,
+        batch: int,
+        metric: str,
+        mode: str,
+        full_epochs: int,
+        first_points: list[list[dict]] | None = None,
+        first_search: int = 0,
+    ):
         super().__init__(metric=metric, mode=mode)
         self.first_search = first_search  # the study-wide index of studies[0] (a grown study's new block)
-        self.studies, self.spaces, self.trials, self.batch, self.full_epochs = studies, spaces, trials, batch, full_epochs
+        self.studies, self.spaces, self.trials, self.batch, self.full_epochs = (
+            studies,
+            spaces,
+            trials,
+            batch,
+            full_epochs,
+        )
         for study, points in zip(studies, first_points or [[] for _ in studies]):
             if not study.trials:  # a fresh study; a restored one has them already
                 for point in points:
@@ -93,8 +108,13 @@ class RoundSearch(Searcher):
             # The sampled values, then what the define-by-run function returns (constants and the study's
             # settings it did not sample), then the trial's place.
             returned = self.spaces[k](ot_trial)
-            config = {**ot_trial.params, **returned, SEARCH_KEY: self.first_search + k, NUMBER_KEY: ot_trial.number,
-                      ROUND_KEY: round_index}
+            config = {
+                **ot_trial.params,
+                **returned,
+                SEARCH_KEY: self.first_search + k,
+                NUMBER_KEY: ot_trial.number,
+                ROUND_KEY: round_index,
+            }
             self.queued[k].append((ot_trial, config))
         self.proposed[k] += count
 
@@ -143,8 +163,15 @@ class RoundSearch(Searcher):
 class RoundHalving(FIFOScheduler):
     """Successive halving whose decisions depend only on earlier rounds (module docstring)."""
 
-    def __init__(self, max_t: int, grace_period: int, reduction_factor: int, metric: str, mode: str,
-                 time_attr: str = "training_iteration"):
+    def __init__(
+        self,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: int,
+        metric: str,
+        mode: str,
+        time_attr: str = "training_iteration",
+    ):
         super().__init__()
         self._metric, self._mode, self.sign, self.time_attr = metric, mode, 1.0 if mode == "max" else -1.0, time_attr
         self.max_t, self.reduction_factor = max_t, reduction_factor

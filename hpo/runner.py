@@ -35,15 +35,28 @@ from ray import tune
 
 from hypermaml.data import default_cache_dir
 
-from . import report
+from . import report, storage
 from .diagnostics import diagnose
 from .plots import expected_best_curves
 from .progress import ProgressLines, duration, say
+from .records import (
+    COMPLETED,
+    EARLY_STOPPED,
+    FAILED,
+    NUMBER_KEY,
+    PLACE_KEYS,
+    SEARCH_KEY,
+    TIME_BUDGET,
+    TIME_CAP,
+    Finalist,
+    ReplicateRecord,
+    StudyComparison,
+    TrialRecord,
+    TuneOutcome,
+    reference_gap,
+)
 from .rounds import RoundHalving, RoundSearch
-from .records import (COMPLETED, EARLY_STOPPED, FAILED, NUMBER_KEY, PLACE_KEYS, SEARCH_KEY, TIME_BUDGET, TIME_CAP,
-                      Finalist, ReplicateRecord, StudyComparison, TrialRecord, TuneOutcome, reference_gap)
 from .spaces import FIXED_SETTINGS, SpaceFn, is_reference
-from . import storage
 from .spec import StudySpec
 from .stats import compare_search_finalists, compare_seeds
 from .tracking import StudyTracker, trial_dirname, trial_id_of
@@ -61,6 +74,7 @@ SEARCH_BLOCKS_FILE = "search_blocks.json"  # beside spec.json: the searches' blo
 
 # ---- the search space a trial samples from ---------------------------------------------------------
 
+
 def trial_space(space: SpaceFn, fixed: dict[str, Any], episodes_per_epoch: int, trial: optuna.Trial) -> dict[str, Any]:
     """The define-by-run function Tune's OptunaSearch calls: the algorithm's space, plus the study's
     fixed settings returned as constants, plus steps_per_epoch derived from the sampled meta-batch."""
@@ -74,6 +88,7 @@ def trial_space(space: SpaceFn, fixed: dict[str, Any], episodes_per_epoch: int, 
 
 
 # ---- the searcher and the scheduler ----------------------------------------------------------------
+
 
 def optuna_sampler(searcher: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     """The Optuna sampler (search algorithm) named by the study's `searcher`."""
@@ -109,16 +124,20 @@ def optuna_storage_url(spec: StudySpec) -> str:
 
 # ---- the driver --------------------------------------------------------------------------------------
 
-def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, tuple[dict, str]],
-              verbose: bool = False) -> int:
+
+def run_study(
+    spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, tuple[dict, str]], verbose: bool = False
+) -> int:
     """Run the study. stdout tells the story in short lines (hpo.progress): where to look in MLflow, each
     trial event, and at the end the verdict, the summary's path and the MLflow link again; `verbose`
     adds Ray Tune's own status tables."""
     tracker = StudyTracker(spec)
     tracker.start_study()
-    say(f"study {spec.name}: {' vs '.join(spec.algorithms)} on {spec.dataset} {spec.way}-way {spec.shot}-shot, "
+    say(
+        f"study {spec.name}: {' vs '.join(spec.algorithms)} on {spec.dataset} {spec.way}-way {spec.shot}-shot, "
         f"{spec.trials} trials x {spec.epochs} epochs per algorithm, then the top {spec.replicate_top}"
-        f"{f' (+ reference if within {spec.reference_margin:g} points)' if references else ''} x {spec.replicate_seeds} fresh seeds")
+        f"{f' (+ reference if within {spec.reference_margin:g} points)' if references else ''} x {spec.replicate_seeds} fresh seeds"
+    )
     for line in tracker.where():
         say(line)
     # What a later run of this --name is checked against, and what --resume continues.
@@ -137,16 +156,21 @@ def run_study(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str,
     with Interrupts() as interrupts:
         try:
             blocks = search_blocks(spec)
-            outcomes = {a: tune_algorithm(spec, a, spaces[a], references.get(a), tracker, blocks, interrupts.fit,
-                                          verbose) for a in spec.algorithms}
+            outcomes = {
+                a: tune_algorithm(spec, a, spaces[a], references.get(a), tracker, blocks, interrupts.fit, verbose)
+                for a in spec.algorithms
+            }
             replicates = replicate(spec, outcomes, tracker, blocks, interrupts.fit, verbose)
             finalists = choose_finalists(replicates, spec.searches)
             tracker.mark_finalists(finalists)
-            say("final configurations (best mean val over seeds): " + ", ".join(
-                f"{a} #{f.candidate_rank} ({100 * f.mean_val_acc:.1f}%)" for a, f in finalists.items()))
+            say(
+                "final configurations (best mean val over seeds): "
+                + ", ".join(f"{a} #{f.candidate_rank} ({100 * f.mean_val_acc:.1f}%)" for a, f in finalists.items())
+            )
             comparison = compare(spec, outcomes, finalists)
-            diagnostics = diagnose(outcomes, finalists, comparison.per_search if comparison else {}, spec.grace_period,
-                                   spec.epochs)
+            diagnostics = diagnose(
+                outcomes, finalists, comparison.per_search if comparison else {}, spec.grace_period, spec.epochs
+            )
             summary = write_report(spec, outcomes, replicates, finalists, comparison, diagnostics, tracker)
             tracker.finish_study("FINISHED")
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM (a `ray job stop`): an interruption, not a failure
@@ -220,6 +244,7 @@ class Interrupts:
 
 # ---- phase 1: tune ---------------------------------------------------------------------------------
 
+
 def search_blocks(spec: StudySpec) -> list[tuple[int, int]]:
     """The study's searches in the blocks they were started in: [(0, K)] for a new study, and one more
     block for each `--resume --searches K2` that grew it. Each block is its own Tune experiments, so a
@@ -239,9 +264,16 @@ def _experiment_name(phase: str, block: tuple[int, int]) -> str:
     return phase if block[0] == 0 else f"{phase}-searches-{block[0]}-{block[1] - 1}"
 
 
-def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: tuple[dict, str] | None,
-                   tracker: StudyTracker, blocks: list[tuple[int, int]], fit: Fit = tune.Tuner.fit,
-                   verbose: bool = False) -> TuneOutcome:
+def tune_algorithm(
+    spec: StudySpec,
+    algorithm: str,
+    space: SpaceFn,
+    reference: tuple[dict, str] | None,
+    tracker: StudyTracker,
+    blocks: list[tuple[int, int]],
+    fit: Fit = tune.Tuner.fit,
+    verbose: bool = False,
+) -> TuneOutcome:
     """Every search of an algorithm, block by block; one Tune experiment per block runs its searches
     side by side, as the resources allow."""
     start = time.perf_counter()
@@ -249,53 +281,93 @@ def tune_algorithm(spec: StudySpec, algorithm: str, space: SpaceFn, reference: t
     for block in blocks:
         trials += _tune_block(spec, algorithm, space, reference, tracker, block, fit, verbose)
     wall = time.perf_counter() - start
-    outcome = TuneOutcome(algorithm, sorted(trials, key=lambda t: (t.search, t.number)), wall,
-                          spec.epochs * spec.episodes_per_epoch)
+    outcome = TuneOutcome(
+        algorithm, sorted(trials, key=lambda t: (t.search, t.number)), wall, spec.epochs * spec.episodes_per_epoch
+    )
     tracker.note_best_trial(outcome)
     say(f"tune {algorithm} done in {duration(wall)}: {_tally(outcome)}")
     return outcome
 
 
-def _tune_block(spec: StudySpec, algorithm: str, space: SpaceFn, reference: tuple[dict, str] | None,
-                tracker: StudyTracker, block: tuple[int, int], fit: Fit, verbose: bool) -> list[TrialRecord]:
+def _tune_block(
+    spec: StudySpec,
+    algorithm: str,
+    space: SpaceFn,
+    reference: tuple[dict, str] | None,
+    tracker: StudyTracker,
+    block: tuple[int, int],
+    fit: Fit,
+    verbose: bool,
+) -> list[TrialRecord]:
     start = time.perf_counter()
     searches = range(*block)
     experiment = f"{spec.study_dir}/{_experiment_name(algorithm, block)}"
     trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     time_budget = spec.time_budget_s / len(spec.algorithms) if spec.time_budget_s else None
     total = len(searches) * spec.trials
-    callbacks = [tracker.trial_callback(algorithm, spec.epochs, reference),
-                 ProgressLines("trial", total, spec.epochs, spec.scheduler, time_budget or 0.0,
-                               reference[0] if reference else None)]
-    which = (f"search {block[0]}" if len(searches) == 1 else f"searches {block[0]}-{block[1] - 1}") if spec.searches > 1 else ""
-    say(f"tune {algorithm}{f' {which}' if which else ''}: {total} trials"
+    callbacks = [
+        tracker.trial_callback(algorithm, spec.epochs, reference),
+        ProgressLines(
+            "trial", total, spec.epochs, spec.scheduler, time_budget or 0.0, reference[0] if reference else None
+        ),
+    ]
+    which = (
+        (f"search {block[0]}" if len(searches) == 1 else f"searches {block[0]}-{block[1] - 1}")
+        if spec.searches > 1
+        else ""
+    )
+    say(
+        f"tune {algorithm}{f' {which}' if which else ''}: {total} trials"
         f"{f' ({len(searches)} searches x {spec.trials})' if len(searches) > 1 else ''} of up to {spec.epochs} epochs, "
-        f"{spec.max_concurrent} at a time ({spec.searcher} in rounds of {spec.search_batch}, {spec.scheduler})")
+        f"{spec.max_concurrent} at a time ({spec.searcher} in rounds of {spec.search_batch}, {spec.scheduler})"
+    )
     if tune.Tuner.can_restore(experiment):
         # Continue an interrupted study: finished trials stay, unfinished ones (RUNNING when the driver
         # died) resume from their checkpoints; trials that failed on their own stay failed.
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
     else:
         optuna_storage = optuna.storages.RDBStorage(optuna_storage_url(spec))
-        studies = [optuna.create_study(study_name=optuna_study_name(spec, algorithm, k), storage=optuna_storage,
-                                       sampler=optuna_sampler(spec.searcher, spec.search_seed(k), spec.trials),
-                                       direction="maximize", load_if_exists=True)
-                   for k in searches]
+        studies = [
+            optuna.create_study(
+                study_name=optuna_study_name(spec, algorithm, k),
+                storage=optuna_storage,
+                sampler=optuna_sampler(spec.searcher, spec.search_seed(k), spec.trials),
+                direction="maximize",
+                load_if_exists=True,
+            )
+            for k in searches
+        ]
         searcher = RoundSearch(
-            studies, [partial(trial_space, space, spec.fixed_settings(algorithm, k), spec.episodes_per_epoch)
-                      for k in searches],
-            trials=spec.trials, batch=spec.search_batch, metric=METRIC, mode=MODE, full_epochs=spec.epochs,
-            first_points=[[reference[0]] if reference else [] for _ in studies], first_search=block[0],
+            studies,
+            [partial(trial_space, space, spec.fixed_settings(algorithm, k), spec.episodes_per_epoch) for k in searches],
+            trials=spec.trials,
+            batch=spec.search_batch,
+            metric=METRIC,
+            mode=MODE,
+            full_epochs=spec.epochs,
+            first_points=[[reference[0]] if reference else [] for _ in studies],
+            first_search=block[0],
         )
         scheduler = None
         if spec.scheduler == "asha":
-            scheduler = RoundHalving(max_t=spec.epochs, grace_period=spec.grace_period,
-                                     reduction_factor=spec.reduction_factor, metric=METRIC, mode=MODE)
+            scheduler = RoundHalving(
+                max_t=spec.epochs,
+                grace_period=spec.grace_period,
+                reduction_factor=spec.reduction_factor,
+                metric=METRIC,
+                mode=MODE,
+            )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=total,
-                max_concurrent_trials=spec.max_concurrent, reuse_actors=True, trial_dirname_creator=trial_dirname,
+                metric=METRIC,
+                mode=MODE,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=total,
+                max_concurrent_trials=spec.max_concurrent,
+                reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
                 time_budget_s=time_budget,
             ),
             run_config=_run_config(spec, _experiment_name(algorithm, block), callbacks, verbose),
@@ -310,9 +382,13 @@ def _tune_block(spec: StudySpec, algorithm: str, space: SpaceFn, reference: tupl
 
 def _tally(outcome: TuneOutcome) -> str:
     """How a tuning phase went: "2 ran all epochs, 2 stopped early; best val 75.4% (3ee199ea)"."""
-    counts = {"ran all epochs": outcome.count(COMPLETED), "reached the training-time cap": outcome.count(TIME_CAP),
-              "stopped early": outcome.count(EARLY_STOPPED),
-              "cut by the time budget": outcome.count(TIME_BUDGET), "failed": outcome.count(FAILED)}
+    counts = {
+        "ran all epochs": outcome.count(COMPLETED),
+        "reached the training-time cap": outcome.count(TIME_CAP),
+        "stopped early": outcome.count(EARLY_STOPPED),
+        "cut by the time budget": outcome.count(TIME_BUDGET),
+        "failed": outcome.count(FAILED),
+    }
     text = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
     scored = [t for t in outcome.trials if t.best_val_acc is not None]
     if scored:
@@ -323,15 +399,23 @@ def _tally(outcome: TuneOutcome) -> str:
 
 def _run_config(spec: StudySpec, name: str, callbacks: list, verbose: bool) -> tune.RunConfig:
     return tune.RunConfig(
-        name=name, storage_path=spec.study_dir, callbacks=callbacks,
+        name=name,
+        storage_path=spec.study_dir,
+        callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=1 if verbose else 0,  # 0: no status tables (hpo.progress prints the events)
     )
 
 
-def _trial_record(spec: StudySpec, algorithm: str, result, reference, budget_end: float | None,
-                  proposals: dict[int, dict[int, optuna.trial.FrozenTrial]]) -> TrialRecord:
+def _trial_record(
+    spec: StudySpec,
+    algorithm: str,
+    result,
+    reference,
+    budget_end: float | None,
+    proposals: dict[int, dict[int, optuna.trial.FrozenTrial]],
+) -> TrialRecord:
     trial_id = trial_id_of(result.path)
     tuned = _tuned(result.config)
     # Its Optuna trial: the order it was proposed in, and the ranges its values were drawn from.
@@ -351,22 +435,33 @@ def _trial_record(spec: StudySpec, algorithm: str, result, reference, budget_end
         status = EARLY_STOPPED
     episodes = frame["train_episodes"] if frame is not None and "train_episodes" in frame else []
     return TrialRecord(
-        search=int(result.config.get(SEARCH_KEY, 0)), train_episodes=int(episodes.iloc[-1]) if len(episodes) else 0,
-        algorithm=algorithm, trial_id=trial_id, number=match.number if match else UNKNOWN_ORDER,
-        tuned=tuned, val_curve=curve,
+        search=int(result.config.get(SEARCH_KEY, 0)),
+        train_episodes=int(episodes.iloc[-1]) if len(episodes) else 0,
+        algorithm=algorithm,
+        trial_id=trial_id,
+        number=match.number if match else UNKNOWN_ORDER,
+        tuned=tuned,
+        val_curve=curve,
         best_val_acc=float(max(curve)) if curve else None,
         train_seconds=float(frame["train_s"].sum()) if frame is not None and "train_s" in frame else 0.0,
-        status=status, reference=reference[1] if reference and is_reference(tuned, reference[0]) else "",
-        ranges={} if match is None else {
-            name: (float(d.low), float(d.high), bool(d.log)) for name, d in match.distributions.items()
-            if isinstance(d, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution))},
+        status=status,
+        reference=reference[1] if reference and is_reference(tuned, reference[0]) else "",
+        ranges={}
+        if match is None
+        else {
+            name: (float(d.low), float(d.high), bool(d.log))
+            for name, d in match.distributions.items()
+            if isinstance(d, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution))
+        },
     )
 
 
 def _optuna_trials(spec: StudySpec, algorithm: str, search: int) -> dict[int, optuna.trial.FrozenTrial]:
     """Number -> Optuna trial of one search of an algorithm."""
     try:
-        study = optuna.load_study(study_name=optuna_study_name(spec, algorithm, search), storage=optuna_storage_url(spec))
+        study = optuna.load_study(
+            study_name=optuna_study_name(spec, algorithm, search), storage=optuna_storage_url(spec)
+        )
     except KeyError:
         return {}
     return {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -378,6 +473,7 @@ def _tuned(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- phase 2: replicate ------------------------------------------------------------------------------
+
 
 def candidates(outcome: TuneOutcome, top: int, reference_margin: float) -> list[tuple[int, TrialRecord]]:
     """(rank, trial) of the top configurations by best validation accuracy (identical configurations
@@ -392,13 +488,22 @@ def candidates(outcome: TuneOutcome, top: int, reference_margin: float) -> list[
             seen.append(trial.tuned)
             ranked.append(trial)
     chosen = [(rank, trial) for rank, trial in enumerate(ranked, start=1) if rank <= top]
-    chosen += [(rank, trial) for rank, trial in enumerate(ranked, start=1)
-               if rank > top and trial.reference and reference_gap(trial, ranked[0]) <= reference_margin]
+    chosen += [
+        (rank, trial)
+        for rank, trial in enumerate(ranked, start=1)
+        if rank > top and trial.reference and reference_gap(trial, ranked[0]) <= reference_margin
+    ]
     return chosen
 
 
-def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker, blocks: list[tuple[int, int]],
-              fit: Fit = tune.Tuner.fit, verbose: bool = False) -> list[ReplicateRecord]:
+def replicate(
+    spec: StudySpec,
+    outcomes: dict[str, TuneOutcome],
+    tracker: StudyTracker,
+    blocks: list[tuple[int, int]],
+    fit: Fit = tune.Tuner.fit,
+    verbose: bool = False,
+) -> list[ReplicateRecord]:
     """Retrain every search's candidates with that search's fresh seeds at the full trial budget (the
     same epochs and limits as its tuning trial), one Tune experiment per block of searches (parallel,
     retried and resumable like the tuning trials), each tested on the study's test episodes."""
@@ -408,8 +513,14 @@ def replicate(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyT
     return records
 
 
-def _replicate_block(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker: StudyTracker,
-                     block: tuple[int, int], fit: Fit, verbose: bool) -> list[ReplicateRecord]:
+def _replicate_block(
+    spec: StudySpec,
+    outcomes: dict[str, TuneOutcome],
+    tracker: StudyTracker,
+    block: tuple[int, int],
+    fit: Fit,
+    verbose: bool,
+) -> list[ReplicateRecord]:
     items = []
     test_seeds = [spec.seed + r for r in range(spec.test_repeats)]  # the same test episodes for every search
     for search in range(*block):
@@ -418,15 +529,27 @@ def _replicate_block(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker:
                 for rank, trial in candidates(outcome.of_search(search), spec.replicate_top, spec.reference_margin):
                     settings = {**spec.fixed_settings(algorithm, search), **trial.tuned, "seed": seed}
                     settings["steps_per_epoch"] = max(1, spec.episodes_per_epoch // settings["meta_batch"])
-                    items.append({"algorithm": algorithm, "search": search, "candidate_rank": rank,
-                                  "source_trial": trial.trial_id, "seed": seed, "tuned": trial.tuned,
-                                  "settings": settings, "test_episodes": spec.test_episodes, "test_seeds": test_seeds})
+                    items.append(
+                        {
+                            "algorithm": algorithm,
+                            "search": search,
+                            "candidate_rank": rank,
+                            "source_trial": trial.trial_id,
+                            "seed": seed,
+                            "tuned": trial.tuned,
+                            "settings": settings,
+                            "test_episodes": spec.test_episodes,
+                            "test_seeds": test_seeds,
+                        }
+                    )
     if not items:
         raise RuntimeError(f"no tuning trial reported a validation accuracy; see {spec.study_dir}")
     start = time.perf_counter()
     configurations = len(items) // spec.replicate_seeds
-    say(f"replicate: {len(items)} runs ({configurations} configurations x {spec.replicate_seeds} fresh seeds), "
-        f"{spec.epochs} epochs each, then the test")
+    say(
+        f"replicate: {len(items)} runs ({configurations} configurations x {spec.replicate_seeds} fresh seeds), "
+        f"{spec.epochs} epochs each, then the test"
+    )
     name = _experiment_name(REPLICATES, block)
     experiment = f"{spec.study_dir}/{name}"
     trainable = tune.with_resources(replicate_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
@@ -434,11 +557,17 @@ def _replicate_block(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker:
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(
-            trainable, param_space={"replicate": tune.grid_search(items)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
-                                        trial_dirname_creator=trial_dirname),
-            run_config=_run_config(spec, name, [tracker.replicate_callback(spec.epochs),
-                                                ProgressLines("replicate", len(items), spec.epochs)], verbose),
+            trainable,
+            param_space={"replicate": tune.grid_search(items)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.max_concurrent, reuse_actors=True, trial_dirname_creator=trial_dirname
+            ),
+            run_config=_run_config(
+                spec,
+                name,
+                [tracker.replicate_callback(spec.epochs), ProgressLines("replicate", len(items), spec.epochs)],
+                verbose,
+            ),
         )
     records = []
     results = fit(tuner)
@@ -447,21 +576,36 @@ def _replicate_block(spec: StudySpec, outcomes: dict[str, TuneOutcome], tracker:
         item = result.config["replicate"]
         metrics = result.metrics or {}
         if result.error is not None or "test_acc" not in metrics:
-            print(f"warning: replicate {item['algorithm']} rank {item['candidate_rank']} seed {item['seed']} failed; "
-                  "it is left out of the comparison", file=sys.stderr, flush=True)
+            print(
+                f"warning: replicate {item['algorithm']} rank {item['candidate_rank']} seed {item['seed']} failed; "
+                "it is left out of the comparison",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         frame = result.metrics_dataframe
         with result.checkpoint.as_directory() as stored:
             episode_accs = np.load(Path(stored) / TEST_EPISODES_FILE)
-        records.append(ReplicateRecord(
-            algorithm=item["algorithm"], trial_id=trial_id_of(result.path), candidate_rank=item["candidate_rank"],
-            source_trial=item["source_trial"], seed=item["seed"], tuned=item["tuned"],
-            val_curve=[float(v) for v in frame["val_acc"]], best_val_acc=float(metrics[METRIC]),
-            test_acc=float(metrics["test_acc"]), test_ci95=float(metrics["test_ci95"]),
-            adapt_ms_per_task=float(metrics["adapt_ms_per_task"]), parameters=int(metrics["parameters"]),
-            train_seconds=float(frame["train_s"].sum()), episode_accs=episode_accs, search=int(item["search"]),
-            train_episodes=int(metrics.get("train_episodes", 0)),
-        ))
+        records.append(
+            ReplicateRecord(
+                algorithm=item["algorithm"],
+                trial_id=trial_id_of(result.path),
+                candidate_rank=item["candidate_rank"],
+                source_trial=item["source_trial"],
+                seed=item["seed"],
+                tuned=item["tuned"],
+                val_curve=[float(v) for v in frame["val_acc"]],
+                best_val_acc=float(metrics[METRIC]),
+                test_acc=float(metrics["test_acc"]),
+                test_ci95=float(metrics["test_ci95"]),
+                adapt_ms_per_task=float(metrics["adapt_ms_per_task"]),
+                parameters=int(metrics["parameters"]),
+                train_seconds=float(frame["train_s"].sum()),
+                episode_accs=episode_accs,
+                search=int(item["search"]),
+                train_episodes=int(metrics.get("train_episodes", 0)),
+            )
+        )
     return records
 
 
@@ -489,7 +633,10 @@ def by_algorithm(finalists: dict[str, Finalist], algorithm: str) -> list[Finalis
 
 # ---- phase 3: compare --------------------------------------------------------------------------------
 
-def compare(spec: StudySpec, outcomes: dict[str, TuneOutcome], finalists: dict[str, Finalist]) -> StudyComparison | None:
+
+def compare(
+    spec: StudySpec, outcomes: dict[str, TuneOutcome], finalists: dict[str, Finalist]
+) -> StudyComparison | None:
     """The first two algorithms' finalists compared with the search as the unit, and search by search;
     None if it cannot be made (an algorithm without a finalist of 2 or more fresh seeds)."""
     groups = {a: [f for f in by_algorithm(finalists, a) if len(f.replicates) >= 2] for a in spec.algorithms}
@@ -498,20 +645,31 @@ def compare(spec: StudySpec, outcomes: dict[str, TuneOutcome], finalists: dict[s
         return None
     baseline, challenger = present
     headline = compare_search_finalists(
-        baseline, [f.episode_matrix() for f in groups[baseline]], challenger,
-        [f.episode_matrix() for f in groups[challenger]], margin=spec.equivalence_margin,
-        budget=report.budget_clause(spec, outcomes))
+        baseline,
+        [f.episode_matrix() for f in groups[baseline]],
+        challenger,
+        [f.episode_matrix() for f in groups[challenger]],
+        margin=spec.equivalence_margin,
+        budget=report.budget_clause(spec, outcomes),
+    )
     per_search = {}
     for b in groups[baseline]:
         c = next((f for f in groups[challenger] if f.search == b.search), None)
         if c is not None:
-            per_search[b.search] = compare_seeds(baseline, b.episode_matrix(), challenger, c.episode_matrix(),
-                                                 margin=spec.equivalence_margin, seed=spec.search_seed(b.search),
-                                                 unit="config")
+            per_search[b.search] = compare_seeds(
+                baseline,
+                b.episode_matrix(),
+                challenger,
+                c.episode_matrix(),
+                margin=spec.equivalence_margin,
+                seed=spec.search_seed(b.search),
+                unit="config",
+            )
     return StudyComparison(headline, per_search)
 
 
 # ---- phase 4: report ---------------------------------------------------------------------------------
+
 
 def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, diagnostics, tracker) -> str:
     out = Path(tempfile.mkdtemp(prefix="hpo-summary-"))

@@ -27,9 +27,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .spec import sqlite_path
 from .tracking import FINAL_VIEW, RUNS_VIEW, SAVED_VIEWS, runs_link
@@ -37,8 +37,16 @@ from .tracking import FINAL_VIEW, RUNS_VIEW, SAVED_VIEWS, runs_link
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium opens connections of its own, which a closed
 # network refuses many at a time.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1500, "height": 900}
 TIMEOUT_MS = 90_000  # a cold MLflow UI on a busy 2-core machine
 SETTLE_MS = 1_000
@@ -89,11 +97,28 @@ def serve(tracking_uri: str) -> Iterator[str]:
         (port,) = free_ports()
         log = open(Path(folder) / "server.log", "w")
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{copy}",
-             "--artifacts-destination", str(Path(folder) / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # the lean server
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{copy}",
+                "--artifacts-destination",
+                str(Path(folder) / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )  # the lean server
         try:
             base = f"http://127.0.0.1:{port}"
             _wait_healthy(base, server, Path(folder) / "server.log")
@@ -162,16 +187,22 @@ def capture(browser, base: str, experiment: str, out: str | Path, prefix: str = 
     newest = {}
     for view in (RUNS_VIEW, FINAL_VIEW):
         state = SAVED_VIEWS[view][1]
-        runs = client.search_runs([found.experiment_id], filter_string=state["searchFilter"],
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+        runs = client.search_runs(
+            [found.experiment_id],
+            filter_string=state["searchFilter"],
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         if not runs:
             raise LookupError(f"experiment {experiment!r} has no runs for {view} ({state['searchFilter']})")
         newest[view] = runs[0].info.run_name
     link = runs_link(base, found.experiment_id)
-    pages = (("runs", link, newest[RUNS_VIEW], None),
-             ("final", runs_link(base, found.experiment_id, FINAL_VIEW), newest[FINAL_VIEW], None),
-             ("charts", f"{link}&compareRunsMode=CHART", newest[RUNS_VIEW], ".js-plotly-plot"),
-             ("experiments", f"{base}/#/experiments?workflowType=machine_learning", experiment, None))
+    pages = (
+        ("runs", link, newest[RUNS_VIEW], None),
+        ("final", runs_link(base, found.experiment_id, FINAL_VIEW), newest[FINAL_VIEW], None),
+        ("charts", f"{link}&compareRunsMode=CHART", newest[RUNS_VIEW], ".js-plotly-plot"),
+        ("experiments", f"{base}/#/experiments?workflowType=machine_learning", experiment, None),
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shots = {}
@@ -201,7 +232,9 @@ def capture(browser, base: str, experiment: str, out: str | Path, prefix: str = 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpo.screenshot", description=__doc__.splitlines()[0])
-    p.add_argument("--tracking-uri", required=True, help="the study's store (sqlite:///...) or tracking server (http://...)")
+    p.add_argument(
+        "--tracking-uri", required=True, help="the study's store (sqlite:///...) or tracking server (http://...)"
+    )
     p.add_argument("--experiment", required=True, help="the study's name (its MLflow experiment)")
     p.add_argument("--out", default=".", help="folder for the screenshots (default: .)")
     p.add_argument("--prefix", default="mlflow", help="file name prefix (default: mlflow)")
@@ -214,10 +247,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # What each page showed, beside its screenshot: the browser test reads it, and a reader can grep it.
     pages = Path(args.out) / f"{args.prefix}-pages.json"
-    pages.write_text(json.dumps({name: {"server": base, "link": shot.link, "url": shot.url, "text": shot.text,
-                                        "screenshot": str(shot.path),
-                                        "charted": {title: sorted(runs) for title, runs in shot.charted.items()}}
-                                 for name, shot in shots.items()}, indent=1))
+    pages.write_text(
+        json.dumps(
+            {
+                name: {
+                    "server": base,
+                    "link": shot.link,
+                    "url": shot.url,
+                    "text": shot.text,
+                    "screenshot": str(shot.path),
+                    "charted": {title: sorted(runs) for title, runs in shot.charted.items()},
+                }
+                for name, shot in shots.items()
+            },
+            indent=1,
+        )
+    )
     for shot in shots.values():
         print(shot.path)
     print(pages)

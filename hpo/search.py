@@ -26,23 +26,36 @@ from hypermaml.config import ConfigError, from_flat
 from hypermaml.data import DataError
 from hypermaml.training import load_data
 
-from .spaces import SpaceError, check_space, load_space, reference_point, sample_space
 from . import storage
+from .spaces import SpaceError, check_space, load_space, reference_point, sample_space
 from .spec import RELOCATABLE, StudySpec, read_study_file, resolve, sqlite_path
 
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m hpo.search", description=__doc__.splitlines()[0])
-    p.add_argument("--config", metavar="FILE",
-                   help="a study file, YAML or JSON: what --dry-run prints or spec.json holds, or any part of it; "
-                        "the flags given beside it override it")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a study file, YAML or JSON: what --dry-run prints or spec.json holds, or any part of it; "
+        "the flags given beside it override it",
+    )
     cli.add_fields(p, StudySpec, skip=("spaces",), show_defaults=False)
-    p.add_argument("--space", action="append", default=[], metavar="[ALGORITHM=]PATH",
-                   help="a search space file (.py with space(trial[, epochs]) or .yaml) replacing the built-in one")
-    p.add_argument("--resume", action="store_true", help="continue the study of this --name (re-running the name does too)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved study and one sample of each space; start nothing")
-    p.add_argument("--verbose", action="store_true",
-                   help="also print Ray Tune's status tables (default: one line per trial event)")
+    p.add_argument(
+        "--space",
+        action="append",
+        default=[],
+        metavar="[ALGORITHM=]PATH",
+        help="a search space file (.py with space(trial[, epochs]) or .yaml) replacing the built-in one",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the study of this --name (re-running the name does too)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved study and one sample of each space; start nothing"
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="also print Ray Tune's status tables (default: one line per trial event)"
+    )
     return p
 
 
@@ -55,7 +68,9 @@ def parse_spaces(entries: list[str], algorithms: tuple[str, ...]) -> dict[str, s
                 raise ConfigError(f"--space {entry}: say which algorithm it is for, e.g. --space maml={entry}")
             algorithm, path = algorithms[0], entry
         if algorithm not in algorithms:
-            raise ConfigError(f"--space {entry}: unknown algorithm {algorithm!r}; the study has {', '.join(algorithms)}")
+            raise ConfigError(
+                f"--space {entry}: unknown algorithm {algorithm!r}; the study has {', '.join(algorithms)}"
+            )
         spaces[algorithm] = path
     return spaces
 
@@ -95,26 +110,34 @@ def check_name(spec: StudySpec, resume: bool, grow_to: int | None = None) -> Stu
         if grow_to is None or grow_to == stored.searches:
             return stored
         if grow_to < stored.searches:
-            raise ConfigError(f"--searches {grow_to}: study {spec.name!r} has {stored.searches} searches already; "
-                              "a study can only grow")
+            raise ConfigError(
+                f"--searches {grow_to}: study {spec.name!r} has {stored.searches} searches already; "
+                "a study can only grow"
+            )
         return dataclasses.replace(stored, searches=grow_to)
     current = spec.to_dict()
     differing = [k for k, v in stored.to_dict().items() if k not in RELOCATABLE and current.get(k) != v]
     if differing:
         changes = ", ".join(f"{k} {stored.to_dict()[k]!r} -> {current[k]!r}" for k in differing)
-        raise ConfigError(f"study {spec.name!r} exists with other settings ({changes}); "
-                         f"pass --resume to continue it as stored, or choose a new --name")
+        raise ConfigError(
+            f"study {spec.name!r} exists with other settings ({changes}); "
+            f"pass --resume to continue it as stored, or choose a new --name"
+        )
     return spec
 
 
 def preflight(spec: StudySpec) -> dict:
     """Everything that can fail because of the user's input, checked before Ray starts (fetching
     Omniglot first when the study has no data root, or --download and none in it)."""
-    load_data(from_flat({**spec.fixed_settings(spec.algorithms[0]), "steps_per_epoch": 1}))  # missing data, way/shot that do not fit
+    load_data(
+        from_flat({**spec.fixed_settings(spec.algorithms[0]), "steps_per_epoch": 1})
+    )  # missing data, way/shot that do not fit
     spaces = {}
     for algorithm in spec.algorithms:
         spaces[algorithm] = load_space(algorithm, spec.spaces.get(algorithm), spec.epochs, spec.shot)
-        check_space(algorithm, spaces[algorithm], {**spec.fixed_settings(algorithm), "steps_per_epoch": 1}, seed=spec.seed)
+        check_space(
+            algorithm, spaces[algorithm], {**spec.fixed_settings(algorithm), "steps_per_epoch": 1}, seed=spec.seed
+        )
     if not spec.is_remote:
         _check_writable(Path(spec.storage_path))
     if (store := sqlite_path(spec.tracking_uri)) is not None:
@@ -140,19 +163,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = resolve_spec(args)
         if not (args.dry_run and spec.is_remote):  # a dry run reads no remote storage: it may be offline
-            spec = check_name(spec, args.resume, cli.given(args, StudySpec).get("searches"))  # a stale name writes nothing
+            spec = check_name(
+                spec, args.resume, cli.given(args, StudySpec).get("searches")
+            )  # a stale name writes nothing
         spaces = preflight(spec)
-        references = {a: r for a in spec.algorithms
-                      if (r := reference_point(a, spec.spaces.get(a), spec.epochs, spec.shot)) is not None}
+        references = {
+            a: r
+            for a in spec.algorithms
+            if (r := reference_point(a, spec.spaces.get(a), spec.epochs, spec.shot)) is not None
+        }
     except (ConfigError, DataError, SpaceError) as error:
         return parser.fail(error)
     if args.dry_run:
         from .compute import estimate  # imports torch's training code: only for a dry run
 
-        print(json.dumps({"study": spec.to_dict(), "budget": spec.budget(),
-                          "space_samples": {a: sample_space(spaces[a], seed=spec.seed) for a in spec.algorithms},
-                          "compute": estimate(spec, spaces, references)},
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "study": spec.to_dict(),
+                    "budget": spec.budget(),
+                    "space_samples": {a: sample_space(spaces[a], seed=spec.seed) for a in spec.algorithms},
+                    "compute": estimate(spec, spaces, references),
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     if (store := sqlite_path(spec.tracking_uri)) is not None:  # SQLite creates its file, not the folder it is in
         store.parent.mkdir(parents=True, exist_ok=True)

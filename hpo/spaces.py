@@ -50,14 +50,34 @@ SpaceFn = Callable[[optuna.Trial], dict[str, Any] | None]
 
 # Settings every trial of a study shares, so that the algorithms are compared on the same data,
 # budget, episodes, seeds and hardware. A space that sets one of them is rejected.
-FIXED_SETTINGS: frozenset[str] = frozenset({
-    "algorithm", "dataset", "data_root", "cache_dir", "download",  # what is learned from
-    "way", "shot", "query", "train_query",  # the benchmark
-    "epochs", "steps_per_epoch", "max_train_seconds", "max_train_flops",  # the training budget (steps from meta_batch)
-    "val_episodes", "test_episodes", "eval_seed", "seed",  # what is measured, on which episodes
-    # where and how a trial runs (precision changes the rounding, so it too is the same for all trials)
-    "device", "task_chunk", "dense_conv", "channels_last", "precision", "compile",
-})
+FIXED_SETTINGS: frozenset[str] = frozenset(
+    {
+        "algorithm",
+        "dataset",
+        "data_root",
+        "cache_dir",
+        "download",  # what is learned from
+        "way",
+        "shot",
+        "query",
+        "train_query",  # the benchmark
+        "epochs",
+        "steps_per_epoch",
+        "max_train_seconds",
+        "max_train_flops",  # the training budget (steps from meta_batch)
+        "val_episodes",
+        "test_episodes",
+        "eval_seed",
+        "seed",  # what is measured, on which episodes
+        # where and how a trial runs (precision changes the rounding, so it too is the same for all trials)
+        "device",
+        "task_chunk",
+        "dense_conv",
+        "channels_last",
+        "precision",
+        "compile",
+    }
+)
 
 # What a space function may ask for after the trial, by parameter name.
 SPACE_CONTEXT = ("epochs", "shot")
@@ -189,8 +209,10 @@ def suggest_yaml_space(
 
 def is_reference(tuned: dict[str, Any], point: dict[str, Any]) -> bool:
     """Whether a trial's tuned values are the reference point's (floats compared to rounding)."""
-    return all(k in tuned and (tuned[k] == v or (isinstance(v, float) and math.isclose(tuned[k], v, rel_tol=1e-9)))
-               for k, v in point.items())
+    return all(
+        k in tuned and (tuned[k] == v or (isinstance(v, float) and math.isclose(tuned[k], v, rel_tol=1e-9)))
+        for k, v in point.items()
+    )
 
 
 def _load_builtin(algorithm: str, context: dict[str, int]) -> SpaceFn:
@@ -202,7 +224,9 @@ def _load_builtin(algorithm: str, context: dict[str, int]) -> SpaceFn:
     return LoadedSpace(source, _bind_context(_space_function_of(module, source), context, source))
 
 
-def reference_point(algorithm: str, path: str | Path | None, epochs: int, shot: int = 1) -> tuple[dict[str, Any], str] | None:
+def reference_point(
+    algorithm: str, path: str | Path | None, epochs: int, shot: int = 1
+) -> tuple[dict[str, Any], str] | None:
     """The published configuration a built-in space enqueues as its first trial, and its source.
 
     A built-in space module defines `reference(epochs, shot) -> dict` and `REFERENCE_SOURCE`; a
@@ -254,8 +278,10 @@ def _bind_context(function: Callable, context: dict[str, int], source: str) -> S
         raise SpaceError(f"{source}: the signature of space cannot be read") from None
     names = [p.name for p in signature.parameters.values()][1:]
     if not signature.parameters or any(name not in SPACE_CONTEXT for name in names):
-        raise SpaceError(f"{source}: space must be defined as space(trial) or with any of "
-                         f"{', '.join(SPACE_CONTEXT)} after the trial, not space{signature}")
+        raise SpaceError(
+            f"{source}: space must be defined as space(trial) or with any of "
+            f"{', '.join(SPACE_CONTEXT)} after the trial, not space{signature}"
+        )
     if not names:
         return function
     return functools.partial(function, **{name: context[name] for name in names})

@@ -43,46 +43,79 @@ class StudySpec:
     fields a flag does not give. The run settings every trial shares (way, shot, epochs, ...) are
     checked by TrainConfig, through `validate`; the study's own ones by their bounds here."""
 
-    name: str = setting("study name: MLflow experiment, Ray experiment folder, Optuna study prefix", "hypermaml-vs-maml")
+    name: str = setting(
+        "study name: MLflow experiment, Ray experiment folder, Optuna study prefix", "hypermaml-vs-maml"
+    )
     preset: Preset = setting("budget preset: the values of the flags not given (default: default)", "default")
     dataset: Dataset = setting("benchmark", "omniglot")
-    data_root: str = setting(f"dataset folder (or ${DATA_ROOT_ENV}); none: Omniglot in the cache folder, fetched when absent", "")
-    cache_dir: str = setting("decoded images and fetched Omniglot (default: $HYPERMAML_CACHE or ~/.cache/hypermaml)", "")
-    download: bool = setting("fetch Omniglot into --data-root when it is missing (without --data-root it always is)", False)
+    data_root: str = setting(
+        f"dataset folder (or ${DATA_ROOT_ENV}); none: Omniglot in the cache folder, fetched when absent", ""
+    )
+    cache_dir: str = setting(
+        "decoded images and fetched Omniglot (default: $HYPERMAML_CACHE or ~/.cache/hypermaml)", ""
+    )
+    download: bool = setting(
+        "fetch Omniglot into --data-root when it is missing (without --data-root it always is)", False
+    )
     way: int = setting("classes per episode", 5)
     shot: int = setting("support images per class", 1)
     query: int = setting("query images per class", 15)
-    train_query: int = setting("query images per class in training episodes (0: --query); validation and test "
-                               "always use --query", 0)
+    train_query: int = setting(
+        "query images per class in training episodes (0: --query); validation and test always use --query", 0
+    )
     algorithms: tuple[Algorithm, ...] = setting("the algorithms compared", ALGORITHMS)
-    searches: int = setting("independent searches per algorithm, each with its own searcher, tuning and replicate "
-                            "seeds, sharing nothing: the verdict's unit (with --resume, a larger value adds searches)",
-                            1, low=1)
+    searches: int = setting(
+        "independent searches per algorithm, each with its own searcher, tuning and replicate "
+        "seeds, sharing nothing: the verdict's unit (with --resume, a larger value adds searches)",
+        1,
+        low=1,
+    )
     trials: int = setting("trials per search", 8, low=1)
     epochs: int = setting("epochs per trial (ASHA's max_t)", 5)
     episodes_per_epoch: int = setting("training episodes per epoch", 240, low=1)
-    max_train_seconds: float = setting("most seconds of meta-training per network, tuning trial or replicate "
-                                       "(validation excluded): equal compute as well as equal episodes (0: none)",
-                                       0.0, low=0)
-    max_train_flops: float = setting("most floating-point operations of meta-training per network, tuning trial or "
-                                     "replicate (hypermaml.flops counts a configuration's outer step): equal compute "
-                                     "on any machine (0: none)", 0.0, low=0)
+    max_train_seconds: float = setting(
+        "most seconds of meta-training per network, tuning trial or replicate "
+        "(validation excluded): equal compute as well as equal episodes (0: none)",
+        0.0,
+        low=0,
+    )
+    max_train_flops: float = setting(
+        "most floating-point operations of meta-training per network, tuning trial or "
+        "replicate (hypermaml.flops counts a configuration's outer step): equal compute "
+        "on any machine (0: none)",
+        0.0,
+        low=0,
+    )
     meta_batch: int = setting("tasks per step when a space does not tune it", 8)
     val_episodes: int = setting("fixed validation episodes after each epoch", 100)
     test_episodes: int = setting("test episodes of each test set", 600)
     test_repeats: int = setting("test sets of --test-episodes each (episode seeds) for every replicate", 1, low=1)
-    replicate_top: int = setting("configurations per algorithm retrained with fresh seeds (top-k by validation)", 1, low=1)
-    replicate_seeds: int = setting("fresh training seeds per retrained configuration", 3, low=2,
-                                   why="the seed-to-seed variance needs two")
+    replicate_top: int = setting(
+        "configurations per algorithm retrained with fresh seeds (top-k by validation)", 1, low=1
+    )
+    replicate_seeds: int = setting(
+        "fresh training seeds per retrained configuration", 3, low=2, why="the seed-to-seed variance needs two"
+    )
     equivalence_margin: float = setting("points: a 95% CI inside +-margin is 'equivalent'", 1.0, above=0)
-    reference_margin: float = setting("points: the published reference is retrained with fresh seeds unless the top "
-                                      "trial's validation accuracy leads it by more", 10.0, low=0)
-    time_budget_s: float = setting("seconds for the whole tuning, split equally (0: none)", 0.0, low=0, flag="--time-budget")
+    reference_margin: float = setting(
+        "points: the published reference is retrained with fresh seeds unless the top "
+        "trial's validation accuracy leads it by more",
+        10.0,
+        low=0,
+    )
+    time_budget_s: float = setting(
+        "seconds for the whole tuning, split equally (0: none)", 0.0, low=0, flag="--time-budget"
+    )
     searcher: Searcher = setting("Optuna sampler", "tpe")
-    search_batch: int = setting("trials a search proposes at once, from the same results (its rounds): what it "
-                                "proposes and stops then depends on no timing", 2, low=1)
-    scheduler: Scheduler = setting("trial scheduler: asha judges a trial at each rung against the earlier rounds of "
-                                   "its search", "asha")
+    search_batch: int = setting(
+        "trials a search proposes at once, from the same results (its rounds): what it "
+        "proposes and stops then depends on no timing",
+        2,
+        low=1,
+    )
+    scheduler: Scheduler = setting(
+        "trial scheduler: asha judges a trial at each rung against the earlier rounds of its search", "asha"
+    )
     grace_period: int = setting("ASHA: epochs every trial gets before it can be stopped", 1, low=1)
     reduction_factor: int = setting("ASHA: keep 1/reduction-factor of the trials at each rung", 2, low=2)
     cpus_per_trial: float = setting("CPUs per trial", 1.0, above=0)
@@ -127,12 +160,24 @@ class StudySpec:
     def fixed_settings(self, algorithm: str, search: int = 0) -> dict[str, Any]:
         """The run settings every trial of `algorithm` in search k shares (the rest comes from its space)."""
         return {
-            "algorithm": algorithm, "dataset": self.dataset, "data_root": self.data_root, "cache_dir": self.cache_dir,
+            "algorithm": algorithm,
+            "dataset": self.dataset,
+            "data_root": self.data_root,
+            "cache_dir": self.cache_dir,
             "download": self.download,
-            "way": self.way, "shot": self.shot, "query": self.query, "train_query": self.train_query, "epochs": self.epochs,
-            "max_train_seconds": self.max_train_seconds, "max_train_flops": self.max_train_flops,
-            "meta_batch": self.meta_batch, "val_episodes": self.val_episodes, "test_episodes": self.test_episodes,
-            "eval_seed": self.search_seed(search), "seed": self.search_seed(search), "device": self.device,
+            "way": self.way,
+            "shot": self.shot,
+            "query": self.query,
+            "train_query": self.train_query,
+            "epochs": self.epochs,
+            "max_train_seconds": self.max_train_seconds,
+            "max_train_flops": self.max_train_flops,
+            "meta_batch": self.meta_batch,
+            "val_episodes": self.val_episodes,
+            "test_episodes": self.test_episodes,
+            "eval_seed": self.search_seed(search),
+            "seed": self.search_seed(search),
+            "device": self.device,
         }
 
     def replicate_seed_list(self, search: int = 0) -> list[int]:
@@ -146,16 +191,24 @@ class StudySpec:
         resources = f"{self.cpus_per_trial:g} CPU" + (f" + {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else "")
         return {
             "benchmark": f"{self.dataset} {self.way}-way {self.shot}-shot, {self.query} queries per class"
-                         + (f" ({self.train_query} in training episodes)" if self.train_query else ""),
+            + (f" ({self.train_query} in training episodes)" if self.train_query else ""),
             "searches per algorithm": f"{self.searches} (independent: own searcher, tuning and replicate seeds)",
             "trials per search": self.trials,
             "epochs per trial": self.epochs,
             "training episodes per epoch": self.episodes_per_epoch,
-            "training time per network": (f"at most {self.max_train_seconds:g} s (an epoch that would pass it "
-                                          "does not start; one that reaches it stops there)" if self.max_train_seconds else "no limit"),
-            "training compute per network": (f"at most {self.max_train_flops:.3g} FLOPs (each configuration trains the "
-                                             "outer steps its FLOPs per step buy, at most all of them; the same on any "
-                                             "machine)" if self.max_train_flops else "its episodes"),
+            "training time per network": (
+                f"at most {self.max_train_seconds:g} s (an epoch that would pass it "
+                "does not start; one that reaches it stops there)"
+                if self.max_train_seconds
+                else "no limit"
+            ),
+            "training compute per network": (
+                f"at most {self.max_train_flops:.3g} FLOPs (each configuration trains the "
+                "outer steps its FLOPs per step buy, at most all of them; the same on any "
+                "machine)"
+                if self.max_train_flops
+                else "its episodes"
+            ),
             "validation episodes": f"{self.val_episodes} (the same fixed set for every trial)",
             "replicates": f"top {self.replicate_top} configurations x {self.replicate_seeds} fresh seeds, full budget each",
             "test": f"{self.test_repeats * self.test_episodes} episodes (the same for every replicate of both algorithms)",
@@ -172,17 +225,51 @@ class StudySpec:
 PRESETS: dict[str, dict[str, Any]] = {
     # A few trials of a few short epochs: exercises everything (tests, CI). Its reference is always
     # retrained (margin 100 points), so the smoke test sees the finalist chosen against it.
-    "smoke": dict(trials=4, epochs=3, episodes_per_epoch=24, meta_batch=4, query=5, val_episodes=40, test_episodes=60,
-                  replicate_top=1, replicate_seeds=2, reference_margin=100),
+    "smoke": dict(
+        trials=4,
+        epochs=3,
+        episodes_per_epoch=24,
+        meta_batch=4,
+        query=5,
+        val_episodes=40,
+        test_episodes=60,
+        replicate_top=1,
+        replicate_seeds=2,
+        reference_margin=100,
+    ),
     # This laptop-class machine, 2 CPU cores: three searches per algorithm (the verdict's unit), each
     # short, at equal compute per network on any machine. Measurements: docs/results.md.
-    "default": dict(searches=3, trials=4, epochs=4, episodes_per_epoch=864, train_query=5, meta_batch=8,
-                    val_episodes=100, test_episodes=600, replicate_top=1, replicate_seeds=2,
-                    max_train_flops=6.3e12, reference_margin=0, search_batch=1),
+    "default": dict(
+        searches=3,
+        trials=4,
+        epochs=4,
+        episodes_per_epoch=864,
+        train_query=5,
+        meta_batch=8,
+        val_episodes=100,
+        test_episodes=600,
+        replicate_top=1,
+        replicate_seeds=2,
+        max_train_flops=6.3e12,
+        reference_margin=0,
+        search_batch=1,
+    ),
     # The literature's scale, for a GPU cluster.
-    "paper": dict(trials=50, epochs=40, episodes_per_epoch=3200, meta_batch=32, val_episodes=600, test_episodes=600,
-                  replicate_top=3, replicate_seeds=5, gpus_per_trial=0.25, cpus_per_trial=2, max_concurrent=16, search_batch=8,
-                  max_failures=3),
+    "paper": dict(
+        trials=50,
+        epochs=40,
+        episodes_per_epoch=3200,
+        meta_batch=32,
+        val_episodes=600,
+        test_episodes=600,
+        replicate_top=3,
+        replicate_seeds=5,
+        gpus_per_trial=0.25,
+        cpus_per_trial=2,
+        max_concurrent=16,
+        search_batch=8,
+        max_failures=3,
+    ),
 }
 
 
@@ -191,7 +278,11 @@ def resolve(preset: str, overrides: dict[str, Any], cwd: Path | None = None) -> 
     cwd = (cwd or Path.cwd()).resolve()
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    values: dict[str, Any] = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}, "preset": preset}
+    values: dict[str, Any] = {
+        **PRESETS[preset],
+        **{k: v for k, v in overrides.items() if v is not None},
+        "preset": preset,
+    }
     if "algorithms" in values:
         values["algorithms"] = tuple(dict.fromkeys(values["algorithms"]))  # each once, in the order given
     if not values.get("address"):
@@ -211,7 +302,7 @@ def resolve(preset: str, overrides: dict[str, Any], cwd: Path | None = None) -> 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The file of a local SQLite MLflow store, or None for any other kind of store."""
-    return Path(tracking_uri[len(SQLITE):]) if tracking_uri.startswith(SQLITE) else None
+    return Path(tracking_uri[len(SQLITE) :]) if tracking_uri.startswith(SQLITE) else None
 
 
 # ---- study files -------------------------------------------------------------------------------------
@@ -254,6 +345,7 @@ def read_study_file(path: str | Path) -> dict[str, Any]:
 
 def _file_value(where: str, key: str, value: Any, hint: Any) -> Any:
     """A study file's value as the field's type, or a ConfigError naming the key."""
+
     def wrong(expected: str) -> ConfigError:
         return ConfigError(f"{where}: key {key!r}: expected {expected}, got {value!r}")
 

@@ -217,8 +217,9 @@ def compare_seeds(
     seeds_needed, episodes_limit = None, False
     q = 1 - alpha / 2
     if plain_kind == "inconclusive":
-        seeds_needed, episodes_limit = _seeds_needed(per_seed_b, per_seed_c, var_ep, n_ep, _deciding_half_width(effect, margin),
-                                                     max(n_b, n_c), q)
+        seeds_needed, episodes_limit = _seeds_needed(
+            per_seed_b, per_seed_c, var_ep, n_ep, _deciding_half_width(effect, margin), max(n_b, n_c), q
+        )
 
     won, pairs, p_imp_p = _improvement_test(x_c, x_b, seed)
     wilcoxon_p = _wilcoxon_p(d)
@@ -232,10 +233,14 @@ def compare_seeds(
     if seeds_needed is not None:
         undecided = f"about {seeds_needed} seeds per algorithm would be needed to decide"
     elif episodes_limit:
-        undecided = "more seeds alone cannot decide it because the test-episode set is too small; more test episodes are needed"
+        undecided = (
+            "more seeds alone cannot decide it because the test-episode set is too small; more test episodes are needed"
+        )
     else:
         undecided = f"even {MAX_SEEDS} seeds per algorithm would not decide it"
-    sentence = _sentence(baseline, challenger, effect, ci_low, ci_high, margin, plain_kind, 1 - alpha, context, undecided)
+    sentence = _sentence(
+        baseline, challenger, effect, ci_low, ci_high, margin, plain_kind, 1 - alpha, context, undecided
+    )
     kind = plain_kind
     if unit == "config":
         kind = "config_" + plain_kind
@@ -270,6 +275,7 @@ def compare_seeds(
 @dataclass(frozen=True)
 class SearchFinalistComparison:
     """K independent searches per algorithm, each finalist retrained with fresh seeds: the search is the unit."""
+
     baseline: str
     challenger: str
     searches: tuple[int, int]  # (K_baseline, K_challenger)
@@ -349,21 +355,31 @@ def compare_search_finalists(
     var_b = _clean(float(m_b.var(ddof=1))) if k_b > 1 else None
     var_c = _clean(float(m_c.var(ddof=1))) if k_c > 1 else None
     if var_b is None or var_c is None:
-        unit, (ci_low, ci_high, df, p_value), episode_var = "config", (config_low, config_high, config_df, config_p), config_ep
+        unit, (ci_low, ci_high, df, p_value), episode_var = (
+            "config",
+            (config_low, config_high, config_df, config_p),
+            config_ep,
+        )
         plain_kind = _kind(baseline, challenger, effect, ci_low, ci_high, margin)
         searches_needed = MIN_SEARCHES
         single = " and ".join(a for a in (baseline, challenger) if count[a] == 1)
 
         def context(first: str, second: str) -> str:
-            return (f"given the configurations found by {count[first]} {first} vs {count[second]} {second} searches, "
-                    f"{seeds_text(first)} vs {seeds_text(second)} training seeds each, {n_ep} shared test episodes"
-                    f"{budget_clause}")
+            return (
+                f"given the configurations found by {count[first]} {first} vs {count[second]} {second} searches, "
+                f"{seeds_text(first)} vs {seeds_text(second)} training seeds each, {n_ep} shared test episodes"
+                f"{budget_clause}"
+            )
 
         undecided = "more seeds would narrow it, but only for these configurations"
-        core = _sentence(baseline, challenger, effect, ci_low, ci_high, margin, plain_kind, 1 - alpha, context, undecided)
-        sentence = (f"About these configurations only, not the algorithms (one search for {single}): {core} "
-                    f"A claim about the algorithms needs at least {MIN_SEARCHES} searches per algorithm "
-                    "(a search-to-search sd cannot be estimated from one search).")
+        core = _sentence(
+            baseline, challenger, effect, ci_low, ci_high, margin, plain_kind, 1 - alpha, context, undecided
+        )
+        sentence = (
+            f"About these configurations only, not the algorithms (one search for {single}): {core} "
+            f"A claim about the algorithms needs at least {MIN_SEARCHES} searches per algorithm "
+            "(a search-to-search sd cannot be estimated from one search)."
+        )
         kind = "config_" + plain_kind
     else:
         unit = "search"
@@ -373,25 +389,33 @@ def compare_search_finalists(
         episode_var = _clean(max(0.0, var_d - held) / n_ep)
         parts = [(var_b / k_b, k_b - 1), (var_c / k_c, k_c - 1)]
         # The df are the search terms' alone (module note): the episode term widens, never adds df.
-        ci_low, ci_high, df, p_value = _t_interval(effect, parts + [(episode_var, n_ep - 1)], alpha,
-                                                   df=_se_and_df(parts)[1])
+        ci_low, ci_high, df, p_value = _t_interval(
+            effect, parts + [(episode_var, n_ep - 1)], alpha, df=_se_and_df(parts)[1]
+        )
         kind = _kind(baseline, challenger, effect, ci_low, ci_high, margin)
         searches_needed, episodes_limit = None, False
         if kind == "inconclusive":
-            searches_needed, episodes_limit = _searches_needed(var_b, k_b, var_c, k_c, episode_var, n_ep, effect,
-                                                               margin, 1 - alpha / 2)
+            searches_needed, episodes_limit = _searches_needed(
+                var_b, k_b, var_c, k_c, episode_var, n_ep, effect, margin, 1 - alpha / 2
+            )
 
         def context(first: str, second: str) -> str:
-            return (f"{count[first]} {first} vs {count[second]} {second} searches as the unit, each finalist retrained "
-                    f"with {seeds_text(first)} vs {seeds_text(second)} fresh seeds, {n_ep} shared test episodes{budget_clause}")
+            return (
+                f"{count[first]} {first} vs {count[second]} {second} searches as the unit, each finalist retrained "
+                f"with {seeds_text(first)} vs {seeds_text(second)} fresh seeds, {n_ep} shared test episodes{budget_clause}"
+            )
 
         if searches_needed is not None:
-            undecided = (f"about {searches_needed} searches per algorithm would be needed to decide "
-                         f"({PLANNING_POWER:.0%} power at the upper {PLANNING_CONFIDENCE:.0%} confidence bound "
-                         "of each search-to-search sd)")
+            undecided = (
+                f"about {searches_needed} searches per algorithm would be needed to decide "
+                f"({PLANNING_POWER:.0%} power at the upper {PLANNING_CONFIDENCE:.0%} confidence bound "
+                "of each search-to-search sd)"
+            )
         elif episodes_limit:
-            undecided = ("more searches alone cannot decide it because the test-episode set is too small; "
-                         "more test episodes are needed")
+            undecided = (
+                "more searches alone cannot decide it because the test-episode set is too small; "
+                "more test episodes are needed"
+            )
         else:
             undecided = f"even {MAX_SEARCHES} searches per algorithm would not decide it"
         sentence = _sentence(baseline, challenger, effect, ci_low, ci_high, margin, kind, 1 - alpha, context, undecided)
@@ -428,6 +452,7 @@ class SearchComparison:
     """The same comparison with the whole study (search, replicates, test) as the unit: one effect per
     study, each a rerun of the procedure with another searcher seed. What varies between such reruns,
     the configurations a search finds included, is what this CI covers."""
+
     baseline: str
     challenger: str
     effects: tuple[float, ...]  # points, challenger - baseline, one per study
@@ -441,8 +466,9 @@ class SearchComparison:
     sentence: str
 
 
-def compare_searches(baseline: str, challenger: str, effects: list[float], margin: float = 1.0,
-                     alpha: float = 0.05) -> SearchComparison:
+def compare_searches(
+    baseline: str, challenger: str, effects: list[float], margin: float = 1.0, alpha: float = 0.05
+) -> SearchComparison:
     """A one-sample t interval over the studies' effects (points). Each effect already carries its own
     seed and episode noise (each study drew its own test episodes), so their spread is the variance of
     the whole procedure; a t interval is what a handful of reruns supports (see the module note)."""
@@ -459,15 +485,31 @@ def compare_searches(baseline: str, challenger: str, effects: list[float], margi
     kind = _kind(baseline, challenger, effect, ci_low, ci_high, margin)
     needed = None
     if kind == "inconclusive":
-        needed = _smallest_count(len(x), _deciding_half_width(effect, margin),
-                                 lambda n: float(stats.t.ppf(q, n - 1)) * math.sqrt(var / n))
+        needed = _smallest_count(
+            len(x), _deciding_half_width(effect, margin), lambda n: float(stats.t.ppf(q, n - 1)) * math.sqrt(var / n)
+        )
     clause = f"{len(x)} studies (searcher seeds) as the unit, each its own search and fresh-seed replicates"
-    undecided = (f"about {needed} studies would be needed to decide" if needed is not None
-                 else f"even {MAX_SEEDS} studies would not decide it")
-    sentence = _sentence(baseline, challenger, effect, ci_low, ci_high, margin, kind, 1 - alpha,
-                         lambda first, second: clause, undecided)
-    return SearchComparison(baseline, challenger, tuple(float(v) for v in x), effect, math.sqrt(var),
-                            ci_low, ci_high, float(margin), kind, needed, sentence)
+    undecided = (
+        f"about {needed} studies would be needed to decide"
+        if needed is not None
+        else f"even {MAX_SEEDS} studies would not decide it"
+    )
+    sentence = _sentence(
+        baseline, challenger, effect, ci_low, ci_high, margin, kind, 1 - alpha, lambda first, second: clause, undecided
+    )
+    return SearchComparison(
+        baseline,
+        challenger,
+        tuple(float(v) for v in x),
+        effect,
+        math.sqrt(var),
+        ci_low,
+        ci_high,
+        float(margin),
+        kind,
+        needed,
+        sentence,
+    )
 
 
 @dataclass(frozen=True)
@@ -475,6 +517,7 @@ class ExpectedBest:
     """Expected best validation accuracy of n trials (Dodge et al. 2019, "Show your work"), n = 1..N.
 
     Each n draws n trials with replacement from the N observed ones. Values are in the input's unit."""
+
     n: tuple[int, ...]  # 1..N
     mean: tuple[float, ...]  # E[max of n]
     sd: tuple[float, ...]  # sd of the max of n: sqrt(E[max^2] - E[max]^2)
@@ -499,8 +542,13 @@ def expected_best(values: Sequence[float], n_max: int | None = None) -> Expected
     sd = np.sqrt(np.clip(second - mean**2, 0.0, None))
     # Rounding can push the mean a hair above the largest value (weights sum to 1 +- eps).
     mean = np.minimum(mean, v[-1])
-    return ExpectedBest(tuple(int(k) for k in n[:, 0]), tuple(float(x) for x in mean), tuple(float(x) for x in sd),
-                        tuple(float(x) for x in mean - sd), tuple(float(x) for x in np.minimum(mean + sd, v[-1])))
+    return ExpectedBest(
+        tuple(int(k) for k in n[:, 0]),
+        tuple(float(x) for x in mean),
+        tuple(float(x) for x in sd),
+        tuple(float(x) for x in mean - sd),
+        tuple(float(x) for x in np.minimum(mean + sd, v[-1])),
+    )
 
 
 def episode_line(c: SeedComparison) -> str:
@@ -584,8 +632,9 @@ def _se_and_df(parts: list[tuple[float, float]]) -> tuple[float, float]:
     return math.sqrt(total), float(df)
 
 
-def _t_interval(effect: float, parts: list[tuple[float, float]], alpha: float,
-                df: float | None = None) -> tuple[float, float, float, float]:
+def _t_interval(
+    effect: float, parts: list[tuple[float, float]], alpha: float, df: float | None = None
+) -> tuple[float, float, float, float]:
     """(ci_low, ci_high, df, two-sided p) of a t interval around ``effect`` with the parts' SE and
     Welch-Satterthwaite df, or the ``df`` given."""
     se, satterthwaite = _se_and_df(parts)
@@ -631,8 +680,13 @@ def _seed_parts(components: tuple[float, float], seeds: int, n_ep: int) -> list[
 
 
 def _seeds_needed(
-    per_seed_b: tuple[float, float], per_seed_c: tuple[float, float], var_ep: float, n_ep: int, target: float,
-    current: int, q: float,
+    per_seed_b: tuple[float, float],
+    per_seed_c: tuple[float, float],
+    var_ep: float,
+    n_ep: int,
+    target: float,
+    current: int,
+    q: float,
 ) -> tuple[int | None, bool]:
     """Smallest n seeds per algorithm with CI half-width < target, keeping the observed components and v_ep.
 
@@ -663,10 +717,12 @@ def _decision_power(effect: float, margin: float, se: float, df: float, q: float
     return max(excludes_zero, inside)
 
 
-def _searches_needed(var_b: float, k_b: int, var_c: float, k_c: int, var_ep: float, n_ep: int, effect: float,
-                     margin: float, q: float) -> tuple[int | None, bool]:
+def _searches_needed(
+    var_b: float, k_b: int, var_c: float, k_c: int, var_ep: float, n_ep: int, effect: float, margin: float, q: float
+) -> tuple[int | None, bool]:
     """Smallest n searches per algorithm with PLANNING_POWER to decide, at the upper PLANNING_CONFIDENCE
     bounds of the two between-search variances, the episode term fixed. Returns (n or None, episodes_limit)."""
+
     def upper(var: float, k: int) -> float:
         return var * (k - 1) / float(stats.chi2.ppf(1 - PLANNING_CONFIDENCE, k - 1))
 
@@ -676,7 +732,9 @@ def _searches_needed(var_b: float, k_b: int, var_c: float, k_c: int, var_ep: flo
 
     def power(n: int) -> float:
         searches = [(up_b / n, n - 1), (up_c / n, n - 1)]
-        return _decision_power(effect, margin, _se_and_df(searches + [(var_ep, n_ep - 1)])[0], _se_and_df(searches)[1], q)
+        return _decision_power(
+            effect, margin, _se_and_df(searches + [(var_ep, n_ep - 1)])[0], _se_and_df(searches)[1], q
+        )
 
     return _first_true(max(k_b, k_c), MAX_SEARCHES, lambda n: power(n) >= PLANNING_POWER), False
 
@@ -757,8 +815,16 @@ def _signed(x: float) -> str:
 
 
 def _sentence(
-    baseline: str, challenger: str, effect: float, ci_low: float, ci_high: float, margin: float, kind: str,
-    level: float, context: Callable[[str, str], str], undecided: str,
+    baseline: str,
+    challenger: str,
+    effect: float,
+    ci_low: float,
+    ci_high: float,
+    margin: float,
+    kind: str,
+    level: float,
+    context: Callable[[str, str], str],
+    undecided: str,
 ) -> str:
     """One sentence whose direction words come only from ``kind`` and the sign of ``effect``.
 
@@ -771,8 +837,10 @@ def _sentence(
             winner, loser, lead, low, high = challenger, baseline, effect, ci_low, ci_high
         else:
             winner, loser, lead, low, high = baseline, challenger, -effect, -ci_high, -ci_low
-        return (f"{winner} is better than {loser} by {lead:.2f} points "
-                f"({ci_name} {low:.2f} to {high:.2f}; {context(winner, loser)}).")
+        return (
+            f"{winner} is better than {loser} by {lead:.2f} points "
+            f"({ci_name} {low:.2f} to {high:.2f}; {context(winner, loser)})."
+        )
     interval = f"{ci_name} {_signed(ci_low)} to {_signed(ci_high)}"
     difference = f"{challenger} − {baseline} = {_signed(effect)} points ({interval}; {context(challenger, baseline)})"
     if kind == "equivalent":

@@ -28,13 +28,28 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from . import provenance
-from .records import SEARCH_KEY
 from .progress import ending, error_line, replicate_name, stop_reason, tested
+from .records import SEARCH_KEY
 from .spaces import is_reference
 from .spec import StudySpec, sqlite_path
 
-LOGGED_METRICS = ("train_loss", "train_acc", "val_acc", "val_ci95", "best_val_acc", "episodes_per_s", "epoch_s", "hn_weight", "bf16_autocast",
-                  "train_episodes", "train_flops", "test_acc", "test_ci95", "adapt_ms_per_task", "parameters")
+LOGGED_METRICS = (
+    "train_loss",
+    "train_acc",
+    "val_acc",
+    "val_ci95",
+    "best_val_acc",
+    "episodes_per_s",
+    "epoch_s",
+    "hn_weight",
+    "bf16_autocast",
+    "train_episodes",
+    "train_flops",
+    "test_acc",
+    "test_ci95",
+    "adapt_ms_per_task",
+    "parameters",
+)
 # Accuracies and their CIs go to MLflow in points (percent), the unit of the verdict and the summary.
 POINTS = frozenset({"train_acc", "val_acc", "val_ci95", "best_val_acc", "test_acc", "test_ci95"})
 STUDY_TAG, ROLE_TAG, TRIAL_TAG, SEARCH_TAG = "hpo.study", "hpo.role", "ray.trial_id", "hpo.search"
@@ -79,18 +94,40 @@ def runs_link(ui_url: str, experiment_id: str, view: str = RUNS_VIEW) -> str:
 SAVED_VIEWS = {
     # The printed link: every trial and replicate, newest first (the replicates, then the trials), with
     # their one-line descriptions and accuracies as columns.
-    RUNS_VIEW: ("hpo: trials and replicates", {
-        "searchFilter": RUNS_FILTER, "orderByKey": "attributes.start_time", "orderByAsc": False,
-        "selectedColumns": ["attributes.`Description`", "tags.`hpo.search`", "metrics.`test_acc`", "metrics.`best_val_acc`"],
-        "runsHiddenMode": "SHOW_ALL"}),
+    RUNS_VIEW: (
+        "hpo: trials and replicates",
+        {
+            "searchFilter": RUNS_FILTER,
+            "orderByKey": "attributes.start_time",
+            "orderByAsc": False,
+            "selectedColumns": [
+                "attributes.`Description`",
+                "tags.`hpo.search`",
+                "metrics.`test_acc`",
+                "metrics.`best_val_acc`",
+            ],
+            "runsHiddenMode": "SHOW_ALL",
+        },
+    ),
     # The head-to-head: the final configuration's replicates of each algorithm, grouped by algorithm,
     # so a group's row holds the means over its fresh seeds.
-    FINAL_VIEW: ("hpo: head-to-head", {
-        "searchFilter": "tags.`hpo.final` = 'true'", "orderByKey": "attributes.start_time", "orderByAsc": False,
-        "selectedColumns": ["tags.`hpo.search`", "metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_val_acc`",
-                            "metrics.`adapt_ms_per_task`"],
-        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "algorithm"}]},
-        "runsHiddenMode": "SHOW_ALL"}),
+    FINAL_VIEW: (
+        "hpo: head-to-head",
+        {
+            "searchFilter": "tags.`hpo.final` = 'true'",
+            "orderByKey": "attributes.start_time",
+            "orderByAsc": False,
+            "selectedColumns": [
+                "tags.`hpo.search`",
+                "metrics.`test_acc`",
+                "metrics.`test_ci95`",
+                "metrics.`best_val_acc`",
+                "metrics.`adapt_ms_per_task`",
+            ],
+            "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "algorithm"}]},
+            "runsHiddenMode": "SHOW_ALL",
+        },
+    ),
 }
 
 
@@ -135,8 +172,12 @@ class _Ledger:
 
     def disable(self, reason: str) -> None:
         if self.enabled:
-            print(f"warning: MLflow at {self.tracking_uri} is unavailable ({reason}); the study continues and its "
-                  f"results stay in Ray's storage at {self.storage_hint}", file=sys.stderr, flush=True)
+            print(
+                f"warning: MLflow at {self.tracking_uri} is unavailable ({reason}); the study continues and its "
+                f"results stay in Ray's storage at {self.storage_hint}",
+                file=sys.stderr,
+                flush=True,
+            )
         self.enabled = False
 
     def find_runs(self, **tags: str) -> list:
@@ -175,7 +216,9 @@ class StudyTracker:
         ledger, client = self.ledger, self.ledger.client
         experiment = client.get_experiment_by_name(self.spec.name)
         if experiment is None:
-            ledger.experiment_id = client.create_experiment(self.spec.name, artifact_location=_artifact_location(self.spec))
+            ledger.experiment_id = client.create_experiment(
+                self.spec.name, artifact_location=_artifact_location(self.spec)
+            )
         else:
             ledger.experiment_id = experiment.experiment_id
         # What the experiment is for, in MLflow's own words; MLflow 3.17's UI opens experiments by a
@@ -184,18 +227,32 @@ class StudyTracker:
         for view in SAVED_VIEWS:
             client.set_experiment_tag(ledger.experiment_id, *saved_view(view))
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        client.set_experiment_tag(ledger.experiment_id, NOTE, (
-            f"Running since {started}: {' vs '.join(self.spec.algorithms)} on {self.spec.dataset} "
-            f"{self.spec.way}-way {self.spec.shot}-shot, {self.spec.trials} tuning trials each, then fresh-seed "
-            f"replicates. The verdict replaces this line when the study ends.\n\nTrial and replicate runs: {self.link}"))
+        client.set_experiment_tag(
+            ledger.experiment_id,
+            NOTE,
+            (
+                f"Running since {started}: {' vs '.join(self.spec.algorithms)} on {self.spec.dataset} "
+                f"{self.spec.way}-way {self.spec.shot}-shot, {self.spec.trials} tuning trials each, then fresh-seed "
+                f"replicates. The verdict replaces this line when the study ends.\n\nTrial and replicate runs: {self.link}"
+            ),
+        )
         existing = ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "study"})
         if existing:
             ledger.parent_run_id = existing[0].info.run_id
             client.update_run(ledger.parent_run_id, status="RUNNING")
             return
-        run = client.create_run(ledger.experiment_id, run_name=f"study {self.spec.name}",
-                                tags={STUDY_TAG: self.spec.name, ROLE_TAG: "study", **self.provenance,
-                                      "dataset": self.spec.dataset, "way": str(self.spec.way), "shot": str(self.spec.shot)})
+        run = client.create_run(
+            ledger.experiment_id,
+            run_name=f"study {self.spec.name}",
+            tags={
+                STUDY_TAG: self.spec.name,
+                ROLE_TAG: "study",
+                **self.provenance,
+                "dataset": self.spec.dataset,
+                "way": str(self.spec.way),
+                "shot": str(self.spec.shot),
+            },
+        )
         ledger.parent_run_id = run.info.run_id
         params = [Param(k, _param_value(v)) for k, v in self.spec.to_dict().items()]
         client.log_batch(ledger.parent_run_id, params=params)
@@ -217,10 +274,12 @@ class StudyTracker:
         command = serve_command(self.spec.tracking_uri)
         return [f"MLflow: {self.link}"] + ([f"  (serve the store first: {command})"] if command else [])
 
-    def trial_callback(self, algorithm: str, epochs: int, reference: tuple[dict, str] | None) -> "TrialRuns":
-        return TrialRuns(self.ledger, "trial", epochs, self.spec, self.provenance, algorithm=algorithm, reference=reference)
+    def trial_callback(self, algorithm: str, epochs: int, reference: tuple[dict, str] | None) -> TrialRuns:
+        return TrialRuns(
+            self.ledger, "trial", epochs, self.spec, self.provenance, algorithm=algorithm, reference=reference
+        )
 
-    def replicate_callback(self, epochs: int) -> "TrialRuns":
+    def replicate_callback(self, epochs: int) -> TrialRuns:
         return TrialRuns(self.ledger, "replicate", epochs, self.spec, self.provenance)
 
     @_guarded
@@ -240,7 +299,9 @@ class StudyTracker:
         """Tag the final configuration's replicate runs `hpo.final=true`, and say so in their descriptions."""
         for finalist in finalists.values():
             for record in finalist.replicates:
-                for run in self.ledger.find_runs(**{STUDY_TAG: self.spec.name, ROLE_TAG: "replicate", TRIAL_TAG: record.trial_id}):
+                for run in self.ledger.find_runs(
+                    **{STUDY_TAG: self.spec.name, ROLE_TAG: "replicate", TRIAL_TAG: record.trial_id}
+                ):
                     self.ledger.client.set_tag(run.info.run_id, "hpo.final", "true")
                     note = run.data.tags.get(NOTE, "")
                     if not note.startswith("final "):
@@ -259,8 +320,15 @@ class StudyTracker:
                 self.ledger.client.delete_run(run.info.run_id)
 
     @_guarded
-    def log_summary(self, comparison, diagnostics, files: list[Path], notes: list[str], figures: dict,
-                    expected_best: dict | None = None) -> None:
+    def log_summary(
+        self,
+        comparison,
+        diagnostics,
+        files: list[Path],
+        notes: list[str],
+        figures: dict,
+        expected_best: dict | None = None,
+    ) -> None:
         """The summary run (tables, plots, interactive plots) and, on the study run, the verdict, its
         numbers and the diagnostics as tags and metrics; the summary is the run description of both,
         and the verdict with the link is the experiment's description.
@@ -275,15 +343,32 @@ class StudyTracker:
         headline = comparison.headline if comparison is not None else None
         if headline is not None:
             searches = dict(zip((headline.baseline, headline.challenger), headline.searches))
-            tags.update({"verdict": headline.sentence[:5000], "verdict.kind": headline.kind, "verdict.unit": headline.unit,
-                         "verdict.searches": (str(headline.searches[0]) if len(set(searches.values())) == 1
-                                              else ", ".join(f"{a}={k}" for a, k in searches.items()))})
+            tags.update(
+                {
+                    "verdict": headline.sentence[:5000],
+                    "verdict.kind": headline.kind,
+                    "verdict.unit": headline.unit,
+                    "verdict.searches": (
+                        str(headline.searches[0])
+                        if len(set(searches.values())) == 1
+                        else ", ".join(f"{a}={k}" for a, k in searches.items())
+                    ),
+                }
+            )
         tags.update({d.key: d.message[:5000] for d in diagnostics})
         if notes:
             tags["notes"] = " | ".join(notes)[:5000]
-        run_id = client.create_run(ledger.experiment_id, run_name="summary: head-to-head", tags={
-            **tags, STUDY_TAG: self.spec.name, ROLE_TAG: "summary", "mlflow.parentRunId": ledger.parent_run_id,
-            **self.provenance}).info.run_id
+        run_id = client.create_run(
+            ledger.experiment_id,
+            run_name="summary: head-to-head",
+            tags={
+                **tags,
+                STUDY_TAG: self.spec.name,
+                ROLE_TAG: "summary",
+                "mlflow.parentRunId": ledger.parent_run_id,
+                **self.provenance,
+            },
+        ).info.run_id
         for path in files:
             if path.is_dir():
                 client.log_artifacts(run_id, str(path), path.name)
@@ -297,24 +382,40 @@ class StudyTracker:
         metrics = []
         if headline is not None:
             now = int(time.time() * 1000)
-            values = {"effect_points": headline.effect, "ci_low_points": headline.ci_low,
-                      "ci_high_points": headline.ci_high, "p_value": headline.p_value}
+            values = {
+                "effect_points": headline.effect,
+                "ci_low_points": headline.ci_low,
+                "ci_high_points": headline.ci_high,
+                "p_value": headline.p_value,
+            }
             if len(comparison.per_search) == 1:  # one search: the seed pairs of its two finalists
                 values["p_improvement"] = next(iter(comparison.per_search.values())).p_improvement
             metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
         # Dodge et al.'s curve, a step per number of tuning trials: charted as a curve, not a lone bar.
         now = int(time.time() * 1000)
-        metrics += [Metric(f"expected_best_val_acc.{algorithm}", round(float(mean), 4), now, n)
-                    for algorithm, curve in (expected_best or {}).items() for n, mean in zip(curve.n, curve.mean)]
+        metrics += [
+            Metric(f"expected_best_val_acc.{algorithm}", round(float(mean), 4), now, n)
+            for algorithm, curve in (expected_best or {}).items()
+            for n, mean in zip(curve.n, curve.mean)
+        ]
         client.log_batch(ledger.parent_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         client.log_artifact(ledger.parent_run_id, str(files[0]))
         client.log_artifacts(ledger.parent_run_id, str(next(p for p in files if p.is_dir())), "plots")
-        verdict = headline.sentence if headline is not None else "No verdict: it needs two algorithms with at least 2 successful replicates each."
-        client.set_experiment_tag(ledger.experiment_id, NOTE, (
-            f"{verdict}\n\nTrial and replicate runs of both algorithms: {self.link}\n\n"
-            f"Head-to-head, the final configurations' fresh seeds grouped by algorithm: {self.view_link(FINAL_VIEW)}\n\n"
-            f"The full summary is the description of the run `study {self.spec.name}`. "
-            f"Accuracies are in points (percent)."))
+        verdict = (
+            headline.sentence
+            if headline is not None
+            else "No verdict: it needs two algorithms with at least 2 successful replicates each."
+        )
+        client.set_experiment_tag(
+            ledger.experiment_id,
+            NOTE,
+            (
+                f"{verdict}\n\nTrial and replicate runs of both algorithms: {self.link}\n\n"
+                f"Head-to-head, the final configurations' fresh seeds grouped by algorithm: {self.view_link(FINAL_VIEW)}\n\n"
+                f"The full summary is the description of the run `study {self.spec.name}`. "
+                f"Accuracies are in points (percent)."
+            ),
+        )
 
     @_guarded
     def finish_study(self, status: str, error: str = "") -> None:
@@ -337,8 +438,16 @@ class TrialRuns(tune.Callback):
     """Tune callback: one nested MLflow run per trial (role "trial") or replicate (role "replicate"),
     kept in step with the trial's life."""
 
-    def __init__(self, ledger: _Ledger, role: str, epochs: int, spec: StudySpec, provenance: dict[str, str],
-                 algorithm: str = "", reference: tuple[dict, str] | None = None):
+    def __init__(
+        self,
+        ledger: _Ledger,
+        role: str,
+        epochs: int,
+        spec: StudySpec,
+        provenance: dict[str, str],
+        algorithm: str = "",
+        reference: tuple[dict, str] | None = None,
+    ):
         self.ledger, self.role, self.epochs, self.provenance = ledger, role, epochs, provenance
         self.algorithm, self.reference = algorithm, reference
         self.scheduler, self.time_budget_s = spec.scheduler, spec.time_budget_s / max(1, len(spec.algorithms))
@@ -360,8 +469,13 @@ class TrialRuns(tune.Callback):
         """Run name, tags and params of a trial's run."""
         if self.role == "replicate":
             item = trial.config["replicate"]
-            tags = {"algorithm": item["algorithm"], "seed": str(item["seed"]), "hpo.candidate_rank": str(item["candidate_rank"]),
-                    "hpo.source_trial": item["source_trial"], SEARCH_TAG: str(item["search"])}
+            tags = {
+                "algorithm": item["algorithm"],
+                "seed": str(item["seed"]),
+                "hpo.candidate_rank": str(item["candidate_rank"]),
+                "hpo.source_trial": item["source_trial"],
+                SEARCH_TAG: str(item["search"]),
+            }
             return replicate_name(item), tags, item["settings"]
         tags = {"algorithm": self.algorithm, SEARCH_TAG: str(trial.config.get(SEARCH_KEY, 0))}
         if self.reference and is_reference({k: v for k, v in trial.config.items()}, self.reference[0]):
@@ -382,8 +496,14 @@ class TrialRuns(tune.Callback):
             name, own_tags, config = self._describe(trial)
             # Not nested under the study run: MLflow's UI folds nested runs under their parent, and a study
             # is read by comparing its trials and replicates. The hpo.study tag ties them to their study.
-            tags = {**self.common_tags, **own_tags, STUDY_TAG: ledger.study, ROLE_TAG: self.role, TRIAL_TAG: trial.trial_id,
-                    **self.provenance}
+            tags = {
+                **self.common_tags,
+                **own_tags,
+                STUDY_TAG: ledger.study,
+                ROLE_TAG: self.role,
+                TRIAL_TAG: trial.trial_id,
+                **self.provenance,
+            }
             run_id = ledger.client.create_run(ledger.experiment_id, run_name=name, tags=tags).info.run_id
             params = [Param(k, _param_value(v)) for k, v in sorted(config.items())]
             ledger.client.log_batch(run_id, params=params)
@@ -403,11 +523,17 @@ class TrialRuns(tune.Callback):
             return  # already logged before a restore: no duplicate steps
         self._last_epoch[trial.trial_id] = epoch
         now = int(time.time() * 1000)
-        metrics = [Metric(k, _points(float(result[k])) if k in POINTS else float(result[k]), now, epoch)
-                   for k in LOGGED_METRICS if k in result]
+        metrics = [
+            Metric(k, _points(float(result[k])) if k in POINTS else float(result[k]), now, epoch)
+            for k in LOGGED_METRICS
+            if k in result
+        ]
         node_ip, node_id = result.get("node_ip", "unknown"), str(result.get("node_id", "unknown"))
-        tags = [RunTag("node", f"{node_ip}/{node_id[:12]}"), RunTag("node_id", node_id),
-                RunTag("hostname", str(result.get("hostname", "unknown")))]
+        tags = [
+            RunTag("node", f"{node_ip}/{node_id[:12]}"),
+            RunTag("node_id", node_id),
+            RunTag("hostname", str(result.get("hostname", "unknown"))),
+        ]
         self.ledger.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     @_guarded

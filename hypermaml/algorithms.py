@@ -119,8 +119,15 @@ class HyperMAML(nn.Module):
     softmax columns, so "my class's predicted probability" is one linear read-out away.
     """
 
-    def __init__(self, cfg: HyperMAMLConfig, way: int, shot: int, in_channels: int, image_size: int,
-                 backbone: Conv4 | None = None):
+    def __init__(
+        self,
+        cfg: HyperMAMLConfig,
+        way: int,
+        shot: int,
+        in_channels: int,
+        image_size: int,
+        backbone: Conv4 | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone if backbone is not None else backbone_for(in_channels, image_size)
@@ -169,8 +176,13 @@ class HyperMAML(nn.Module):
             delta_sq = d_weight.pow(2).sum((1, 2)) + d_bias.pow(2).sum(1)
         if maml_weight > 0:
             maml_weight_t, maml_bias_t = adapt_heads(
-                weight, bias, z_support, ep.y_support,
-                steps=self.cfg.warmup_inner_steps, lr=self.cfg.warmup_inner_lr, first_order=False,
+                weight,
+                bias,
+                z_support,
+                ep.y_support,
+                steps=self.cfg.warmup_inner_steps,
+                lr=self.cfg.warmup_inner_lr,
+                first_order=False,
             )
             new_weight = new_weight + maml_weight * (maml_weight_t - weight)
             new_bias = new_bias + maml_weight * (maml_bias_t - bias)

@@ -35,7 +35,9 @@ TOP_PAD_BYTES = 256 << 20
 def keep_heap_warm() -> bool:
     """Switch glibc's allocator to keep freed memory for reuse; True if it took effect."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        log.debug("allocator tuning skipped: the C library is not glibc (%s %s)", platform.system(), platform.libc_ver())
+        log.debug(
+            "allocator tuning skipped: the C library is not glibc (%s %s)", platform.system(), platform.libc_ver()
+        )
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:

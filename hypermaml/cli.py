@@ -39,8 +39,12 @@ def flag(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
-def add_fields(group: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, skip: tuple[str, ...] = (),
-               show_defaults: bool = True) -> None:
+def add_fields(
+    group: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    show_defaults: bool = True,
+) -> None:
     """One flag per field of the dataclass `cls` (except `skip`); see the module docstring."""
     hints = get_type_hints(cls)
     for field in dataclasses.fields(cls):

@@ -28,8 +28,15 @@ class ConfigError(ValueError):
     """An invalid setting a user can fix; the message is one line naming the setting."""
 
 
-def setting(help: str, default: Any = MISSING, *, low: float | None = None, above: float | None = None,
-            flag: str | None = None, why: str | None = None) -> Any:
+def setting(
+    help: str,
+    default: Any = MISSING,
+    *,
+    low: float | None = None,
+    above: float | None = None,
+    flag: str | None = None,
+    why: str | None = None,
+) -> Any:
     """A config field with what the CLI and the checks read from it.
 
     help: the flag's help. low: the smallest allowed value; above: a value it must exceed (0: positive).
@@ -75,26 +82,41 @@ class TrainConfig:
 
     algorithm: Algorithm = setting("which few-shot learner to meta-train", "maml")
     dataset: Dataset = setting("benchmark", "omniglot")
-    data_root: str = setting("folder holding the dataset (for Omniglot: the two zips or their folders); "
-                             "none: Omniglot in the cache folder, fetched when absent", "")
-    cache_dir: str = setting("where decoded images (and fetched Omniglot) are kept; none: $HYPERMAML_CACHE or ~/.cache/hypermaml", "")
-    download: bool = setting("fetch Omniglot into data_root when it is missing (without a data_root it always is)", False)
+    data_root: str = setting(
+        "folder holding the dataset (for Omniglot: the two zips or their folders); "
+        "none: Omniglot in the cache folder, fetched when absent",
+        "",
+    )
+    cache_dir: str = setting(
+        "where decoded images (and fetched Omniglot) are kept; none: $HYPERMAML_CACHE or ~/.cache/hypermaml", ""
+    )
+    download: bool = setting(
+        "fetch Omniglot into data_root when it is missing (without a data_root it always is)", False
+    )
     way: int = setting("classes per episode (N)", 5, low=2)
     shot: int = setting("support images per class (K)", 1, low=1)
     query: int = setting("query images per class (Q)", 15, low=1)
-    train_query: int = setting("query images per class in meta-training episodes; 0: the same as --query "
-                               "(validation and test always use --query)", 0, low=0)
+    train_query: int = setting(
+        "query images per class in meta-training episodes; 0: the same as --query "
+        "(validation and test always use --query)",
+        0,
+        low=0,
+    )
     epochs: int = setting("training epochs; validation and a checkpoint after each", 10, low=1)
     max_train_seconds: float = setting(
         "at most this many seconds of meta-training (validation excluded): an epoch predicted from the epochs so "
         "far to pass it does not start, and an epoch that reaches it ends after that outer step; 0: no limit. "
         "A safety stop: the seconds depend on the machine and its load (equal compute anywhere: --max-train-flops)",
-        0.0, low=0)
+        0.0,
+        low=0,
+    )
     max_train_flops: float = setting(
         "at most this many floating-point operations of meta-training per network (hypermaml.flops counts one "
         "outer step of the configuration): every epoch trains the same number of outer steps, steps_per_epoch "
         "or fewer, so that the run's steps fit the budget; the same steps on any machine; 0: no limit",
-        0.0, low=0)
+        0.0,
+        low=0,
+    )
     steps_per_epoch: int = setting("meta-batches (outer optimizer steps) per epoch", 100, low=1)
     meta_batch: int = setting("tasks per outer step (T)", 32, low=1)
     outer_lr: float = setting("Adam learning rate of the outer loop", 1e-3, above=0)
@@ -103,16 +125,28 @@ class TrainConfig:
     eval_seed: int = setting("seed of the fixed validation/test episode sets (same for every run)", 0)
     seed: int = setting("seed of model init and training episodes", 0)
     device: str = setting("torch device: cpu, cuda, cuda:1, ...", "cpu")
-    task_chunk: int = setting("tasks vectorized together in one pass (0: 4 on CPU, all of the meta-batch on a GPU)", 0, low=0)
-    dense_conv: bool = setting("backbone weights shared by all tasks run one dense convolution over all tasks' images "
-                               "(else the grouped convolution that per-task weights use); same results up to float rounding", True)
-    channels_last: bool = setting("keep images and activations of the dense convolutions in channels-last memory order", False)
+    task_chunk: int = setting(
+        "tasks vectorized together in one pass (0: 4 on CPU, all of the meta-batch on a GPU)", 0, low=0
+    )
+    dense_conv: bool = setting(
+        "backbone weights shared by all tasks run one dense convolution over all tasks' images "
+        "(else the grouped convolution that per-task weights use); same results up to float rounding",
+        True,
+    )
+    channels_last: bool = setting(
+        "keep images and activations of the dense convolutions in channels-last memory order", False
+    )
     precision: Literal["auto", "fp32", "bf16"] = setting(
         "meta-training forward in float32, or under bfloat16 autocast (convolutions and matmuls in bf16); auto: bf16 "
         "where the device computes it natively (a CUDA GPU with bf16, a CPU with avx512_bf16 or AMX), else fp32; "
-        "parameters, optimizer and evaluation stay float32", "auto")
-    compile: bool = setting("torch.compile the meta-loss (static shapes: each task-chunk shape compiles once, "
-                            "in the first outer step that meets it); same results up to float rounding", False)
+        "parameters, optimizer and evaluation stay float32",
+        "auto",
+    )
+    compile: bool = setting(
+        "torch.compile the meta-loss (static shapes: each task-chunk shape compiles once, "
+        "in the first outer step that meets it); same results up to float rounding",
+        False,
+    )
 
     @property
     def training_query(self) -> int:
@@ -192,11 +226,13 @@ class RunConfig:
     train: TrainConfig
     algo: AlgorithmConfig
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         self.train.validate()
         expected = ALGORITHM_CONFIGS[self.train.algorithm]
         if not isinstance(self.algo, expected):
-            raise ConfigError(f"algorithm {self.train.algorithm!r} needs a {expected.__name__}, got {type(self.algo).__name__}")
+            raise ConfigError(
+                f"algorithm {self.train.algorithm!r} needs a {expected.__name__}, got {type(self.algo).__name__}"
+            )
         self.algo.validate()
         return self
 

@@ -41,7 +41,10 @@ CACHE_FORMAT_VERSION = 1
 OMNIGLOT_SETS = ("images_background", "images_evaluation")
 # The official source, and the md5 of its zips (the ones torchvision's datasets.Omniglot checks).
 OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
-OMNIGLOT_MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718", "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811"}
+OMNIGLOT_MD5 = {
+    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+}
 # A mirror instead: a folder URL holding both zips. A mirror's zips are checked by their contents.
 DOWNLOAD_URL_ENV = "HYPERMAML_DOWNLOAD_URL"
 # (alphabets, characters) of each image set: 50 alphabets and 1623 characters in all.
@@ -213,7 +216,9 @@ def load_split(
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
     if not data_root:
         if dataset != "omniglot":
-            raise DataError(f"no data root: only Omniglot is fetched automatically; point --data-root at the {dataset} data folder")
+            raise DataError(
+                f"no data root: only Omniglot is fetched automatically; point --data-root at the {dataset} data folder"
+            )
         data_root, download = cache_dir / OMNIGLOT_CACHE_FOLDER, True
     data_root = Path(data_root).expanduser()
     if not data_root.is_dir() and not (download and dataset == "omniglot"):
@@ -240,7 +245,9 @@ def _load_omniglot_split(split: str, data_root: Path, cache_dir: Path, download:
     for line in lines:
         character, _, rotation = line.rpartition("/")
         if character not in character_index or rotation not in ("rot000", "rot090", "rot180", "rot270"):
-            raise DataError(f"{split_file} line {line!r} is not <known character>/rotDDD; check the Omniglot data in {data_root}")
+            raise DataError(
+                f"{split_file} line {line!r} is not <known character>/rotDDD; check the Omniglot data in {data_root}"
+            )
         indices.append(character_index[character])
         quarter_turns.append(int(rotation[3:]) // 90)
 
@@ -284,7 +291,9 @@ def _omniglot_sources(data_root: Path, download: bool) -> dict[str, Path]:
         missing = [name for name in OMNIGLOT_SETS if name not in sources]
     if missing:
         wanted = " and ".join(f"{name}.zip" for name in missing)
-        raise DataError(f"Omniglot not found in {data_root}: missing {wanted} (or the extracted folders); pass --download to fetch them")
+        raise DataError(
+            f"Omniglot not found in {data_root}: missing {wanted} (or the extracted folders); pass --download to fetch them"
+        )
     return sources
 
 
@@ -305,7 +314,9 @@ def fetch_omniglot(target: Path, names: Sequence[str], base_url: str, md5: dict[
     """
     from torchvision.datasets.utils import check_integrity, download_url  # only needed here (see _decode_and_crop)
 
-    source = f"check the mirror in ${DOWNLOAD_URL_ENV}" if md5 is None else f"set ${DOWNLOAD_URL_ENV} to a mirror folder"
+    source = (
+        f"check the mirror in ${DOWNLOAD_URL_ENV}" if md5 is None else f"set ${DOWNLOAD_URL_ENV} to a mirror folder"
+    )
     advice = f"nothing was kept; {source}, or pass --data-root DIR holding the two zips"
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-download-"))
@@ -360,8 +371,10 @@ def _omniglot_zip_problem(path: Path, name: str) -> str | None:
     want_alphabets, want_characters = OMNIGLOT_CONTENTS[name]
     found = (len(alphabets), len(characters), len(pngs))
     if found != (want_alphabets, want_characters, want_characters * OMNIGLOT_DRAWINGS):
-        return (f"it holds {found[0]} alphabets, {found[1]} characters and {found[2]} drawings, "
-                f"not {want_alphabets}, {want_characters} and {want_characters * OMNIGLOT_DRAWINGS}")
+        return (
+            f"it holds {found[0]} alphabets, {found[1]} characters and {found[2]} drawings, "
+            f"not {want_alphabets}, {want_characters} and {want_characters * OMNIGLOT_DRAWINGS}"
+        )
     return None
 
 
@@ -442,7 +455,9 @@ def _load_image_folder_split(dataset: str, split: str, data_root: Path, cache_di
         paths = [path for _, class_paths in class_files for path in class_paths]
         missing = [path for path in paths if not path.is_file()]
         if missing:
-            raise DataError(f"{len(missing)} listed images are missing, e.g. {missing[0]}; restore them or fix the split list")
+            raise DataError(
+                f"{len(missing)} listed images are missing, e.g. {missing[0]}; restore them or fix the split list"
+            )
         images = torch.stack([_decode_and_crop(path, size) for path in paths])
         _write_cache({"images": images, "key": key}, cache_file)
 
@@ -460,7 +475,9 @@ def _miniimagenet_class_files(split: str, data_root: Path) -> list[tuple[str, li
     """Ravi-Larochelle layout: <root>/<split>.csv rows `filename,label`, classes in first-seen order."""
     csv_file = data_root / f"{split}.csv"
     if not csv_file.is_file():
-        raise DataError(f"{csv_file} not found; miniImageNet needs the Ravi-Larochelle train/val/test.csv in --data-root (no automatic download)")
+        raise DataError(
+            f"{csv_file} not found; miniImageNet needs the Ravi-Larochelle train/val/test.csv in --data-root (no automatic download)"
+        )
     files_by_label: dict[str, list[str]] = {}
     with csv_file.open(newline="") as handle:
         for row in csv.DictReader(handle):
@@ -488,7 +505,9 @@ def _cub_class_files(split: str, data_root: Path) -> list[tuple[str, list[Path]]
         classes = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
         unknown = [name for name in classes if name not in all_classes]
         if unknown:
-            raise DataError(f"{split_file} names class folder {unknown[0]!r} missing from {image_root}; fix the list or the folders")
+            raise DataError(
+                f"{split_file} names class folder {unknown[0]!r} missing from {image_root}; fix the list or the folders"
+            )
     else:
         # The usual CUB few-shot split (CloserLookFewShot): 100 train / 50 val / 50 test.
         keep = {"train": lambda i: i % 2 == 0, "val": lambda i: i % 4 == 1, "test": lambda i: i % 4 == 3}[split]
@@ -497,7 +516,9 @@ def _cub_class_files(split: str, data_root: Path) -> list[tuple[str, list[Path]]
     for name in classes:
         files = sorted(p for p in (image_root / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise DataError(f"class folder {image_root / name} has no .jpg/.jpeg/.png images; add them or remove the folder")
+            raise DataError(
+                f"class folder {image_root / name} has no .jpg/.jpeg/.png images; add them or remove the folder"
+            )
         class_files.append((name, files))
     if not class_files:
         raise DataError(f"no class folders for the {split} split in {image_root}; point --data-root at the CUB folder")

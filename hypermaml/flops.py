@@ -78,8 +78,10 @@ def epoch_steps(config: RunConfig, step_flops_by_epoch: list[int]) -> int:
     one_step_each = sum(step_flops_by_epoch)  # one outer step in each epoch of the run
     affordable = math.floor(t.max_train_flops) // one_step_each  # exact integer arithmetic
     if affordable < 1:
-        raise ConfigError(f"max_train_flops must be at least {one_step_each:.4g} (one outer step in each of the "
-                          f"{t.epochs} epochs of this configuration), got {t.max_train_flops:.4g}")
+        raise ConfigError(
+            f"max_train_flops must be at least {one_step_each:.4g} (one outer step in each of the "
+            f"{t.epochs} epochs of this configuration), got {t.max_train_flops:.4g}"
+        )
     return min(t.steps_per_epoch, affordable)
 
 
@@ -94,9 +96,23 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
 
 
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                         _output_padding, groups, output_mask, out_shape, **kwargs) -> int:
+def _conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    groups,
+    output_mask,
+    out_shape,
+    **kwargs,
+) -> int:
     """torch's formula (torch.utils.flop_counter.conv_backward_flop) with the weight gradient divided by `groups`."""
+
     def channels_first(shape):
         return [shape[1], shape[0], *shape[2:]]
 
@@ -114,8 +130,12 @@ def _meta_batch(config: RunConfig) -> Episodes:
     t = config.train
     shape = (CHANNELS[t.dataset], IMAGE_SIZE[t.dataset], IMAGE_SIZE[t.dataset])
     support, query = t.way * t.shot, t.way * t.training_query
-    return Episodes(torch.zeros(t.meta_batch, support, *shape), torch.zeros(t.meta_batch, support, dtype=torch.long),
-                    torch.zeros(t.meta_batch, query, *shape), torch.zeros(t.meta_batch, query, dtype=torch.long))
+    return Episodes(
+        torch.zeros(t.meta_batch, support, *shape),
+        torch.zeros(t.meta_batch, support, dtype=torch.long),
+        torch.zeros(t.meta_batch, query, *shape),
+        torch.zeros(t.meta_batch, query, dtype=torch.long),
+    )
 
 
 def _phase(config: RunConfig, epoch: int) -> tuple[bool, bool]:

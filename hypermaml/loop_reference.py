@@ -14,7 +14,9 @@ def conv4_features(p, x):
     h = x
     for i in range(4):
         h = F.conv2d(h, p[f"backbone.blocks.{i}.conv.weight"], padding=1)
-        h = F.batch_norm(h, None, None, p[f"backbone.blocks.{i}.bn.weight"], p[f"backbone.blocks.{i}.bn.bias"], training=True)
+        h = F.batch_norm(
+            h, None, None, p[f"backbone.blocks.{i}.bn.weight"], p[f"backbone.blocks.{i}.bn.bias"], training=True
+        )
         h = F.max_pool2d(F.relu(h), 2)
     return h.flatten(1)
 
@@ -48,7 +50,9 @@ def hypermaml_meta_loss(model, ep):
         z_s = conv4_features(params, ep.x_support[t])
         z_q = conv4_features(params, ep.x_query[t])
         probs = torch.softmax(z_s.detach() @ weight.detach().T + bias.detach(), -1)
-        rows = torch.cat([z_s, probs, F.one_hot(ep.y_support[t], way).to(z_s.dtype)], -1).view(way, -1, z_s.shape[1] + 2 * way)
+        rows = torch.cat([z_s, probs, F.one_hot(ep.y_support[t], way).to(z_s.dtype)], -1).view(
+            way, -1, z_s.shape[1] + 2 * way
+        )
         rows = rows.mean(1) if model.cfg.aggregation == "mean" else rows.flatten(1)
         delta = model.hypernet(rows)
         logits = z_q @ (weight + delta[:, :-1]).T + bias + delta[:, -1]

@@ -41,8 +41,14 @@ class Conv4(nn.Module):
     `channels_last`: the dense convs of shared weights run in channels-last memory order.
     """
 
-    def __init__(self, in_channels: int, global_pool: bool = False, width: int = FEATURES,
-                 dense_shared: bool = True, channels_last: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        global_pool: bool = False,
+        width: int = FEATURES,
+        dense_shared: bool = True,
+        channels_last: bool = False,
+    ):
         super().__init__()
         self.global_pool = global_pool
         self.dense_shared = dense_shared
@@ -94,7 +100,9 @@ class Conv4(nn.Module):
         return h.mean(dim=(3, 4)) if self.global_pool else h.flatten(2)
 
 
-def batch_norm_per_task(h: torch.Tensor, tasks: int, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+def batch_norm_per_task(
+    h: torch.Tensor, tasks: int, gamma: torch.Tensor, beta: torch.Tensor, eps: float
+) -> torch.Tensor:
     """Training-mode batch norm of a task-major batch [T*B, C, H, W] with each task's own statistics.
 
     Per (task, channel) over (B, H, W), with the biased variance: what F.batch_norm gives on one task
@@ -103,7 +111,9 @@ def batch_norm_per_task(h: torch.Tensor, tasks: int, gamma: torch.Tensor, beta: 
     Statistics are taken in at least float32, also when autocast gives bf16 conv outputs.
     """
     h5 = h.unflatten(0, (tasks, -1))
-    var, mean = torch.var_mean(h5.to(torch.promote_types(h5.dtype, torch.float32)), dim=(1, 3, 4), correction=0, keepdim=True)
+    var, mean = torch.var_mean(
+        h5.to(torch.promote_types(h5.dtype, torch.float32)), dim=(1, 3, 4), correction=0, keepdim=True
+    )
     scale = gamma.view(-1, 1, 1) * torch.rsqrt(var + eps)  # [T, 1, C, 1, 1]
     shift = beta.view(-1, 1, 1) - mean * scale
     return torch.addcmul(shift, h5, scale).flatten(0, 1)

@@ -26,7 +26,9 @@ def build_parser() -> cli.Parser:
     for name, cls in ALGORITHM_CONFIGS.items():
         cli.add_fields(parser.add_argument_group(f"{name} (only with --algorithm {name})"), cls)
     parser.add_argument("--output", required=True, help="folder for checkpoints, metrics and result.json")
-    parser.add_argument("--resume", action="store_true", help="continue the run stored in --output (with the flags it was started with)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run stored in --output (with the flags it was started with)"
+    )
     return parser
 
 
@@ -75,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 
     output.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps(to_flat(config), indent=2) + "\n")
-    print(f"training {config.train.algorithm} on {config.train.dataset} {config.train.way}-way {config.train.shot}-shot", file=sys.stderr)
+    print(
+        f"training {config.train.algorithm} on {config.train.dataset} {config.train.way}-way {config.train.shot}-shot",
+        file=sys.stderr,
+    )
     result = fit(config, report=_progress, checkpoint_dir=output, resume_from=resume_from, data=data)
     learner = result.learner
     learner.load_state_dict(result.best_state)

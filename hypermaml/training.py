@@ -101,7 +101,9 @@ def episode_sampler(config: RunConfig, split_data: FewShotSplit, split: str) -> 
 def chunks(episodes: Episodes, size: int) -> Iterator[Episodes]:
     for start in range(0, episodes.tasks, size):
         part = slice(start, start + size)
-        yield Episodes(episodes.x_support[part], episodes.y_support[part], episodes.x_query[part], episodes.y_query[part])
+        yield Episodes(
+            episodes.x_support[part], episodes.y_support[part], episodes.x_query[part], episodes.y_query[part]
+        )
 
 
 def new_learner(config: RunConfig, device: torch.device | str = "cpu") -> MAML | HyperMAML:
@@ -212,7 +214,9 @@ def fit(
         if time_cap_reached(progress.history, t.max_train_seconds):
             break  # the epoch before was the last its cap allowed (also when a resumed run ended there)
         epoch_start = time.perf_counter()
-        training = train_epoch(progress, train_sampler, config, epoch, cap_seconds_left(progress.history, t.max_train_seconds))
+        training = train_epoch(
+            progress, train_sampler, config, epoch, cap_seconds_left(progress.history, t.max_train_seconds)
+        )
         val = evaluate(progress.learner, "val", t.val_episodes, t.eval_seed, data=val_data)
         improved = record_epoch(progress, config, epoch, training, val, epoch_start)
         if checkpoint_dir is not None:
@@ -270,8 +274,15 @@ def start_training(config: RunConfig, device: torch.device) -> TrainingProgress:
     learner = new_learner(config, device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.train.outer_lr)
     generator = torch.Generator(device).manual_seed(config.train.seed)
-    return TrainingProgress(learner, optimizer, generator, meta_loss_function(learner, config.train.compile),
-                            training_precision(config.train.precision, device), flops, steps)
+    return TrainingProgress(
+        learner,
+        optimizer,
+        generator,
+        meta_loss_function(learner, config.train.compile),
+        training_precision(config.train.precision, device),
+        flops,
+        steps,
+    )
 
 
 def meta_loss_function(learner: MAML | HyperMAML, compile: bool) -> MetaLoss:
@@ -313,8 +324,9 @@ def restore_from_checkpoint(progress: TrainingProgress, config: RunConfig, resum
         progress.precision = "bf16" if progress.history[-1]["bf16_autocast"] else "fp32"
 
 
-def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: RunConfig, epoch: int,
-                seconds_left: float = math.inf) -> EpochTraining:
+def train_epoch(
+    progress: TrainingProgress, sampler: EpisodeSampler, config: RunConfig, epoch: int, seconds_left: float = math.inf
+) -> EpochTraining:
     """`progress.epoch_steps` outer steps (`outer_step` on a freshly sampled meta-batch), or fewer: the
     epoch ends after the step that uses up `seconds_left` of training time (the time cap's remainder),
     so a configuration whose first epoch alone outlasts the cap trains no longer than any other.
@@ -326,7 +338,7 @@ def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: Run
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
-    for steps in range(1, progress.epoch_steps + 1):
+    for steps in range(1, progress.epoch_steps + 1):  # noqa: B007 (the steps taken, read after the loop)
         loss, correct = outer_step(progress, sampler.sample(t.meta_batch, progress.generator), config, epoch)
         loss_sum += loss
         correct_sum += correct
@@ -341,7 +353,9 @@ def train_epoch(progress: TrainingProgress, sampler: EpisodeSampler, config: Run
     return EpochTraining(train_loss, (correct_sum / n_train).item(), seconds, steps, n_train)
 
 
-def outer_step(progress: TrainingProgress, episodes: Episodes, config: RunConfig, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def outer_step(
+    progress: TrainingProgress, episodes: Episodes, config: RunConfig, epoch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One outer step on a meta-batch: the meta-loss in task chunks (in the configured precision),
     their backward passes, one Adam step. Returns the sums over the tasks of the query loss and of
     the query accuracy, on the device (no host sync)."""
@@ -387,7 +401,12 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def record_epoch(
-    progress: TrainingProgress, config: RunConfig, epoch: int, training: EpochTraining, val: EvalResult, epoch_start: float,
+    progress: TrainingProgress,
+    config: RunConfig,
+    epoch: int,
+    training: EpochTraining,
+    val: EvalResult,
+    epoch_start: float,
 ) -> bool:
     """Append epoch `epoch`'s (0-based) metrics to the history and keep its weights if they validate best.
 
@@ -441,8 +460,16 @@ def write_checkpoints(progress: TrainingProgress, config: RunConfig, checkpoint_
     }
     save_checkpoint(state, checkpoint_dir / LAST)
     if improved:
-        save_checkpoint({"format": CHECKPOINT_FORMAT, "config": to_flat(config), "epoch": progress.epochs_done,
-                         "model": progress.best_state, "val_acc": progress.best_val_acc}, checkpoint_dir / BEST)
+        save_checkpoint(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": to_flat(config),
+                "epoch": progress.epochs_done,
+                "model": progress.best_state,
+                "val_acc": progress.best_val_acc,
+            },
+            checkpoint_dir / BEST,
+        )
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -480,11 +507,15 @@ def load_learner(path: str | Path, device: str = "cpu") -> MAML | HyperMAML:
 def check_resumable(config: RunConfig, saved: dict[str, Any]) -> None:
     """ConfigError unless `config` continues the run whose checkpoint holds the settings `saved`."""
     current = to_flat(config)
-    changed = sorted(k for k in set(current) | set(saved) if k not in RESUMABLE_CHANGES and current.get(k) != saved.get(k))
+    changed = sorted(
+        k for k in set(current) | set(saved) if k not in RESUMABLE_CHANGES and current.get(k) != saved.get(k)
+    )
     if changed:
         changes = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise ConfigError(f"cannot resume: the checkpoint was made with other settings ({changes}); "
-                          "resume with the settings it was made with, or start a new run")
+        raise ConfigError(
+            f"cannot resume: the checkpoint was made with other settings ({changes}); "
+            "resume with the settings it was made with, or start a new run"
+        )
 
 
 def _sync(device: torch.device) -> None:

@@ -31,9 +31,17 @@ def reference(epochs: int, shot: int) -> dict:
     # (the space's own bound). At 1 shot mean and concat are the same model, so the space does not
     # tune aggregation then; 5-shot commands use mean.
     longest = max(1, epochs // 3)
-    point = {"hn_hidden": 512, "hn_layers": 3, "outer_lr": 1e-2, "meta_batch": 32, "delta_penalty": 0.0,
-             "warmup": True, "warmup_epochs": min(longest, max(1, round(0.024 * epochs))),
-             "switch_epochs": min(longest, max(1, round(0.244 * epochs))), "warmup_inner_lr": 0.1}
+    point = {
+        "hn_hidden": 512,
+        "hn_layers": 3,
+        "outer_lr": 1e-2,
+        "meta_batch": 32,
+        "delta_penalty": 0.0,
+        "warmup": True,
+        "warmup_epochs": min(longest, max(1, round(0.024 * epochs))),
+        "switch_epochs": min(longest, max(1, round(0.244 * epochs))),
+        "warmup_inner_lr": 0.1,
+    }
     if shot > 1:
         point["aggregation"] = "mean"
     return point

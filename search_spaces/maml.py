@@ -31,8 +31,14 @@ REFERENCE_SOURCE = "Finn et al. 2017 (MAML), Omniglot 5-way"
 def reference(epochs: int, shot: int) -> dict:
     # Finn et al., Omniglot: 1 inner step of lr 0.4, second order, every parameter adapted,
     # 32 tasks per meta-batch, Adam with lr 1e-3. Nothing depends on the budget or the shot.
-    return {"inner_steps": 1, "inner_lr": 0.4, "first_order": False, "inner_params": "all", "outer_lr": 1e-3,
-            "meta_batch": 32}
+    return {
+        "inner_steps": 1,
+        "inner_lr": 0.4,
+        "first_order": False,
+        "inner_params": "all",
+        "outer_lr": 1e-3,
+        "meta_batch": 32,
+    }
 
 
 def space(trial: optuna.Trial) -> None:

@@ -71,7 +71,9 @@ def smoke(omniglot_root, tmp_path_factory):
     from .readme_commands import run_as_printed, scratch_checkout
     from .studies import SMOKE, SMOKE_DB, SMOKE_NAME  # imports MLflow: only for the tests that run a study
 
-    assert f"--name {SMOKE_NAME}" in SMOKE and f"sqlite:///$PWD/{SMOKE_DB}" in SMOKE and "--storage-path $PWD/ray" in SMOKE
+    assert (
+        f"--name {SMOKE_NAME}" in SMOKE and f"sqlite:///$PWD/{SMOKE_DB}" in SMOKE and "--storage-path $PWD/ray" in SMOKE
+    )
     checkout = scratch_checkout(tmp_path_factory.mktemp("smoke"), omniglot_root)
     proc = run_as_printed(SMOKE, checkout, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

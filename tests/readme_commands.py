@@ -45,8 +45,8 @@ def readme_commands(text: str | None = None) -> list[str]:
 
 
 def documented_pages() -> list[Path]:
-    """Every page that prints commands: the README, then each docs/*.md page."""
-    return [README, *sorted(DOCS.glob("*.md"))]
+    """Every page that prints commands: the README, CONTRIBUTING.md, then each docs/*.md page."""
+    return [README, REPO / "CONTRIBUTING.md", *sorted(DOCS.glob("*.md"))]
 
 
 def page_commands(page: Path) -> list[str]:
@@ -76,6 +76,9 @@ def command_env(**changes: str | None) -> dict[str, str]:
     return env
 
 
-def run_as_printed(command: str, cwd: Path, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env or command_env(), capture_output=True, text=True,
-                          timeout=timeout)
+def run_as_printed(
+    command: str, cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env or command_env(), capture_output=True, text=True, timeout=timeout
+    )

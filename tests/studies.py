@@ -15,8 +15,22 @@ SMOKE_NAME, SMOKE_DB = "try1", "m.db"
 
 
 def study_cmd(root, tmp, name, *extra):
-    return [sys.executable, "-m", "hpo.search", "--preset", "smoke", "--data-root", str(root),
-            "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--storage-path", str(tmp / "ray"), "--name", name, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "hpo.search",
+        "--preset",
+        "smoke",
+        "--data-root",
+        str(root),
+        "--tracking-uri",
+        f"sqlite:///{tmp / 'mlflow.db'}",
+        "--storage-path",
+        str(tmp / "ray"),
+        "--name",
+        name,
+        *extra,
+    ]
 
 
 def run_study(cmd, timeout=900):
@@ -26,7 +40,9 @@ def run_study(cmd, timeout=900):
 def runs(tmp, name, role, db="mlflow.db"):
     client = MlflowClient(f"sqlite:///{tmp / db}")
     experiment = client.get_experiment_by_name(name)
-    return client, client.search_runs([experiment.experiment_id], filter_string=f"tags.`hpo.role` = '{role}'", max_results=1000)
+    return client, client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`hpo.role` = '{role}'", max_results=1000
+    )
 
 
 def smoke_runs(tmp, role):

@@ -32,12 +32,28 @@ def write_study(tmp_path, name, seed, levels, finish=True, preset="smoke", commi
         for k, shift in enumerate((-0.01, 0.0, 0.01)):
             accs = np.full(EPISODES, level + shift)
             trial_id = f"{name}_{algorithm}_{k}"
-            records.append(ReplicateRecord(algorithm=algorithm, trial_id=trial_id, candidate_rank=1, source_trial="t",
-                                           seed=1000 + k, tuned={}, val_curve=[level], best_val_acc=level,
-                                           test_acc=float(accs.mean()), test_ci95=0.0, adapt_ms_per_task=1.0,
-                                           parameters=1, train_seconds=1.0, episode_accs=accs))
-            run = client.create_run(tracker.ledger.experiment_id, tags={
-                STUDY_TAG: name, ROLE_TAG: "replicate", TRIAL_TAG: trial_id, "algorithm": algorithm})
+            records.append(
+                ReplicateRecord(
+                    algorithm=algorithm,
+                    trial_id=trial_id,
+                    candidate_rank=1,
+                    source_trial="t",
+                    seed=1000 + k,
+                    tuned={},
+                    val_curve=[level],
+                    best_val_acc=level,
+                    test_acc=float(accs.mean()),
+                    test_ci95=0.0,
+                    adapt_ms_per_task=1.0,
+                    parameters=1,
+                    train_seconds=1.0,
+                    episode_accs=accs,
+                )
+            )
+            run = client.create_run(
+                tracker.ledger.experiment_id,
+                tags={STUDY_TAG: name, ROLE_TAG: "replicate", TRIAL_TAG: trial_id, "algorithm": algorithm},
+            )
             client.log_metric(run.info.run_id, "test_acc", 100 * float(accs.mean()))
         finalists[algorithm] = Finalist(algorithm, 1, "t", {}, records)
     tracker.mark_finalists(finalists)
@@ -45,7 +61,8 @@ def write_study(tmp_path, name, seed, levels, finish=True, preset="smoke", commi
         matrices = {a: finalists[a].episode_matrix() for a in ("maml", "hypermaml")}
         seed_level = compare_seeds("maml", matrices["maml"], "hypermaml", matrices["hypermaml"], unit="config")
         comparison = StudyComparison(
-            compare_search_finalists("maml", [matrices["maml"]], "hypermaml", [matrices["hypermaml"]]), {0: seed_level})
+            compare_search_finalists("maml", [matrices["maml"]], "hypermaml", [matrices["hypermaml"]]), {0: seed_level}
+        )
         summary, plots = tmp_path / f"{name}.md", tmp_path / f"{name}-plots"
         summary.write_text(comparison.headline.sentence)
         plots.mkdir()
@@ -71,7 +88,10 @@ def test_three_reruns_are_compared_with_the_study_as_the_unit(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2] in "abc"]
     cells = [row.split(" | ") for row in rows]  # study, seed, commit, maml, hypermaml, effect, verdict
     assert [[c[1], c[3], c[4], c[5]] for c in cells] == [
-        ["0", "80.00%", "81.00%", "+1.00"], ["1", "80.00%", "82.00%", "+2.00"], ["2", "80.00%", "84.00%", "+4.00"]]
+        ["0", "80.00%", "81.00%", "+1.00"],
+        ["1", "80.00%", "82.00%", "+2.00"],
+        ["2", "80.00%", "84.00%", "+4.00"],
+    ]
     # each study: seeds 1 point apart around the gap, so only the 4-point gap is decided within its study
     assert [c[6] for c in cells] == ["config_inconclusive |", "config_inconclusive |", "config_hypermaml_better |"]
     # mean 7/3, sd sqrt(7/3): a t interval with 2 degrees of freedom
@@ -88,15 +108,27 @@ def test_a_clear_winner_over_studies(tmp_path, capsys):
     code, out, _ = run(capsys, "a", "b", "c", "--tracking-uri", uri)
     assert code == 0
     assert out.splitlines()[-1].startswith("maml is better than hypermaml by 5.00 points (95% CI 4.50 to 5.50")
-    assert [line.split(" | ")[5] for line in out.splitlines() if line.startswith("| ") and line[2] in "abc"] == \
-        ["−5.00", "−5.20", "−4.80"]  # the sentence's minus sign
+    assert [line.split(" | ")[5] for line in out.splitlines() if line.startswith("| ") and line[2] in "abc"] == [
+        "−5.00",
+        "−5.20",
+        "−4.80",
+    ]  # the sentence's minus sign
 
 
-@pytest.mark.parametrize("second, message", [
-    ({"name": "b", "seed": 0}, "studies 'a' and 'b' both used --seed 0: the same search twice is not a rerun"),
-    ({"name": "b", "seed": 1, "trials": 5}, "studies 'a' and 'b' differ in trials (4 vs 5): not reruns of one procedure"),
-    ({"name": "b", "seed": 1, "finish": False}, "study 'b' has no verdict: it has not finished, or had too few replicates"),
-])
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        ({"name": "b", "seed": 0}, "studies 'a' and 'b' both used --seed 0: the same search twice is not a rerun"),
+        (
+            {"name": "b", "seed": 1, "trials": 5},
+            "studies 'a' and 'b' differ in trials (4 vs 5): not reruns of one procedure",
+        ),
+        (
+            {"name": "b", "seed": 1, "finish": False},
+            "study 'b' has no verdict: it has not finished, or had too few replicates",
+        ),
+    ],
+)
 def test_studies_that_are_not_reruns_of_one_finished_procedure_are_refused(tmp_path, capsys, second, message):
     uri = write_study(tmp_path, "a", 0, {"maml": 0.8, "hypermaml": 0.82})
     write_study(tmp_path, second.pop("name"), second.pop("seed"), {"maml": 0.8, "hypermaml": 0.82}, **second)
@@ -111,8 +143,13 @@ def test_a_missing_store_or_study_is_one_line_and_creates_nothing(tmp_path, caps
     assert code == 2 and err == f"python -m hpo.across: error: no MLflow store at sqlite:///{missing}\n"
     assert not missing.exists()
     uri = write_study(tmp_path, "a", 0, {"maml": 0.8, "hypermaml": 0.82})
-    assert run(capsys, "a", "zz", "--tracking-uri", uri)[2] == "python -m hpo.across: error: no study named 'zz' in this MLflow store\n"
-    assert run(capsys, "a", "a", "--tracking-uri", uri)[2].endswith("give at least two different studies: the unit here is the study\n")
+    assert (
+        run(capsys, "a", "zz", "--tracking-uri", uri)[2]
+        == "python -m hpo.across: error: no study named 'zz' in this MLflow store\n"
+    )
+    assert run(capsys, "a", "a", "--tracking-uri", uri)[2].endswith(
+        "give at least two different studies: the unit here is the study\n"
+    )
 
 
 def test_compare_searches_needs_two_studies_and_matches_scipy():
@@ -136,4 +173,5 @@ def test_studies_of_different_or_uncommitted_code_are_compared_with_a_warning(tm
         "warning: the studies ran different commits (1111111, 2222222); a change of the search spaces or the training "
         "between them is part of what this interval averages over",
         "warning: b ran with uncommitted changes, or from a tree whose state is unknown: their code is not fully named "
-        "by their commit"]
+        "by their commit",
+    ]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hypermaml import loop_reference
-from hypermaml.algorithms import HyperMAML, MAML, adapt_heads
+from hypermaml.algorithms import MAML, HyperMAML, adapt_heads
 from hypermaml.config import HyperMAMLConfig, MAMLConfig
 from hypermaml.data import Episodes
 from hypermaml.models import FEATURES
@@ -37,10 +37,12 @@ def test_vectorized_maml_meta_gradient_equals_per_task_loop(inner_params, first_
     reference = torch.autograd.grad(loop_reference.maml_meta_loss(model, cfg, ep), list(model.parameters()))
     for (name, _), v, r in zip(model.named_parameters(), vectorized, reference):
         assert r.abs().max() > 0 or "bn" in name or "conv" in name  # head grads are never trivially zero
-        torch.testing.assert_close(v, r, atol=1e-5, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(v, r, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
     # Second order really differs from first order (the test would not notice a silently dropped term).
     if not first_order:
-        fo = MAML(MAMLConfig(inner_steps=inner_steps, inner_lr=0.3, first_order=True, inner_params=inner_params), WAY, 1, 28).double()
+        fo = MAML(
+            MAMLConfig(inner_steps=inner_steps, inner_lr=0.3, first_order=True, inner_params=inner_params), WAY, 1, 28
+        ).double()
         fo.load_state_dict(model.state_dict())
         fo_grads = torch.autograd.grad(fo.meta_loss(ep, 0)[0], list(fo.parameters()))
         assert max((a - b).abs().max().item() for a, b in zip(fo_grads, vectorized)) > 1e-4
@@ -52,7 +54,9 @@ def test_maml_chunks_of_tasks_give_the_same_gradient_as_one_pass():
     model = MAML(cfg, WAY, 1, 28).double()
     ep = random_episodes(tasks=4)
     whole = torch.autograd.grad(model.meta_loss(ep, 0)[0], list(model.parameters()))
-    halves = [Episodes(ep.x_support[s], ep.y_support[s], ep.x_query[s], ep.y_query[s]) for s in (slice(0, 2), slice(2, 4))]
+    halves = [
+        Episodes(ep.x_support[s], ep.y_support[s], ep.x_query[s], ep.y_query[s]) for s in (slice(0, 2), slice(2, 4))
+    ]
     parts = [torch.autograd.grad(model.meta_loss(h, 0)[0] / 2, list(model.parameters())) for h in halves]
     for w, a, b in zip(whole, *parts):
         torch.testing.assert_close(w, a + b, atol=1e-10, rtol=0)
@@ -81,7 +85,9 @@ def test_maml_query_logits_adapt_for_test_inner_steps_or_else_for_the_training_s
     torch.manual_seed(3)
     ep = random_episodes()
     default = MAML(MAMLConfig(inner_steps=1, inner_lr=0.5, inner_params=inner_params), WAY, 1, 28).double()
-    four = MAML(MAMLConfig(inner_steps=1, inner_lr=0.5, inner_params=inner_params, test_inner_steps=4), WAY, 1, 28).double()
+    four = MAML(
+        MAMLConfig(inner_steps=1, inner_lr=0.5, inner_params=inner_params, test_inner_steps=4), WAY, 1, 28
+    ).double()
     four.load_state_dict(default.state_dict())
     with torch.no_grad():  # as evaluate() calls it
         default_logits, four_logits = default.query_logits(ep), four.query_logits(ep)
@@ -93,6 +99,7 @@ def test_maml_query_logits_adapt_for_test_inner_steps_or_else_for_the_training_s
 
 
 # ---- HyperMAML -------------------------------------------------------------------------------------
+
 
 def hypermaml(seed=0, **kwargs):
     torch.manual_seed(seed)
@@ -137,7 +144,9 @@ def test_no_gradient_flows_through_the_universal_head_predictions():
     d_weight, d_bias = model.head_update(z_support, ep.y_support)
     # The update depends on the head only through the (detached) softmax predictions:
     # so its gradient w.r.t. the head parameters must be exactly zero ...
-    g_w, g_b = torch.autograd.grad(d_weight.sum() + d_bias.sum(), [model.head.weight, model.head.bias], allow_unused=True)
+    g_w, g_b = torch.autograd.grad(
+        d_weight.sum() + d_bias.sum(), [model.head.weight, model.head.bias], allow_unused=True
+    )
     assert g_w is None and g_b is None
     # ... while the predictions do reach the hypernetwork's output (they are an input, not ignored).
     with torch.no_grad():
@@ -161,7 +170,7 @@ def test_hypermaml_reads_the_universal_heads_softmax_not_an_adapted_heads():
         model.meta_loss(ep, epoch=0)
     finally:
         hook.remove()
-    probs_seen = hypernet_inputs[-1][..., FEATURES:FEATURES + WAY]  # [mean embedding | mean softmax | one-hot]
+    probs_seen = hypernet_inputs[-1][..., FEATURES : FEATURES + WAY]  # [mean embedding | mean softmax | one-hot]
 
     with torch.no_grad():
         z_support = model.backbone(ep.x_support)
@@ -183,7 +192,10 @@ def test_warmup_and_switch_schedule_weights():
     # MAML only for 2 epochs, then (W + S - e) / (S + 1) = 3/4, 2/4, 1/4, then the hypernetwork alone.
     assert weights == [1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
     assert [HyperMAMLConfig(warmup=False).maml_weight(e) for e in range(3)] == [0.0, 0.0, 0.0]
-    assert [HyperMAMLConfig(warmup=True, warmup_epochs=0, switch_epochs=0).maml_weight(e) for e in range(2)] == [0.0, 0.0]
+    assert [HyperMAMLConfig(warmup=True, warmup_epochs=0, switch_epochs=0).maml_weight(e) for e in range(2)] == [
+        0.0,
+        0.0,
+    ]
 
 
 def test_warmup_mixes_maml_and_hypernetwork_updates_with_the_schedule_weight():
@@ -264,4 +276,4 @@ def test_vectorized_hypermaml_meta_gradient_equals_per_task_loop(aggregation):
     vectorized = torch.autograd.grad(loss, list(model.parameters()))
     expected = torch.autograd.grad(reference, list(model.parameters()))
     for (name, _), v, r in zip(model.named_parameters(), vectorized, expected):
-        torch.testing.assert_close(v, r, atol=1e-5, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(v, r, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")

@@ -36,7 +36,7 @@ def gpu_check_commands(program: str) -> list[list[str]]:
             line = line.replace('"$OUT/run"', "/tmp/run").replace("$PY", "python").replace("$OUT", "/tmp")
             line = line.replace('"$(awk "BEGIN { print 1 / $N }")"', "0.25").replace("$N", "4")
             words = shlex.split(line.split("|")[0].split(" > ")[0])
-            commands.append(words[words.index("python") + 1:])
+            commands.append(words[words.index("python") + 1 :])
     return commands
 
 
@@ -65,9 +65,26 @@ def test_throughput_variants_are_levers_joined_by_plus():
 
 
 def test_batch_scaling_runs_each_case_in_its_own_process_and_divides_by_the_first():
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "batch_scaling.py"), "--tasks", "1", "2", "--rounds", "1",
-                           "--images", "40", "--images-per-task", "10", "--threads", "1"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "batch_scaling.py"),
+            "--tasks",
+            "1",
+            "2",
+            "--rounds",
+            "1",
+            "--images",
+            "40",
+            "--images-per-task",
+            "10",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = [line.split() for line in done.stdout.splitlines() if re.match(r"^\s+\d+\s+\d+ \(", line)]
     assert [row[0] for row in rows] == ["1", "2"]
     assert rows[0][-1] == "1.00x"  # the per-task loop's rate divided by itself

@@ -17,14 +17,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "hypermaml.train", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "hypermaml.train", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
-TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--meta-batch", "2", "--query", "5", "--val-episodes", "10", "--test-episodes", "10"]
+TINY = [
+    "--epochs",
+    "1",
+    "--steps-per-epoch",
+    "2",
+    "--meta-batch",
+    "2",
+    "--query",
+    "5",
+    "--val-episodes",
+    "10",
+    "--test-episodes",
+    "10",
+]
 
 
-RUN = ["--algorithm", "hypermaml", "--dataset", "omniglot", "--way", "5", "--shot", "1", "--seed", "0", "--device", "cpu",
-       "--hn-hidden", "64", "--aggregation", "concat", *TINY]
+RUN = [
+    "--algorithm",
+    "hypermaml",
+    "--dataset",
+    "omniglot",
+    "--way",
+    "5",
+    "--shot",
+    "1",
+    "--seed",
+    "0",
+    "--device",
+    "cpu",
+    "--hn-hidden",
+    "64",
+    "--aggregation",
+    "concat",
+    *TINY,
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +87,14 @@ def test_cli_run_ends_with_one_json_line(omniglot_root, finished_run):
     assert resumed.returncode == 0, resumed.stderr
 
 
-@pytest.mark.parametrize("change, message", [
-    (["--hn-hidden", "32"], "hn_hidden 64 -> 32"),
-    (["--outer-lr", "0.01", "--seed", "3"], "outer_lr 0.001 -> 0.01, seed 0 -> 3"),
-    (["--meta-batch", "4"], "meta_batch 2 -> 4"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--hn-hidden", "32"], "hn_hidden 64 -> 32"),
+        (["--outer-lr", "0.01", "--seed", "3"], "outer_lr 0.001 -> 0.01, seed 0 -> 3"),
+        (["--meta-batch", "4"], "meta_batch 2 -> 4"),
+    ],
+)
 def test_resume_with_other_settings_is_one_line_and_writes_nothing(omniglot_root, finished_run, change, message):
     out, _ = finished_run
     before = files_of(out)
@@ -122,7 +157,15 @@ def test_missing_data_root_is_an_error(tmp_path):
     assert "nowhere" in proc.stderr and not (tmp_path / "out").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_cli("--data-root", str(empty), "--cache-dir", str(tmp_path / "fresh-cache"), *TINY, "--output", str(tmp_path / "out"))
+    proc = run_cli(
+        "--data-root",
+        str(empty),
+        "--cache-dir",
+        str(tmp_path / "fresh-cache"),
+        *TINY,
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert proc.returncode == 2 and "--download" in proc.stderr and not (tmp_path / "out").exists()
     assert list(empty.iterdir()) == []
 

@@ -57,13 +57,20 @@ EPOCHS = 3  # the smoke preset's
 
 # ---- 1. the cluster launcher config -------------------------------------------------------------------
 
+
 def cluster_config() -> dict:
     return yaml.safe_load(CLUSTER_YAML.read_text())
 
 
 def all_commands(config: dict) -> list[str]:
-    keys = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-            "head_start_ray_commands", "worker_start_ray_commands")
+    keys = (
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    )
     commands = [c for key in keys for c in config.get(key, [])]
     for node_type in config["available_node_types"].values():
         commands += node_type.get("initialization_commands", []) + node_type.get("worker_setup_commands", [])
@@ -248,10 +255,18 @@ def test_rayjob_manifest_validates_against_kuberays_crd_with_unknown_fields_reje
         assert group["minReplicas"] == 0 and worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
-@pytest.mark.parametrize("where, field, typo", [
-    (["spec"], "shutdownAfterJobFinishes", "shutdownAfterJobFinish"),
-    (["spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 1], "volumeMounts", "volumeMount"),
-], ids=["spec", "head-pod-container"])
+@pytest.mark.parametrize(
+    "where, field, typo",
+    [
+        (["spec"], "shutdownAfterJobFinishes", "shutdownAfterJobFinish"),
+        (
+            ["spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 1],
+            "volumeMounts",
+            "volumeMount",
+        ),
+    ],
+    ids=["spec", "head-pod-container"],
+)
 def test_a_misspelled_field_fails_the_validation_and_the_error_names_it(where, field, typo):
     job = rayjob()
     parent = functools.reduce(operator.getitem, where, job)
@@ -317,8 +332,14 @@ def check_command(command: str, complete: bool = True) -> None:
     a ```bash block, parsed in full; else an inline one, which may name a command without its arguments."""
     for words in command_words(command):
         program, args = words[0], words[1:]
-        checks = {"ray": check_ray, "python": check_python, "kubectl": check_kubectl, "docker": check_docker,
-                  "pip": check_pip, "export": check_export}
+        checks = {
+            "ray": check_ray,
+            "python": check_python,
+            "kubectl": check_kubectl,
+            "docker": check_docker,
+            "pip": check_pip,
+            "export": check_export,
+        }
         assert program in checks, f"{command}: no test checks a {program} command"
         checks[program](args, complete)
 
@@ -332,7 +353,7 @@ def check_ray(args: list[str], complete: bool) -> None:
     command, rest = cli, list(args)
     while hasattr(command, "commands") and rest and rest[0] in command.commands:
         command = command.commands[rest.pop(0)]
-    name = f"ray {' '.join(args[:len(args) - len(rest)])}"
+    name = f"ray {' '.join(args[: len(args) - len(rest)])}"
     assert not hasattr(command, "commands"), f"ray {' '.join(args)}: not a ray command"
     if not complete:
         assert _flags(rest) <= _click_options(command), f"ray {' '.join(args)}"
@@ -358,11 +379,16 @@ def provenance_env() -> dict:
     """`python -m hpo.provenance`, run in the checkout: the runtime environment that hands its commit to a job."""
     from hpo.provenance import COMMIT_ENV, DIRTY_ENV, STOP_WAIT_ENV
 
-    proc = subprocess.run([sys.executable, "-m", "hpo.provenance"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.provenance"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     env = json.loads(proc.stdout)
     assert set(env) == {"env_vars"} and set(env["env_vars"]) == {COMMIT_ENV, DIRTY_ENV, STOP_WAIT_ENV}
-    assert re.fullmatch(r"[0-9a-f]{40}", env["env_vars"][COMMIT_ENV]) and env["env_vars"][DIRTY_ENV] in ("true", "false")
+    assert re.fullmatch(r"[0-9a-f]{40}", env["env_vars"][COMMIT_ENV]) and env["env_vars"][DIRTY_ENV] in (
+        "true",
+        "false",
+    )
     return env
 
 
@@ -398,8 +424,11 @@ def check_kubectl(args: list[str], complete: bool) -> None:
     verb, words = args[0], iter(args[1:])
     assert verb in ("apply", "get", "port-forward", "logs", "cp", "delete"), verb
     job = rayjob()
-    names = {"rayjob": job["metadata"]["name"], "job": job["metadata"]["name"],
-             "pvc": next(d["metadata"]["name"] for d in manifest() if d["kind"] == "PersistentVolumeClaim")}
+    names = {
+        "rayjob": job["metadata"]["name"],
+        "job": job["metadata"]["name"],
+        "pvc": next(d["metadata"]["name"] for d in manifest() if d["kind"] == "PersistentVolumeClaim"),
+    }
     # Options taking a value; `logs -f` and `get -w` follow and watch.
     valued = ("-c", "-o", "-l") if verb == "logs" else ("-f", "-c", "-o", "-l")
     options, positional = {}, []
@@ -435,8 +464,9 @@ def check_docker(args: list[str], complete: bool) -> None:
     for word in words:
         if word == "--build-arg":
             name, _, value = next(words).partition("=")
-            build_args[name] = subprocess.run(["bash", "-c", f'printf %s "{value}"'], cwd=REPO, capture_output=True,
-                                              text=True, timeout=60, check=True).stdout
+            build_args[name] = subprocess.run(
+                ["bash", "-c", f'printf %s "{value}"'], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+            ).stdout
         elif word in ("-f", "-t"):
             options[word] = next(words)
         else:
@@ -489,8 +519,13 @@ def test_documented_study_commands_parse(path):
     commands = _study_commands(text)
     assert commands, f"no python -m hpo.search in {path}"
     paper = study_spec(["--config", PAPER_STUDY])
-    assert (paper.preset, paper.address, paper.gpus_per_trial, paper.cpus_per_trial, paper.max_concurrent) == \
-        ("paper", "auto", 0.25, 1.0, 16)
+    assert (paper.preset, paper.address, paper.gpus_per_trial, paper.cpus_per_trial, paper.max_concurrent) == (
+        "paper",
+        "auto",
+        0.25,
+        1.0,
+        16,
+    )
     assert paper.storage_path.startswith("s3://") and paper.tracking_uri == "http://127.0.0.1:5000"
     specs = [study_spec(words) for words in commands]
     # The cluster's study is the study file as it is, on AWS and on Kubernetes.
@@ -499,6 +534,7 @@ def test_documented_study_commands_parse(path):
 
 
 # ---- 2-4. a real 2-node cluster on this machine -----------------------------------------------------------
+
 
 @dataclass
 class Cluster:
@@ -515,8 +551,14 @@ class Cluster:
 
 def _node_ports(ports: list[int], worker_ports: str) -> list[str]:
     # Two nodes on one host: every port a node opens must differ from the other node's.
-    names = ("--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port",
-             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port")
+    names = (
+        "--node-manager-port",
+        "--object-manager-port",
+        "--metrics-export-port",
+        "--runtime-env-agent-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+    )
     low, high = worker_ports.split("-")
     return [f"{n}={p}" for n, p in zip(names, ports)] + [f"--min-worker-port={low}", f"--max-worker-port={high}"]
 
@@ -557,8 +599,9 @@ def _started_by(groups: set[int], marker: str) -> dict[int, str]:
     command line, and of all their descendants: Ray gives each worker process its own process group and
     renames it (ray::...), so only its parent, a raylet of ours, tells it is ours."""
     table = _processes()
-    ours = {pid: info[2] for pid, info in table.items()
-            if pid != os.getpid() and (info[1] in groups or marker in info[3])}
+    ours = {
+        pid: info[2] for pid, info in table.items() if pid != os.getpid() and (info[1] in groups or marker in info[3])
+    }
     grown = True
     while grown:
         children = {pid: info[2] for pid, info in table.items() if info[0] in ours and pid not in ours}
@@ -626,7 +669,9 @@ def api(cluster: Cluster, path: str, token: str | None = None, method="GET"):
 
 
 def ray_cli(cluster: Cluster, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), *args], env=env or cluster.env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "ray"), *args], env=env or cluster.env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def nodes(cluster: Cluster) -> list[dict]:
@@ -658,8 +703,13 @@ def cluster(image_cache):
     # Our own token for every process we start, by path: the user's ~/.ray/auth_token is neither read nor
     # touched (RAY_AUTH_TOKEN would win over the path, so it is dropped).
     env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0",
-               HYPERMAML_CACHE=str(image_cache), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token_file),
+        RAY_USAGE_STATS_ENABLED="0",
+        HYPERMAML_CACHE=str(image_cache),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
     gcs, dash, client, mlflow_port, *ports = free_ports(16)
     c = Cluster(root, token, env, f"http://127.0.0.1:{dash}", f"http://127.0.0.1:{mlflow_port}")
     try:
@@ -667,18 +717,54 @@ def cluster(image_cache):
         # (services.resolve_ip_for_localhost), and its GCS and raylets listen on all interfaces, guarded by
         # the token. The dashboard (job API) is bound to loopback.
         common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=300000000", "--disable-usage-stats"]
-        _ray_start(c, "head", ["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                               f"--ray-client-server-port={client}", f"--temp-dir={root / 'head'}", *common,
-                               *_node_ports(ports[:6], "21000-21499")])
-        _ray_start(c, "worker", [f"--address=127.0.0.1:{gcs}", f"--temp-dir={root / 'worker'}", *common,
-                                 *_node_ports(ports[6:12], "21500-21999")])
+        _ray_start(
+            c,
+            "head",
+            [
+                "--head",
+                f"--port={gcs}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                f"--ray-client-server-port={client}",
+                f"--temp-dir={root / 'head'}",
+                *common,
+                *_node_ports(ports[:6], "21000-21499"),
+            ],
+        )
+        _ray_start(
+            c,
+            "worker",
+            [
+                f"--address=127.0.0.1:{gcs}",
+                f"--temp-dir={root / 'worker'}",
+                *common,
+                *_node_ports(ports[6:12], "21500-21999"),
+            ],
+        )
         (root / "mlflow").mkdir()
         with open(root / "mlflow" / "server.log", "w") as log:
-            _start_group(c, "mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow/mlflow.db",
-                                       "--artifacts-destination", str(root / "mlflow" / "artifacts"),
-                                       "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
-                         env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # the lean server: 2 processes
-                         cwd=root / "mlflow", stdout=log, stderr=subprocess.STDOUT)
+            _start_group(
+                c,
+                "mlflow",
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{root}/mlflow/mlflow.db",
+                    "--artifacts-destination",
+                    str(root / "mlflow" / "artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(mlflow_port),
+                    "--workers",
+                    "1",
+                ],
+                env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # the lean server: 2 processes
+                cwd=root / "mlflow",
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.time() + 60
         while len([n for n in nodes(c) if n["state"] == "ALIVE"]) < 2:
             assert time.time() < deadline, f"the worker node did not join: {nodes(c)}"
@@ -701,8 +787,22 @@ SMOKE_STUDY_FILE = "studies/smoke-cluster.yaml"  # relative: it travels with the
 
 def study_args(cluster: Cluster, omniglot_root: Path, name: str, *extra: str) -> list[str]:
     """The cluster's smoke study file, with this machine's paths and the test's name given beside it."""
-    return ["python", "-m", "hpo.search", "--config", SMOKE_STUDY_FILE, "--data-root", str(omniglot_root),
-            "--tracking-uri", cluster.mlflow_uri, "--storage-path", str(cluster.root / "ray"), "--name", name, *extra]
+    return [
+        "python",
+        "-m",
+        "hpo.search",
+        "--config",
+        SMOKE_STUDY_FILE,
+        "--data-root",
+        str(omniglot_root),
+        "--tracking-uri",
+        cluster.mlflow_uri,
+        "--storage-path",
+        str(cluster.root / "ray"),
+        "--name",
+        name,
+        *extra,
+    ]
 
 
 def submit(cluster: Cluster, submission_id: str, entrypoint: list[str], env=None) -> subprocess.CompletedProcess:
@@ -711,13 +811,35 @@ def submit(cluster: Cluster, submission_id: str, entrypoint: list[str], env=None
     `python` is this venv's (PATH), and its image cache the session's."""
     runtime_env = provenance_env()
     runtime_env["env_vars"]["HYPERMAML_CACHE"] = cluster.env["HYPERMAML_CACHE"]
-    return subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--submission-id", submission_id,
-                           "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--no-wait",
-                           "--", *entrypoint], env=env or cluster.env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard,
+            "--submission-id",
+            submission_id,
+            "--working-dir",
+            ".",
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--no-wait",
+            "--",
+            *entrypoint,
+        ],
+        env=env or cluster.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=True
+    ).stdout.strip()
 
 
 def wait_job(cluster: Cluster, submission_id: str, timeout: float) -> tuple[str, str]:
@@ -729,8 +851,10 @@ def wait_job(cluster: Cluster, submission_id: str, timeout: float) -> tuple[str,
             return info["status"], api(cluster, f"/api/jobs/{submission_id}/logs")[1]["logs"]
         if time.time() > deadline:
             api(cluster, f"/api/jobs/{submission_id}/stop", method="POST")
-            pytest.fail(f"job {submission_id} still {info['status']} after {timeout} s: "
-                        f"{api(cluster, f'/api/jobs/{submission_id}/logs')[1]['logs'][-3000:]}")
+            pytest.fail(
+                f"job {submission_id} still {info['status']} after {timeout} s: "
+                f"{api(cluster, f'/api/jobs/{submission_id}/logs')[1]['logs'][-3000:]}"
+            )
         time.sleep(2)
 
 
@@ -739,8 +863,9 @@ def study_runs(cluster: Cluster, name: str, role: str):
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return client, []
-    return client, client.search_runs([experiment.experiment_id], filter_string=f"tags.`hpo.role` = '{role}'",
-                                      max_results=1000)
+    return client, client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`hpo.role` = '{role}'", max_results=1000
+    )
 
 
 def check_trial_runs(client: MlflowClient, trials, per_algorithm: int = 4) -> None:
@@ -768,17 +893,27 @@ def test_smoke_study_as_a_ray_job_uses_both_nodes_and_logs_to_the_mlflow_server(
     # The driver's stdout ends as on a laptop: the verdict, the summary's path and the server's MLflow link.
     experiment_id = parents[0].info.experiment_id
     assert parents[0].data.tags["verdict"] in logs and "Summary: " in logs
-    assert f"MLflow: {cluster.mlflow_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in logs, logs[-3000:]
+    assert (
+        f"MLflow: {cluster.mlflow_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        in logs
+    ), logs[-3000:]
     _, trials = study_runs(cluster, "cluster-smoke", "trial")
     check_trial_runs(client, trials)
     assert {r.data.tags["node_id"] for r in trials} == {cluster.head_id, cluster.worker_id}  # both nodes ran trials
     # The launching checkout's commit reached every run, though the job's copy of it has no .git.
-    commit, dirty = git("rev-parse", "HEAD"), "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
+    commit, dirty = (
+        git("rev-parse", "HEAD"),
+        "true" if git("status", "--porcelain", "--untracked-files=no") else "false",
+    )
     _, replicates = study_runs(cluster, "cluster-smoke", "replicate")
     _, summaries = study_runs(cluster, "cluster-smoke", "summary")
     for run in [*parents, *trials, *replicates, *summaries]:
         tags = run.data.tags
-        assert (tags["mlflow.source.git.commit"], tags["hpo.git_dirty"], tags["hpo.job_submission_id"]) == (commit, dirty, job)
+        assert (tags["mlflow.source.git.commit"], tags["hpo.git_dirty"], tags["hpo.job_submission_id"]) == (
+            commit,
+            dirty,
+            job,
+        )
     _, summaries = study_runs(cluster, "cluster-smoke", "summary")
     assert len(summaries) == 1 and summaries[0].info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(summaries[0].info.run_id)}
@@ -840,8 +975,23 @@ def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluste
     twice; each search's Optuna study holds only its own trials."""
     job = f"cluster-fault-{secrets.token_hex(3)}"
     # No ASHA, so every trial runs all its epochs: a trial caught on the worker is still running when killed.
-    proc = submit(cluster, job, study_args(cluster, omniglot_root, "cluster-fault", "--max-failures", "3",
-                                           "--scheduler", "none", "--searches", "3", "--trials", "2"))
+    proc = submit(
+        cluster,
+        job,
+        study_args(
+            cluster,
+            omniglot_root,
+            "cluster-fault",
+            "--max-failures",
+            "3",
+            "--scheduler",
+            "none",
+            "--searches",
+            "3",
+            "--trials",
+            "2",
+        ),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # Kill the worker node once a trial on it has reported its first epoch (so it has a checkpoint), with two to go.
@@ -854,8 +1004,11 @@ def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluste
         client, trials = study_runs(cluster, "cluster-fault", "trial")
         for run in trials:
             # In the second algorithm's phase, so the first one's ran on both nodes throughout.
-            if (run.data.tags.get("node_id") == cluster.worker_id and run.info.status == "RUNNING"
-                    and run.data.tags["algorithm"] == "hypermaml"):
+            if (
+                run.data.tags.get("node_id") == cluster.worker_id
+                and run.info.status == "RUNNING"
+                and run.data.tags["algorithm"] == "hypermaml"
+            ):
                 if len(client.get_metric_history(run.info.run_id, "val_acc")) == 1:  # 2 epochs to go
                     victim = run.data.tags["ray.trial_id"]
         time.sleep(0.3)
@@ -867,24 +1020,39 @@ def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluste
     check_trial_runs(client, trials, per_algorithm=6)
     # Searches side by side: trials of different searches ran at the same time, on the two nodes while both
     # were up (the first algorithm's phase), and on what was left after the kill.
-    overlapping = [(a, b) for a in trials for b in trials
-                   if a.data.tags["algorithm"] == b.data.tags["algorithm"]
-                   and a.data.tags["hpo.search"] < b.data.tags["hpo.search"]
-                   and a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time]
+    overlapping = [
+        (a, b)
+        for a in trials
+        for b in trials
+        if a.data.tags["algorithm"] == b.data.tags["algorithm"]
+        and a.data.tags["hpo.search"] < b.data.tags["hpo.search"]
+        and a.info.start_time < b.info.end_time
+        and b.info.start_time < a.info.end_time
+    ]
     assert {a.data.tags["algorithm"] for a, _ in overlapping} == {"maml", "hypermaml"}, "no two searches overlapped"
-    assert any(a.data.tags["algorithm"] == "maml" and {a.data.tags["node_id"], b.data.tags["node_id"]}
-               == {cluster.head_id, cluster.worker_id} for a, b in overlapping), "no two searches ran on both nodes at once"
+    assert any(
+        a.data.tags["algorithm"] == "maml"
+        and {a.data.tags["node_id"], b.data.tags["node_id"]} == {cluster.head_id, cluster.worker_id}
+        for a, b in overlapping
+    ), "no two searches ran on both nodes at once"
     storage = f"sqlite:///{cluster.root / 'ray' / 'cluster-fault' / 'optuna.db'}"
     for algorithm in ("maml", "hypermaml"):
-        for k, name in enumerate((f"cluster-fault-{algorithm}", f"cluster-fault-{algorithm}-search1",
-                                  f"cluster-fault-{algorithm}-search2")):
+        for k, name in enumerate(
+            (f"cluster-fault-{algorithm}", f"cluster-fault-{algorithm}-search1", f"cluster-fault-{algorithm}-search2")
+        ):
             numbers = sorted(t.number for t in optuna.load_study(study_name=name, storage=storage).trials)
-            mine = sorted(int(r.data.params["hpo_number"]) for r in trials
-                          if r.data.tags["algorithm"] == algorithm and r.data.tags["hpo.search"] == str(k))
+            mine = sorted(
+                int(r.data.params["hpo_number"])
+                for r in trials
+                if r.data.tags["algorithm"] == algorithm and r.data.tags["hpo.search"] == str(k)
+            )
             assert numbers == mine == [0, 1], (name, numbers, mine)
     _, replicates = study_runs(cluster, "cluster-fault", "replicate")
     assert len(replicates) == len({r.data.tags["ray.trial_id"] for r in replicates})
-    for algorithm in ("maml", "hypermaml"):  # each search's top configuration, and its reference unless that is it, x 2 seeds
+    for algorithm in (
+        "maml",
+        "hypermaml",
+    ):  # each search's top configuration, and its reference unless that is it, x 2 seeds
         for k in ("0", "1", "2"):
             mine = [r for r in replicates if r.data.tags["algorithm"] == algorithm and r.data.tags["hpo.search"] == k]
             assert len(mine) in (2, 4) and all(r.info.status == "FINISHED" for r in mine), (algorithm, k, len(mine))

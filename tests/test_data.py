@@ -251,7 +251,9 @@ def test_fixed_episodes_are_the_same_on_every_device(device):
     validates and tests on exactly the episodes of a CPU run (and of the pinned draw below)."""
     split = make_labelled_split(UNEVEN_COUNTS)
     on_cpu = list(fixed_episodes(EpisodeSampler(split, way=3, shot=1, query=2), episodes=10, seed=5, chunk=4))
-    on_device = list(fixed_episodes(EpisodeSampler(split.to(device), way=3, shot=1, query=2), episodes=10, seed=5, chunk=4))
+    on_device = list(
+        fixed_episodes(EpisodeSampler(split.to(device), way=3, shot=1, query=2), episodes=10, seed=5, chunk=4)
+    )
     for a, b in zip(on_cpu, on_device, strict=True):
         assert b.x_query.device.type == device
         for name in ("x_support", "y_support", "x_query", "y_query"):

@@ -28,8 +28,15 @@ EPISODE_DEVIATIONS = np.array([-0.01, -0.01, 0.01, 0.01])
 
 def trial(algorithm, number, acc, status=COMPLETED, epochs=EPOCHS):
     return TrialRecord(
-        algorithm=algorithm, trial_id=f"{algorithm}_{number:05d}", number=number, tuned=dict(MIDDLE),
-        val_curve=[acc] * epochs, best_val_acc=acc, train_seconds=10.0, status=status, ranges=dict(RANGES),
+        algorithm=algorithm,
+        trial_id=f"{algorithm}_{number:05d}",
+        number=number,
+        tuned=dict(MIDDLE),
+        val_curve=[acc] * epochs,
+        best_val_acc=acc,
+        train_seconds=10.0,
+        status=status,
+        ranges=dict(RANGES),
     )
 
 
@@ -44,26 +51,51 @@ def healthy_outcome(algorithm, n=10):
 
 def replicate(algorithm, seed, val_acc, test_acc, epochs=EPOCHS):
     return ReplicateRecord(
-        algorithm=algorithm, trial_id=f"{algorithm}_seed{seed}", candidate_rank=1, source_trial=f"{algorithm}_00000",
-        seed=seed, tuned=dict(MIDDLE), val_curve=[val_acc] * epochs, best_val_acc=val_acc, test_acc=test_acc,
+        algorithm=algorithm,
+        trial_id=f"{algorithm}_seed{seed}",
+        candidate_rank=1,
+        source_trial=f"{algorithm}_00000",
+        seed=seed,
+        tuned=dict(MIDDLE),
+        val_curve=[val_acc] * epochs,
+        best_val_acc=val_acc,
+        test_acc=test_acc,
         # Large per-replicate CIs: the drop check must not use them (see test_val_test_drop_...).
-        test_ci95=0.05, adapt_ms_per_task=1.0, parameters=1000, train_seconds=10.0,
+        test_ci95=0.05,
+        adapt_ms_per_task=1.0,
+        parameters=1000,
+        train_seconds=10.0,
         episode_accs=test_acc + EPISODE_DEVIATIONS,
     )
 
 
 def finalist(algorithm, tuned=None, val_acc=0.52, test_accs=(0.50, 0.52, 0.54), source="00000"):
     replicates = [replicate(algorithm, seed, val_acc, acc) for seed, acc in enumerate(test_accs, start=100)]
-    return Finalist(algorithm=algorithm, candidate_rank=1, source_trial=f"{algorithm}_{source}",
-                    tuned=dict(MIDDLE) if tuned is None else tuned, replicates=replicates)
+    return Finalist(
+        algorithm=algorithm,
+        candidate_rank=1,
+        source_trial=f"{algorithm}_{source}",
+        tuned=dict(MIDDLE) if tuned is None else tuned,
+        replicates=replicates,
+    )
 
 
 def comparison(effect=3.0, baseline_sd=1.0, challenger_sd=1.0):
-    return SimpleNamespace(baseline="maml", challenger="hypermaml", effect=effect, ci_low=effect - 1, ci_high=effect + 1,
-                           baseline_seed_sd=baseline_sd, challenger_seed_sd=challenger_sd)
+    return SimpleNamespace(
+        baseline="maml",
+        challenger="hypermaml",
+        effect=effect,
+        ci_low=effect - 1,
+        ci_high=effect + 1,
+        baseline_seed_sd=baseline_sd,
+        challenger_seed_sd=challenger_sd,
+    )
 
 
-def study(outcomes=None, finalists=None, compared=comparison()):
+HEALTHY_COMPARISON = comparison()
+
+
+def study(outcomes=None, finalists=None, compared=HEALTHY_COMPARISON):
     """diagnose() on a healthy two-algorithm study, with the given parts replaced."""
     outcomes = {"maml": healthy_outcome("maml"), "hypermaml": healthy_outcome("hypermaml"), **(outcomes or {})}
     finalists = {"maml": finalist("maml"), "hypermaml": finalist("hypermaml"), **(finalists or {})}
@@ -83,31 +115,40 @@ def test_a_healthy_study_has_no_diagnostics():
 
 # --- 1. boundary ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, value", [
-    ("outer_lr", 0.0080),  # log width ln(100): 5% of it is a factor 1.259, so the top edge starts at 0.00794
-    ("outer_lr", 1.25e-4),  # ... and the bottom edge ends at 1.259e-4
-    ("inner_steps", 5),
-    ("inner_steps", 1),
-    ("hn_hidden", 490),  # 5% of 496 is 24.8: 512 - 490 = 22
-    ("dropout", 0.48),  # 5% of 0.5 is 0.025: 0.5 - 0.48 = 0.02
-])
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("outer_lr", 0.0080),  # log width ln(100): 5% of it is a factor 1.259, so the top edge starts at 0.00794
+        ("outer_lr", 1.25e-4),  # ... and the bottom edge ends at 1.259e-4
+        ("inner_steps", 5),
+        ("inner_steps", 1),
+        ("hn_hidden", 490),  # 5% of 496 is 24.8: 512 - 490 = 22
+        ("dropout", 0.48),  # 5% of 0.5 is 0.025: 0.5 - 0.48 = 0.02
+    ],
+)
 def test_boundary_fires_for_a_value_just_inside_the_edge(name, value):
     diagnostic = only(study(finalists={"maml": finalist("maml", {**MIDDLE, name: value})}))
 
     low, high, _ = RANGES[name]
     assert diagnostic.key == "diagnostic.boundary.maml"
-    assert diagnostic.message == (f"warning: maml's final {name}={value:.4g} is at the edge of its range "
-                                  f"[{low:.4g}, {high:.4g}]; the optimum may lie outside it")
+    assert diagnostic.message == (
+        f"warning: maml's final {name}={value:.4g} is at the edge of its range "
+        f"[{low:.4g}, {high:.4g}]; the optimum may lie outside it"
+    )
 
 
-@pytest.mark.parametrize("name, value", [
-    ("outer_lr", 0.0078),
-    ("outer_lr", 1.27e-4),
-    ("inner_steps", 4),  # 5% of its width is under one step: only the end values are edges
-    ("inner_steps", 2),
-    ("hn_hidden", 480),  # 512 - 480 = 32 > 24.8
-    ("dropout", 0.47),  # 0.5 - 0.47 = 0.03 > 0.025
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("outer_lr", 0.0078),
+        ("outer_lr", 1.27e-4),
+        ("inner_steps", 4),  # 5% of its width is under one step: only the end values are edges
+        ("inner_steps", 2),
+        ("hn_hidden", 480),  # 512 - 480 = 32 > 24.8
+        ("dropout", 0.47),  # 0.5 - 0.47 = 0.03 > 0.025
+    ],
+)
 def test_boundary_is_quiet_for_a_value_just_outside_the_edge(name, value):
     assert study(finalists={"maml": finalist("maml", {**MIDDLE, name: value})}) == []
 
@@ -120,7 +161,8 @@ def test_boundary_names_every_edge_value_in_one_diagnostic_per_algorithm():
     assert diagnostic.key == "diagnostic.boundary.hypermaml"
     assert diagnostic.message == (
         "warning: hypermaml's final outer_lr=0.0098 is at the edge of its range [0.0001, 0.01], "
-        "inner_steps=1 is at the edge of its range [1, 5]; the optimum may lie outside them")
+        "inner_steps=1 is at the edge of its range [1, 5]; the optimum may lie outside them"
+    )
 
 
 def test_boundary_reads_the_ranges_of_the_finalists_source_trial():
@@ -129,10 +171,18 @@ def test_boundary_reads_the_ranges_of_the_finalists_source_trial():
     trials[3] = dataclasses.replace(trials[3], ranges={**RANGES, "outer_lr": (1e-4, 1.0, True)})
     edge = {**MIDDLE, "outer_lr": 0.0098}
 
-    assert study(outcomes={"maml": outcome("maml", trials)},
-                 finalists={"maml": finalist("maml", edge, source="00003")}) == []
-    assert only(study(outcomes={"maml": outcome("maml", trials)},
-                      finalists={"maml": finalist("maml", edge, source="00004")})).key == "diagnostic.boundary.maml"
+    assert (
+        study(outcomes={"maml": outcome("maml", trials)}, finalists={"maml": finalist("maml", edge, source="00003")})
+        == []
+    )
+    assert (
+        only(
+            study(
+                outcomes={"maml": outcome("maml", trials)}, finalists={"maml": finalist("maml", edge, source="00004")}
+            )
+        ).key
+        == "diagnostic.boundary.maml"
+    )
 
 
 def test_boundary_ignores_values_without_a_range_and_finalists_without_their_source_trial():
@@ -141,6 +191,7 @@ def test_boundary_ignores_values_without_a_range_and_finalists_without_their_sou
 
 
 # --- 2. first rung ------------------------------------------------------------------------------------
+
 
 def stopped_early(algorithm, stopped_at):
     """A healthy outcome whose trials #1.. are early-stopped after the given numbers of epochs."""
@@ -154,8 +205,10 @@ def test_first_rung_fires_when_half_the_trials_stopped_at_the_grace_period():
     diagnostic = only(study(outcomes={"hypermaml": stopped_early("hypermaml", [1, 1, 1, 1, 1])}))
 
     assert diagnostic.key == "diagnostic.first_rung.hypermaml"
-    assert diagnostic.message == ("warning: 5 of 10 hypermaml trials were stopped at the first rung (epoch ≤ 1); "
-                                  "the search mostly compared early learning speed")
+    assert diagnostic.message == (
+        "warning: 5 of 10 hypermaml trials were stopped at the first rung (epoch ≤ 1); "
+        "the search mostly compared early learning speed"
+    )
 
 
 def test_first_rung_is_quiet_below_half_and_for_trials_stopped_at_later_rungs():
@@ -164,6 +217,7 @@ def test_first_rung_is_quiet_below_half_and_for_trials_stopped_at_later_rungs():
 
 
 # --- 3. late best -------------------------------------------------------------------------------------
+
 
 def best_at(algorithm, number, acc=0.7):
     trials = healthy_outcome(algorithm).trials
@@ -192,13 +246,16 @@ def test_late_best_orders_by_proposal_number_not_list_order():
 
 # --- 4. seed spread -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("effect", [1.0, -1.0])
 def test_seed_spread_fires_when_a_seed_sd_exceeds_the_effect(effect):
     diagnostic = only(study(compared=comparison(effect=effect, baseline_sd=1.01, challenger_sd=0.5)))
 
     assert diagnostic.key == "diagnostic.seed_spread"
-    assert diagnostic.message == ("warning: the seed-to-seed sd (maml 1.01, hypermaml 0.50 points) exceeds the effect "
-                                  "|hypermaml − maml| = 1.00 points; other seeds could change the answer")
+    assert diagnostic.message == (
+        "warning: the seed-to-seed sd (maml 1.01, hypermaml 0.50 points) exceeds the effect "
+        "|hypermaml − maml| = 1.00 points; other seeds could change the answer"
+    )
 
 
 def test_seed_spread_is_quiet_when_both_sds_are_within_the_effect_or_unknown():
@@ -242,15 +299,20 @@ def test_val_test_drop_with_one_seed_uses_the_episode_term_alone():
     episode_half = T_975_DF3 * (2 / math.sqrt(3)) / 2
 
     assert study(finalists={"maml": finalist("maml", val_acc=(50 + episode_half - 0.01) / 100, test_accs=(0.5,))}) == []
-    fired = only(study(finalists={"maml": finalist("maml", val_acc=(50 + episode_half + 0.01) / 100, test_accs=(0.5,))}))
+    fired = only(
+        study(finalists={"maml": finalist("maml", val_acc=(50 + episode_half + 0.01) / 100, test_accs=(0.5,))})
+    )
     assert fired.key == "diagnostic.val_test_drop.maml"
     assert f"the {episode_half:.2f}-point 95% CI" in fired.message
 
 
 # --- 6. time-capped finalist --------------------------------------------------------------------------
 
+
 def capped_finalist(algorithm, epochs_per_seed):
-    replicates = [replicate(algorithm, seed, 0.52, 0.52, epochs=epochs) for seed, epochs in enumerate(epochs_per_seed, 100)]
+    replicates = [
+        replicate(algorithm, seed, 0.52, 0.52, epochs=epochs) for seed, epochs in enumerate(epochs_per_seed, 100)
+    ]
     return dataclasses.replace(finalist(algorithm), replicates=replicates)
 
 
@@ -258,8 +320,10 @@ def capped_finalist(algorithm, epochs_per_seed):
 def test_time_capped_fires_when_a_final_replicate_ran_fewer_than_the_epochs(epochs_per_seed, span):
     diagnostic = only(study(finalists={"maml": capped_finalist("maml", epochs_per_seed)}))
     assert diagnostic.key == "diagnostic.time_capped.maml"
-    assert diagnostic.message == (f"warning: maml's final configuration trained {span} of 3 epochs: its training-time "
-                                  "cap ended it (equal compute); with more time per network it may do better")
+    assert diagnostic.message == (
+        f"warning: maml's final configuration trained {span} of 3 epochs: its training-time "
+        "cap ended it (equal compute); with more time per network it may do better"
+    )
 
 
 def test_time_capped_is_quiet_when_every_final_replicate_ran_all_epochs():
@@ -267,6 +331,7 @@ def test_time_capped_is_quiet_when_every_final_replicate_ran_all_epochs():
 
 
 # --- all together -------------------------------------------------------------------------------------
+
 
 def test_diagnostics_come_check_by_check_then_algorithm_by_algorithm_with_unique_keys():
     edge = {**MIDDLE, "outer_lr": 0.01}

@@ -75,11 +75,17 @@ def test_a_mirror_is_fetched_whole_checked_by_its_contents_and_said_in_one_line(
     fetch_omniglot(target, OMNIGLOT_SETS, url, None)
     for name in ZIPS:
         assert (target / name).read_bytes() == (omniglot_root / name).read_bytes()
-    assert files_under(tmp_path / "cache") == ["omniglot", "omniglot/images_background.zip", "omniglot/images_evaluation.zip"]
+    assert files_under(tmp_path / "cache") == [
+        "omniglot",
+        "omniglot/images_background.zip",
+        "omniglot/images_evaluation.zip",
+    ]
     out, err = capfd.readouterr()
     assert out == ""
-    assert err.splitlines() == [f"fetched Omniglot's images_background.zip and images_evaluation.zip from {url} "
-                                f"into {target} (checked by their contents)"]
+    assert err.splitlines() == [
+        f"fetched Omniglot's images_background.zip and images_evaluation.zip from {url} "
+        f"into {target} (checked by their contents)"
+    ]
 
 
 def test_the_official_checksums_refuse_zips_that_are_not_the_official_ones(omniglot_root, tmp_path, serve, capfd):
@@ -88,7 +94,10 @@ def test_the_official_checksums_refuse_zips_that_are_not_the_official_ones(omnig
         fetch_omniglot(tmp_path / "cache" / "omniglot", OMNIGLOT_SETS, url, OMNIGLOT_MD5)
     message = str(error.value)
     assert "\n" not in message
-    assert f"{url}/images_background.zip does not have the official md5 checksum {OMNIGLOT_MD5['images_background']}" in message
+    assert (
+        f"{url}/images_background.zip does not have the official md5 checksum {OMNIGLOT_MD5['images_background']}"
+        in message
+    )
     assert files_under(tmp_path / "cache") == []  # nothing kept
     assert capfd.readouterr().err == ""
 
@@ -134,8 +143,11 @@ def test_download_fills_a_data_root_that_lacks_the_zips(omniglot_root, tmp_path,
 def search_env(tmp_path: Path, url: str) -> dict[str, str]:
     """No data root anywhere, an empty cache, the mirror, and this checkout's code."""
     env = {k: v for k, v in os.environ.items() if k != "HYPERMAML_DATA_ROOT"}
-    env.update(HYPERMAML_CACHE=str(tmp_path / "cache"), **{DOWNLOAD_URL_ENV: url},
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.update(
+        HYPERMAML_CACHE=str(tmp_path / "cache"),
+        **{DOWNLOAD_URL_ENV: url},
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     return env
 
 
@@ -143,14 +155,36 @@ def test_smoke_study_without_a_data_root_fetches_omniglot_and_reaches_its_verdic
     url = serve(omniglot_root)
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "hpo.search", "--preset", "smoke", "--download", "--trials", "2",
-                           "--epochs", "1", "--scheduler", "none", "--reference-margin", "0"], cwd=work,
-                          env=search_env(tmp_path, url), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpo.search",
+            "--preset",
+            "smoke",
+            "--download",
+            "--trials",
+            "2",
+            "--epochs",
+            "1",
+            "--scheduler",
+            "none",
+            "--reference-margin",
+            "0",
+        ],
+        cwd=work,
+        env=search_env(tmp_path, url),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     target = tmp_path / "cache" / "omniglot"
     fetched = [line for line in proc.stderr.splitlines() if "Omniglot" in line]
-    assert fetched == [f"fetched Omniglot's images_background.zip and images_evaluation.zip from {url} "
-                       f"into {target} (checked by their contents)"]
+    assert fetched == [
+        f"fetched Omniglot's images_background.zip and images_evaluation.zip from {url} "
+        f"into {target} (checked by their contents)"
+    ]
     for name in ZIPS:
         assert (target / name).read_bytes() == (omniglot_root / name).read_bytes()
     summary = (work / "ray_results" / "hypermaml-vs-maml" / "summary.md").read_text()
@@ -164,10 +198,18 @@ def test_a_failed_fetch_is_one_line_exit_2_and_nothing_half_written(kind, omnigl
     url = bad_mirror(kind, omniglot_root, tmp_path, serve)
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "hpo.search", "--preset", "smoke", "--download"], cwd=work,
-                          env=search_env(tmp_path, url), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.search", "--preset", "smoke", "--download"],
+        cwd=work,
+        env=search_env(tmp_path, url),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("python -m hpo.search: error: ") and BAD_SOURCES[kind] in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("python -m hpo.search: error: ") and BAD_SOURCES[kind] in lines[0], (
+        proc.stderr
+    )
     assert proc.stdout == ""
     assert files_under(tmp_path / "cache") == [] and files_under(work) == []  # no zip, no image cache, no study

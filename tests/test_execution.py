@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hypermaml.algorithms import HyperMAML, MAML
+from hypermaml.algorithms import MAML, HyperMAML
 from hypermaml.config import HyperMAMLConfig, MAMLConfig
 from hypermaml.data import Episodes
 from hypermaml.training import autocast, meta_loss_function
@@ -86,5 +86,5 @@ def test_compiled_meta_loss_gives_the_eager_losses_and_gradients(algorithm="hype
         torch.testing.assert_close(loss, eager_loss, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(accuracy, eager_accuracy, atol=0, rtol=0)
         for (name, _), a, b in zip(model.named_parameters(), grads, eager_grads):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
     assert True in traced  # the compiled path was traced, not run eagerly

@@ -55,12 +55,14 @@ def test_step_flops_orders_configurations_as_their_compute():
     assert second_order_10 > 2 * first_order_10
     big, small = (step_flops(config("hypermaml", hn_hidden=h, hn_layers=n)) for h, n in ((1024, 4), (64, 2)))
     assert big > small
+
     # The hypernetwork's matmuls, counted by hand: per task, one row per class through the layers, and
     # backward (input and weight gradients): 3x forward. Rows: 64 features + 5 softmax + 5 one-hot; output 64 + 1.
     def hypernet(hidden, layers):
         sizes = [64 + 2 * 5] + [hidden] * (layers - 1) + [64 + 1]
         forward = [2 * 5 * a * b for a, b in zip(sizes[:-1], sizes[1:])]
         return 3 * sum(forward)  # the rows hold the support embeddings: the first layer's input gradient too
+
     assert big - small == 2 * (hypernet(1024, 4) - hypernet(64, 2))  # 2 tasks
 
 
@@ -79,8 +81,10 @@ def test_step_flops_matches_a_hand_count_of_the_conv4_backbone():
     assert counted == pytest.approx(by_hand, rel=1e-4) and counted > by_hand
 
 
-@pytest.mark.parametrize("algorithm,algo", [("maml", COSTLY), ("maml", {"inner_params": "head"}),
-                                            ("hypermaml", {"hn_hidden": 64, "warmup": True})])
+@pytest.mark.parametrize(
+    "algorithm,algo",
+    [("maml", COSTLY), ("maml", {"inner_params": "head"}), ("hypermaml", {"hn_hidden": 64, "warmup": True})],
+)
 def test_step_flops_is_linear_in_the_tasks_so_task_chunks_do_not_change_it(algorithm, algo):
     """Every task computes on its own and shared weights' gradients sum over tasks, so 8 tasks cost 8 times one,
     however they are chunked. MAML's fast weights run convolutions grouped by task, whose weight gradient
@@ -108,14 +112,20 @@ def data(omniglot_root):
     return load_data(replace_train(config(), data_root=str(omniglot_root)))
 
 
-@pytest.mark.parametrize("algorithm,algo,epoch,precision", [("maml", {**COSTLY, "inner_steps": 1}, 0, "fp32"),
-                                                            ("hypermaml", {"hn_hidden": 64, "warmup": True}, 1, "bf16")])
+@pytest.mark.parametrize(
+    "algorithm,algo,epoch,precision",
+    [("maml", {**COSTLY, "inner_steps": 1}, 0, "fp32"), ("hypermaml", {"hn_hidden": 64, "warmup": True}, 1, "bf16")],
+)
 def test_step_flops_counts_what_an_outer_step_of_fit_computes(omniglot_root, data, algorithm, algo, epoch, precision):
     """The meta-device count equals a count of fit's own outer step on real images (CPU, two task chunks,
     Adam's update included: elementwise, it adds no FLOPs); for HyperMAML in a switch epoch (both paths)
     and under bf16 autocast (a product takes the same FLOPs in any precision)."""
-    run = replace_train(config(algorithm, meta_batch=2, epochs=3, **algo), data_root=str(omniglot_root),
-                        task_chunk=1, precision=precision)
+    run = replace_train(
+        config(algorithm, meta_batch=2, epochs=3, **algo),
+        data_root=str(omniglot_root),
+        task_chunk=1,
+        precision=precision,
+    )
     progress = start_training(run, torch.device("cpu"))
     episodes = episode_sampler(run, data["train"], "train").sample(2, progress.generator)
     with flop_counter() as counter:
@@ -125,12 +135,23 @@ def test_step_flops_counts_what_an_outer_step_of_fit_computes(omniglot_root, dat
 
 # ---- fit under a FLOP budget ---------------------------------------------------------------------
 
+
 def tiny(omniglot_root, algorithm="maml", epochs=2, steps_per_epoch=50, max_train_flops=0.0, **algo):
     train = TrainConfig(
-        algorithm=algorithm, data_root=str(omniglot_root), epochs=epochs, steps_per_epoch=steps_per_epoch,
-        meta_batch=4, val_episodes=20, test_episodes=20, seed=7, max_train_flops=max_train_flops, **SHAPE,
+        algorithm=algorithm,
+        data_root=str(omniglot_root),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        meta_batch=4,
+        val_episodes=20,
+        test_episodes=20,
+        seed=7,
+        max_train_flops=max_train_flops,
+        **SHAPE,
     )
-    algo_cfg = MAMLConfig(**{"inner_params": "head", **algo}) if algorithm == "maml" else HyperMAMLConfig(hn_hidden=64, **algo)
+    algo_cfg = (
+        MAMLConfig(**{"inner_params": "head", **algo}) if algorithm == "maml" else HyperMAMLConfig(hn_hidden=64, **algo)
+    )
     return RunConfig(train, algo_cfg).validate()
 
 
@@ -152,8 +173,13 @@ def test_a_flop_budget_trains_the_same_derived_steps_in_every_epoch_and_logs_the
     assert 0 <= budget - result.train_flops < 2 * per_step
     # The budget is a limit: steps_per_epoch still is one, and without a budget it is the only one.
     assert counts(fit(tiny(omniglot_root, steps_per_epoch=3, max_train_flops=budget), data=data).history) == [
-        (12, 3 * per_step), (24, 6 * per_step)]
-    assert counts(fit(tiny(omniglot_root, steps_per_epoch=3), data=data).history) == [(12, 3 * per_step), (24, 6 * per_step)]
+        (12, 3 * per_step),
+        (24, 6 * per_step),
+    ]
+    assert counts(fit(tiny(omniglot_root, steps_per_epoch=3), data=data).history) == [
+        (12, 3 * per_step),
+        (24, 6 * per_step),
+    ]
 
 
 def test_with_a_time_cap_too_whichever_limit_comes_first_ends_training(omniglot_root, data):
@@ -218,14 +244,37 @@ def test_a_budget_too_small_for_one_step_per_epoch_is_one_line(omniglot_root, da
     minimum = 3 * step_flops(run)
     with pytest.raises(ConfigError) as error:
         fit(replace_train(run, max_train_flops=minimum - 1), data=data)
-    assert str(error.value) == (f"max_train_flops must be at least {minimum:.4g} (one outer step in each of the 3 "
-                                f"epochs of this configuration), got {minimum - 1:.4g}")
+    assert str(error.value) == (
+        f"max_train_flops must be at least {minimum:.4g} (one outer step in each of the 3 "
+        f"epochs of this configuration), got {minimum - 1:.4g}"
+    )
     assert [e for e, _ in counts(fit(replace_train(run, max_train_flops=minimum), data=data).history)] == [4, 8, 12]
-    for bad, message in (("-1", "max_train_flops must be at least 0"), ("inf", "max_train_flops must be a finite number"),
-                         (str(minimum - 1), f"max_train_flops must be at least {minimum:.4g}")):
+    for bad, message in (
+        ("-1", "max_train_flops must be at least 0"),
+        ("inf", "max_train_flops must be a finite number"),
+        (str(minimum - 1), f"max_train_flops must be at least {minimum:.4g}"),
+    ):
         out = tmp_path / f"run{bad}"
-        code = train_main(["--data-root", str(omniglot_root), "--algorithm", "maml", "--inner-params", "head",
-                           "--epochs", "3", "--meta-batch", "4", "--query", "5", "--max-train-flops", bad, "--output", str(out)])
+        code = train_main(
+            [
+                "--data-root",
+                str(omniglot_root),
+                "--algorithm",
+                "maml",
+                "--inner-params",
+                "head",
+                "--epochs",
+                "3",
+                "--meta-batch",
+                "4",
+                "--query",
+                "5",
+                "--max-train-flops",
+                bad,
+                "--output",
+                str(out),
+            ]
+        )
         stderr = capsys.readouterr().err
         assert code == 2 and stderr.count("\n") == 1 and message in stderr, stderr
         assert not out.exists()

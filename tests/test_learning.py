@@ -24,8 +24,10 @@ def test_learns_omniglot_5way_1shot(omniglot_root, algo, min_test_acc):
     learner = result.learner
     learner.load_state_dict(result.best_state)
     test = evaluate(learner, "test", 600, data=data["test"])
-    print(f"{algorithm}: val {result.best_val_acc:.3f}, test {test.accuracy:.3f} ± {test.ci95:.3f}, "
-          f"{result.train_episodes_per_s:.1f} episodes/s")
+    print(
+        f"{algorithm}: val {result.best_val_acc:.3f}, test {test.accuracy:.3f} ± {test.ci95:.3f}, "
+        f"{result.train_episodes_per_s:.1f} episodes/s"
+    )
     assert test.episodes == 600
     assert test.accuracy >= min_test_acc
     assert test.ci95 < 0.02

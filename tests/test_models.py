@@ -20,6 +20,7 @@ def assert_gradient_close(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
     scale = b.abs().max().item()
     torch.testing.assert_close(a, b, atol=GRAD_RTOL_OF_MAX * scale, rtol=0, msg=lambda m: f"{name}: {m}")
 
+
 PATHS = {
     # name: (Conv4 options, weights per task)
     "shared-dense": ({"dense_shared": True}, False),
@@ -52,7 +53,10 @@ def backbone_and_params(options: dict, per_task: bool) -> tuple[Conv4, dict[str,
     backbone = Conv4(1, **options).double()
     params = dict(backbone.named_parameters())
     if per_task:  # distinct weights per task, so that a task computed with another's weights would show
-        params = {k: torch.stack([v.detach() * (1 + 0.1 * t) for t in range(TASKS)]).requires_grad_() for k, v in params.items()}
+        params = {
+            k: torch.stack([v.detach() * (1 + 0.1 * t) for t in range(TASKS)]).requires_grad_()
+            for k, v in params.items()
+        }
     return backbone, params
 
 
@@ -116,7 +120,9 @@ def test_conv4_runs_one_conv_per_block_dense_for_shared_weights_unless_switched_
     with torch.no_grad(), RecordConvs() as record:
         functional_call(backbone, params, (task_images(),))
     dense = path.startswith("shared-dense")
-    assert [(batch, groups) for batch, groups, _ in record.calls] == [(TASKS * BATCH, 1) if dense else (BATCH, TASKS)] * 4
+    assert [(batch, groups) for batch, groups, _ in record.calls] == [
+        (TASKS * BATCH, 1) if dense else (BATCH, TASKS)
+    ] * 4
     # channels_last: the activations entering blocks 2-4 (64 channels) are in channels-last memory order.
     assert [last for _, _, last in record.calls[1:]] == [options.get("channels_last", False)] * 3
 

@@ -18,8 +18,14 @@ T_975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (3 s
 
 def trial(algorithm, number, acc, seconds, status=COMPLETED, reference=""):
     return TrialRecord(
-        algorithm=algorithm, trial_id=f"{algorithm}_{number:05d}", number=number, tuned={"inner_lr": 0.1},
-        val_curve=[] if acc is None else [acc], best_val_acc=acc, train_seconds=seconds, status=status,
+        algorithm=algorithm,
+        trial_id=f"{algorithm}_{number:05d}",
+        number=number,
+        tuned={"inner_lr": 0.1},
+        val_curve=[] if acc is None else [acc],
+        best_val_acc=acc,
+        train_seconds=seconds,
+        status=status,
         reference=reference,
     )
 
@@ -30,16 +36,28 @@ def outcome(algorithm, trials):
 
 def replicate(algorithm, seed, test_acc, rank=1):
     return ReplicateRecord(
-        algorithm=algorithm, trial_id=f"{algorithm}_seed{seed}", candidate_rank=rank,
-        source_trial=f"{algorithm}_00001", seed=seed, tuned={}, val_curve=[0.7], best_val_acc=0.7, test_acc=test_acc,
-        test_ci95=0.01, adapt_ms_per_task=1.0, parameters=1000, train_seconds=10.0, episode_accs=np.full(4, test_acc),
+        algorithm=algorithm,
+        trial_id=f"{algorithm}_seed{seed}",
+        candidate_rank=rank,
+        source_trial=f"{algorithm}_00001",
+        seed=seed,
+        tuned={},
+        val_curve=[0.7],
+        best_val_acc=0.7,
+        test_acc=test_acc,
+        test_ci95=0.01,
+        adapt_ms_per_task=1.0,
+        parameters=1000,
+        train_seconds=10.0,
+        episode_accs=np.full(4, test_acc),
     )
 
 
 def finalist(algorithm, seeds_and_accs, rank=1):
     replicates = [replicate(algorithm, seed, acc, rank) for seed, acc in seeds_and_accs]
-    return Finalist(algorithm=algorithm, candidate_rank=rank, source_trial=f"{algorithm}_00001", tuned={},
-                    replicates=replicates)
+    return Finalist(
+        algorithm=algorithm, candidate_rank=rank, source_trial=f"{algorithm}_00001", tuned={}, replicates=replicates
+    )
 
 
 def maml_outcome():
@@ -48,13 +66,16 @@ def maml_outcome():
     In proposal order (seconds, accuracy): #0 (5, failed), #1 (10, 0.5), #2 (20, 0.25), #3 (7, failed),
     #4 (8, 0.625).
     """
-    return outcome("maml", [
-        trial("maml", 2, 0.25, 20.0, EARLY_STOPPED),
-        trial("maml", 0, None, 5.0, FAILED),
-        trial("maml", 4, 0.625, 8.0),
-        trial("maml", 3, None, 7.0, FAILED),
-        trial("maml", 1, 0.5, 10.0, reference="Finn et al. 2017"),
-    ])
+    return outcome(
+        "maml",
+        [
+            trial("maml", 2, 0.25, 20.0, EARLY_STOPPED),
+            trial("maml", 0, None, 5.0, FAILED),
+            trial("maml", 4, 0.625, 8.0),
+            trial("maml", 3, None, 7.0, FAILED),
+            trial("maml", 1, 0.5, 10.0, reference="Finn et al. 2017"),
+        ],
+    )
 
 
 # Hand-computed from maml_outcome: the failed first proposal adds 5 s but no point; the later
@@ -107,8 +128,9 @@ def test_plot_anytime_draws_each_curve_as_a_post_step_and_marks_the_reference(tm
 
 
 def test_plot_anytime_marks_no_reference_that_failed_and_draws_an_all_failed_algorithm_empty(tmp_path):
-    failed_reference = outcome("maml", [trial("maml", 0, None, 5.0, FAILED, reference="paper"),
-                                        trial("maml", 1, 0.5, 5.0)])
+    failed_reference = outcome(
+        "maml", [trial("maml", 0, None, 5.0, FAILED, reference="paper"), trial("maml", 1, 0.5, 5.0)]
+    )
     all_failed = outcome("hypermaml", [trial("hypermaml", 0, None, 5.0, FAILED)])
 
     figure = plot_anytime({"maml": failed_reference, "hypermaml": all_failed}, tmp_path / "anytime.png")
@@ -124,8 +146,15 @@ def test_plot_seed_results_draws_every_seed_and_the_t_interval_of_the_mean_over_
         "maml": finalist("maml", [(11, 0.5), (12, 0.55), (13, 0.6)], rank=1),
         "hypermaml": finalist("hypermaml", [(11, 0.625), (12, 0.75)], rank=2),
     }
-    comparison = SimpleNamespace(baseline="maml", challenger="hypermaml", effect=1.24, ci_low=-0.51, ci_high=2.94,
-                                 baseline_seed_sd=5.0, challenger_seed_sd=8.8)
+    comparison = SimpleNamespace(
+        baseline="maml",
+        challenger="hypermaml",
+        effect=1.24,
+        ci_low=-0.51,
+        ci_high=2.94,
+        baseline_seed_sd=5.0,
+        challenger_seed_sd=8.8,
+    )
     path = tmp_path / "seeds.png"
 
     figure = plot_seed_results(finalists, comparison, path)

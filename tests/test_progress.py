@@ -19,8 +19,15 @@ BUDGET_S, EPOCHS = 12.0, 100  # no trial can finish its epochs within the budget
 
 def test_trials_the_time_budget_stops_end_in_the_terminal_and_in_mlflow(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")  # Tune's engine that stays silent at verbose=0, as in a study
-    spec = StudySpec(name="budget", algorithms=("maml",), trials=2, epochs=EPOCHS, time_budget_s=BUDGET_S,
-                     tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", storage_path=str(tmp_path / "ray"))
+    spec = StudySpec(
+        name="budget",
+        algorithms=("maml",),
+        trials=2,
+        epochs=EPOCHS,
+        time_budget_s=BUDGET_S,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        storage_path=str(tmp_path / "ray"),
+    )
     tracker = StudyTracker(spec)
     tracker.start_study()
 
@@ -32,10 +39,18 @@ def test_trials_the_time_budget_stops_end_in_the_terminal_and_in_mlflow(tmp_path
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         tune.Tuner(
-            tune.with_resources(trainable, {"cpu": 1}), param_space={"x": tune.grid_search([1, 2])},
+            tune.with_resources(trainable, {"cpu": 1}),
+            param_space={"x": tune.grid_search([1, 2])},
             tune_config=tune.TuneConfig(time_budget_s=BUDGET_S, max_concurrent_trials=2),
-            run_config=tune.RunConfig(name="maml", storage_path=spec.study_dir, verbose=0, callbacks=[
-                tracker.trial_callback("maml", EPOCHS, None), ProgressLines("trial", 2, EPOCHS, "asha", BUDGET_S)]),
+            run_config=tune.RunConfig(
+                name="maml",
+                storage_path=spec.study_dir,
+                verbose=0,
+                callbacks=[
+                    tracker.trial_callback("maml", EPOCHS, None),
+                    ProgressLines("trial", 2, EPOCHS, "asha", BUDGET_S),
+                ],
+            ),
         ).fit()
     finally:
         ray.shutdown()
@@ -54,6 +69,8 @@ def test_trials_the_time_budget_stops_end_in_the_terminal_and_in_mlflow(tmp_path
         assert run.data.tags["mlflow.note.content"] == ending
         trial_id = run.data.tags["ray.trial_id"]
         assert [line for line in lines if re.match(rf"  {trial_id} (started|stopped)", line)] == [
-            f"  {trial_id} started", f"  {trial_id} {ending}"]
+            f"  {trial_id} started",
+            f"  {trial_id} {ending}",
+        ]
         assert sum(line.startswith(f"  {trial_id} epoch ") for line in lines) == epochs
     assert not any("│" in line for line in lines)  # no status tables

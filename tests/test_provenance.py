@@ -13,11 +13,18 @@ def git(*args):
 
 
 def test_the_launcher_prints_the_runtime_env_with_this_checkouts_commit():
-    proc = subprocess.run([sys.executable, "-m", "hpo.provenance"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.provenance"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stderr == ""
     dirty = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
-    assert json.loads(proc.stdout) == {"env_vars": {"HPO_GIT_COMMIT": git("rev-parse", "HEAD"), "HPO_GIT_DIRTY": dirty,
-                                                    "RAY_JOB_STOP_WAIT_TIME_S": "60"}}
+    assert json.loads(proc.stdout) == {
+        "env_vars": {
+            "HPO_GIT_COMMIT": git("rev-parse", "HEAD"),
+            "HPO_GIT_DIRTY": dirty,
+            "RAY_JOB_STOP_WAIT_TIME_S": "60",
+        }
+    }
 
 
 def test_an_uncommitted_change_makes_a_checkout_dirty_and_an_untracked_file_does_not(tmp_path):
@@ -40,10 +47,17 @@ def test_a_ray_job_reads_what_its_launcher_passed_and_its_submission_id(monkeypa
     monkeypatch.setenv("HPO_GIT_COMMIT", "f" * 40)
     monkeypatch.setenv("HPO_GIT_DIRTY", "true")
     # What Ray's job supervisor sets for a job's driver (ray.dashboard.modules.job.job_supervisor).
-    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {}, "metadata": {
-        "job_submission_id": "raysubmit_abc", "job_name": "raysubmit_abc"}}))
-    assert provenance.current().tags() == {"mlflow.source.git.commit": "f" * 40, "hpo.git_dirty": "true",
-                                           "hpo.job_submission_id": "raysubmit_abc"}
+    monkeypatch.setenv(
+        "RAY_JOB_CONFIG_JSON_ENV_VAR",
+        json.dumps(
+            {"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_abc", "job_name": "raysubmit_abc"}}
+        ),
+    )
+    assert provenance.current().tags() == {
+        "mlflow.source.git.commit": "f" * 40,
+        "hpo.git_dirty": "true",
+        "hpo.job_submission_id": "raysubmit_abc",
+    }
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     monkeypatch.delenv("HPO_GIT_COMMIT")
     local = provenance.current()  # no launcher's word: git, in the package's own checkout

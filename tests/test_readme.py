@@ -29,8 +29,17 @@ from hpo.screenshot import stop_process
 from hpo.search import build_parser as search_parser
 from hypermaml.training import training_precision
 from tests.helpers import files_under
-from tests.readme_commands import (DOCS, README, REPO, bash_commands, command_env, documented_pages, page_commands,
-                                    run_as_printed, scratch_checkout)
+from tests.readme_commands import (
+    DOCS,
+    README,
+    REPO,
+    bash_commands,
+    command_env,
+    documented_pages,
+    page_commands,
+    run_as_printed,
+    scratch_checkout,
+)
 
 ZIPS = ["images_background.zip", "images_evaluation.zip"]
 
@@ -43,20 +52,29 @@ PAGES = [page for page in documented_pages() if page != CLUSTER_DOC]
 
 SETUP = "python3.11 -m venv .venv && .venv/bin/pip install -e '.[dev]'"
 TESTS = ".venv/bin/python -m pytest -q"
+LINT = ".venv/bin/ruff check . && .venv/bin/ruff format --check ."
 STUDY_FETCHING = [".venv/bin/python -m hpo.search", "python -m hpo.search"]
-STUDY_HERE = [".venv/bin/python -m hpo.search --data-root ../shared/data/omniglot",
-              "python -m hpo.search --data-root ../shared/data/omniglot"]
+STUDY_HERE = [
+    ".venv/bin/python -m hpo.search --data-root ../shared/data/omniglot",
+    "python -m hpo.search --data-root ../shared/data/omniglot",
+]
 DRY_RUN = "python -m hpo.search --dry-run --data-root ../shared/data/omniglot"
-SMOKE = ("python -m hpo.search --preset smoke --data-root ../shared/data/omniglot --tracking-uri sqlite:///$PWD/m.db "
-         "--storage-path $PWD/ray --name try1")
-TRAIN = (".venv/bin/python -m hypermaml.train --algorithm hypermaml --data-root ../shared/data/omniglot --epochs 4 "
-         "--steps-per-epoch 25 --meta-batch 8 --hn-hidden 256 --output runs/hypermaml")
+SMOKE = (
+    "python -m hpo.search --preset smoke --data-root ../shared/data/omniglot --tracking-uri sqlite:///$PWD/m.db "
+    "--storage-path $PWD/ray --name try1"
+)
+TRAIN = (
+    ".venv/bin/python -m hypermaml.train --algorithm hypermaml --data-root ../shared/data/omniglot --epochs 4 "
+    "--steps-per-epoch 25 --meta-batch 8 --hn-hidden 256 --output runs/hypermaml"
+)
 HELP = ["python -m hpo.search --help", "python -m hypermaml.train --help"]
 MLFLOW_UI = ".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000"
 SCREENSHOT = "python -m hpo.screenshot --tracking-uri sqlite:///$PWD/m.db --experiment try1 --out docs"
 DASHBOARD_INSTALL = ".venv/bin/pip install -e '.[dashboard]'"
 DASHBOARD = ".venv/bin/optuna-dashboard sqlite:///$PWD/ray/try1/optuna.db --host 127.0.0.1 --port 8080"
-RERUNS = [f".venv/bin/python -m hpo.search --data-root ../shared/data/omniglot --seed {k} --name hvm-s{k}" for k in range(3)]
+RERUNS = [
+    f".venv/bin/python -m hpo.search --data-root ../shared/data/omniglot --seed {k} --name hvm-s{k}" for k in range(3)
+]
 ACROSS = ".venv/bin/python -m hpo.across hvm-s0 hvm-s1 hvm-s2"
 ACROSS_BARE = "python -m hpo.across"
 THROUGHPUT = "python benchmarks/throughput.py --data-root ../shared/data/omniglot --device cuda --task-chunk 0"
@@ -76,6 +94,7 @@ COVERED = {
     MLFLOW_UI: "test_the_mlflow_ui_command_serves_the_store",
     SCREENSHOT: "tests/test_ui.py: test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict (beside the smoke study)",
     DASHBOARD_INSTALL: ".ci/run runs it",
+    LINT: ".ci/run runs it",
     DASHBOARD: "tests/test_ui.py: test_optuna_dashboard_serves_the_studys_optuna_storage (beside the smoke study)",
     **{c: "parsed and resolved: test_the_reruns_and_their_comparison" for c in RERUNS},
     ACROSS: "test_the_reruns_and_their_comparison, on studies logged as the reruns would log them",
@@ -112,14 +131,15 @@ def test_every_link_between_the_pages_exists():
             linked = (page.parent / path).resolve() if path else page
             assert linked.exists(), f"{page.name}: {target}"
             if anchor:
-                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", linked.read_text(), flags=re.DOTALL),
-                                      flags=re.MULTILINE)
+                headings = re.findall(
+                    r"^#+ (.+)$", re.sub(r"```.*?```", "", linked.read_text(), flags=re.DOTALL), flags=re.MULTILINE
+                )
                 assert anchor in {github_anchor(h) for h in headings}, f"{page.name}: {target}"
 
 
 def test_ci_runs_the_set_up_and_test_commands_as_printed():
     lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
-    assert SETUP in lines and TESTS in lines and DASHBOARD_INSTALL in lines
+    assert SETUP in lines and TESTS in lines and DASHBOARD_INSTALL in lines and LINT in lines
 
 
 @pytest.fixture
@@ -144,8 +164,10 @@ def test_the_default_study_fetches_omniglot_and_preflights(command, omniglot_roo
     proc = run_as_printed(command + " --dry-run", checkout, timeout=300, env=env)
     out = dry_run_of_the_default_study(proc)
     assert out["study"]["data_root"] == ""  # no data root: the fetched copy
-    assert proc.stderr.splitlines() == [f"fetched Omniglot's images_background.zip and images_evaluation.zip from {mirror} "
-                                        f"into {cache / 'omniglot'} (checked by their contents)"]
+    assert proc.stderr.splitlines() == [
+        f"fetched Omniglot's images_background.zip and images_evaluation.zip from {mirror} "
+        f"into {cache / 'omniglot'} (checked by their contents)"
+    ]
     assert files_under(cache / "omniglot") == sorted(ZIPS)
     assert files_under(checkout) == [".venv"]  # a dry run starts nothing: no Ray results, no MLflow store
 
@@ -167,9 +189,15 @@ def test_the_training_command_gives_the_results_row(omniglot_root, tmp_path):
     assert result["algorithm"] == "hypermaml" and result["test_episodes"] == 600
     assert json.loads((checkout / "runs" / "hypermaml" / "config.json").read_text())["hn_hidden"] == 256
     assert TRAIN in page_commands(RESULTS_DOC)  # printed beside its row
-    row = next(line for line in RESULTS_DOC.read_text().splitlines() if line.startswith("| HyperMAML, hidden 256, 3 layers, meta-batch 8, 4×25"))
+    row = next(
+        line
+        for line in RESULTS_DOC.read_text().splitlines()
+        if line.startswith("| HyperMAML, hidden 256, 3 layers, meta-batch 8, 4×25")
+    )
     documented_accuracy = float(row.split("|")[3].split("%")[0])
-    print(f"docs/results.md {documented_accuracy}%, this run {100 * result['test_acc']:.2f}% ± {100 * result['test_ci95']:.2f}")
+    print(
+        f"docs/results.md {documented_accuracy}%, this run {100 * result['test_acc']:.2f}% ± {100 * result['test_ci95']:.2f}"
+    )
     assert abs(100 * result["test_acc"] - documented_accuracy) < 3  # the same seeded run, on another CPU's floats
     assert result["test_ci95"] < 0.02  # 600 test episodes (this also stands in for test_learning's HyperMAML case)
     # The run says what its default precision ("auto") became on this machine: bf16 on a CPU with bf16 instructions.
@@ -197,12 +225,21 @@ def test_the_reruns_and_their_comparison(omniglot_root, tmp_path):
     assert len({json.dumps({k: v for k, v in s.to_dict().items() if k not in ("seed", "name")}) for s in specs}) == 1
     checkout = scratch_checkout(tmp_path, omniglot_root)
     for k, gap in enumerate((0.01, 0.02, 0.04)):  # what the three studies would log (see test_across)
-        write_study(checkout.parent, f"hvm-s{k}", k, {"maml": 0.80, "hypermaml": 0.80 + gap}, preset="default",
-                    tracking_uri=f"sqlite:///{checkout / 'mlflow.db'}")
+        write_study(
+            checkout.parent,
+            f"hvm-s{k}",
+            k,
+            {"maml": 0.80, "hypermaml": 0.80 + gap},
+            preset="default",
+            tracking_uri=f"sqlite:///{checkout / 'mlflow.db'}",
+        )
     proc = run_as_printed(ACROSS, checkout, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert [line.split(" | ")[:2] for line in proc.stdout.splitlines() if line.startswith("| hvm")] == \
-        [["| hvm-s0", "0"], ["| hvm-s1", "1"], ["| hvm-s2", "2"]]
+    assert [line.split(" | ")[:2] for line in proc.stdout.splitlines() if line.startswith("| hvm")] == [
+        ["| hvm-s0", "0"],
+        ["| hvm-s1", "1"],
+        ["| hvm-s2", "2"],
+    ]
     assert proc.stdout.splitlines()[-1].startswith("inconclusive: hypermaml − maml = +2.33 points")
     bare = run_as_printed(ACROSS_BARE, checkout, timeout=120)
     assert bare.returncode == 2 and bare.stdout == ""
@@ -214,13 +251,21 @@ def test_the_mlflow_ui_command_serves_the_store(omniglot_root, tmp_path):
         if probe.connect_ex(("127.0.0.1", 5000)) == 0:
             pytest.fail("port 5000 is taken on this machine; the `mlflow ui` command of docs/study.md needs it")
     checkout = scratch_checkout(tmp_path, omniglot_root)
-    ui = subprocess.Popen(["bash", "-c", MLFLOW_UI], cwd=checkout, env=command_env(), start_new_session=True,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ui = subprocess.Popen(
+        ["bash", "-c", MLFLOW_UI],
+        cwd=checkout,
+        env=command_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while True:
             try:
-                with urllib.request.urlopen("http://127.0.0.1:5000/api/2.0/mlflow/experiments/search?max_results=10", timeout=5) as r:
+                with urllib.request.urlopen(
+                    "http://127.0.0.1:5000/api/2.0/mlflow/experiments/search?max_results=10", timeout=5
+                ) as r:
                     experiments = json.loads(r.read())["experiments"]
                 break
             except OSError:
@@ -246,7 +291,8 @@ def test_the_suite_without_data_stops_with_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"ERROR: the tests need the real Omniglot zips, and {tmp_path / 'shared' / 'data' / 'omniglot'} (beside the repo; "
         "$HYPERMAML_DATA_ROOT is unset) has none: set $HYPERMAML_DATA_ROOT to a folder holding images_background.zip and "
-        "images_evaluation.zip (`python -m hpo.search` without --data-root fetches them into ~/.cache/hypermaml/omniglot)"]
+        "images_evaluation.zip (`python -m hpo.search` without --data-root fetches them into ~/.cache/hypermaml/omniglot)"
+    ]
     assert "passed" not in proc.stdout and "error" not in proc.stdout.lower()
 
 

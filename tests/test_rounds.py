@@ -20,10 +20,20 @@ def space(trial: optuna.Trial) -> dict:
 
 
 def searcher(searches=1, trials=6, batch=2, seed=0) -> RoundSearch:
-    studies = [optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed + k, n_startup_trials=2))
-               for k in range(searches)]
-    return RoundSearch(studies, [space] * searches, trials=trials, batch=batch, metric="acc", mode="max", full_epochs=3,
-                       first_points=[[{"lr": 0.01, "width": 32}]] * searches)
+    studies = [
+        optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed + k, n_startup_trials=2))
+        for k in range(searches)
+    ]
+    return RoundSearch(
+        studies,
+        [space] * searches,
+        trials=trials,
+        batch=batch,
+        metric="acc",
+        mode="max",
+        full_epochs=3,
+        first_points=[[{"lr": 0.01, "width": 32}]] * searches,
+    )
 
 
 def value(config: dict) -> float:
@@ -51,14 +61,23 @@ def test_a_search_proposes_whole_rounds_with_the_sampled_values_and_its_place():
     search = searcher()
     first = [search.suggest("a"), search.suggest("b")]
     assert search.suggest("c") is None  # the round's trials have not ended: nothing more yet
-    assert first[0] == {"lr": 0.01, "width": 32, "epochs": 3, SEARCH_KEY: 0, NUMBER_KEY: 0, ROUND_KEY: 0}  # the reference first
+    assert first[0] == {
+        "lr": 0.01,
+        "width": 32,
+        "epochs": 3,
+        SEARCH_KEY: 0,
+        NUMBER_KEY: 0,
+        ROUND_KEY: 0,
+    }  # the reference first
     assert set(first[1]) == {"lr", "width", "epochs", SEARCH_KEY, NUMBER_KEY, ROUND_KEY} and first[1][NUMBER_KEY] == 1
     search.on_trial_complete("a", {"acc": 0.5, "epoch": 3})
     assert search.suggest("c") is None  # one of the round's trials is still running
     search.on_trial_complete("b", {"acc": 0.6, "epoch": 3})
     assert search.suggest("c")[ROUND_KEY] == 1
     proposed = run(searcher())
-    assert [c[ROUND_KEY] for c in proposed] == [0, 0, 1, 1, 2, 2] and [c[NUMBER_KEY] for c in proposed] == list(range(6))
+    assert [c[ROUND_KEY] for c in proposed] == [0, 0, 1, 1, 2, 2] and [c[NUMBER_KEY] for c in proposed] == list(
+        range(6)
+    )
 
 
 def test_proposals_do_not_depend_on_the_order_trials_end_in():
@@ -108,8 +127,13 @@ def test_a_trial_is_judged_against_the_earlier_rounds_of_its_own_search_only():
     # Another search's trials are not comparators: its first round goes on at any value.
     assert scheduler.on_trial_result(None, trial("e", search=1), result(0.0)) == TrialScheduler.CONTINUE
     # A hypernetwork still in its warm-up is not judged, and is judged at the next rung it reaches.
-    assert scheduler.on_trial_result(None, trial("f", round_index=1), {**result(0.0), "hn_weight": 0.5}) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, trial("f", round_index=1), result(0.0, epoch=2)) == TrialScheduler.CONTINUE  # no rung-2 values yet
+    assert (
+        scheduler.on_trial_result(None, trial("f", round_index=1), {**result(0.0), "hn_weight": 0.5})
+        == TrialScheduler.CONTINUE
+    )
+    assert (
+        scheduler.on_trial_result(None, trial("f", round_index=1), result(0.0, epoch=2)) == TrialScheduler.CONTINUE
+    )  # no rung-2 values yet
     assert scheduler.on_trial_result(None, trial("a"), result(0.95, epoch=2)) == TrialScheduler.CONTINUE
 
 
@@ -123,10 +147,15 @@ def test_decisions_within_a_round_do_not_depend_on_the_order_its_trials_report_i
     decisions = {}
     for index in order:
         trial_id, acc = current[index]
-        decisions[trial_id] = scheduler.on_trial_result(None, trial(trial_id, round_index=1),
-                                                        {"acc": acc, "training_iteration": 1})
-    assert decisions == {"r1a": TrialScheduler.STOP, "r1b": TrialScheduler.CONTINUE, "r1c": TrialScheduler.CONTINUE,
-                         "r1d": TrialScheduler.STOP}
+        decisions[trial_id] = scheduler.on_trial_result(
+            None, trial(trial_id, round_index=1), {"acc": acc, "training_iteration": 1}
+        )
+    assert decisions == {
+        "r1a": TrialScheduler.STOP,
+        "r1b": TrialScheduler.CONTINUE,
+        "r1c": TrialScheduler.CONTINUE,
+        "r1d": TrialScheduler.STOP,
+    }
 
 
 def test_searches_take_turns_so_they_run_side_by_side():

@@ -52,8 +52,13 @@ def test_trial_workers_import_neither_the_drivers_libraries_nor_torchvision():
     or torchvision (with torch._dynamo): together several seconds per worker on a small CPU."""
     heavy = ("mlflow", "optuna", "scipy", "matplotlib", "torchvision", "torch._dynamo")
     code = f"import sys, hpo.trainable; print(sorted(m for m in {heavy!r} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
@@ -63,20 +68,40 @@ def trial(number, val, tuned, reference="", status=COMPLETED, curve=None):
 
 
 def test_candidates_are_the_top_distinct_configurations_plus_the_reference():
-    outcome = TuneOutcome("maml", [
-        trial(0, 0.60, {"lr": 1}, reference="Finn et al."),
-        trial(1, 0.90, {"lr": 2}),
-        trial(2, 0.85, {"lr": 2}),  # the same configuration as trial 1: counted once
-        trial(3, 0.80, {"lr": 3}, status=EARLY_STOPPED),
-        trial(4, None, {"lr": 4}, status=FAILED),
-    ], 10.0, 100)
-    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=2, reference_margin=100)] == [(1, "t1"), (2, "t3"), (3, "t0")]
-    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=3, reference_margin=100)] == [(1, "t1"), (2, "t3"), (3, "t0")]
-    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=1, reference_margin=100)] == [(1, "t1"), (3, "t0")]
+    outcome = TuneOutcome(
+        "maml",
+        [
+            trial(0, 0.60, {"lr": 1}, reference="Finn et al."),
+            trial(1, 0.90, {"lr": 2}),
+            trial(2, 0.85, {"lr": 2}),  # the same configuration as trial 1: counted once
+            trial(3, 0.80, {"lr": 3}, status=EARLY_STOPPED),
+            trial(4, None, {"lr": 4}, status=FAILED),
+        ],
+        10.0,
+        100,
+    )
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=2, reference_margin=100)] == [
+        (1, "t1"),
+        (2, "t3"),
+        (3, "t0"),
+    ]
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=3, reference_margin=100)] == [
+        (1, "t1"),
+        (2, "t3"),
+        (3, "t0"),
+    ]
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=1, reference_margin=100)] == [
+        (1, "t1"),
+        (3, "t0"),
+    ]
     # 30 points behind the top trial: clearly beaten at a 10-point margin, so not retrained ...
     assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=1, reference_margin=10)] == [(1, "t1")]
     # ... but still retrained when it is one of the top configurations itself.
-    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=3, reference_margin=10)] == [(1, "t1"), (2, "t3"), (3, "t0")]
+    assert [(rank, t.trial_id) for rank, t in candidates(outcome, top=3, reference_margin=10)] == [
+        (1, "t1"),
+        (2, "t3"),
+        (3, "t0"),
+    ]
 
 
 def test_an_early_stopped_reference_is_compared_after_the_epochs_it_ran():
@@ -92,8 +117,22 @@ def test_an_early_stopped_reference_is_compared_after_the_epochs_it_ran():
 
 
 def replicate(algorithm, rank, seed, val, test):
-    return ReplicateRecord(algorithm, f"r{rank}{seed}", rank, f"t{rank}", seed, {"rank": rank}, [val], val, test, 0.01,
-                           1.0, 10, 1.0, np.full(4, test))
+    return ReplicateRecord(
+        algorithm,
+        f"r{rank}{seed}",
+        rank,
+        f"t{rank}",
+        seed,
+        {"rank": rank},
+        [val],
+        val,
+        test,
+        0.01,
+        1.0,
+        10,
+        1.0,
+        np.full(4, test),
+    )
 
 
 def test_the_finalist_is_the_best_mean_validation_never_the_best_test():

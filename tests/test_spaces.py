@@ -21,9 +21,20 @@ EXAMPLES = REPO / "search_spaces" / "examples"
 def fixed_for(algorithm, epochs=9):
     """What a study fixes for every trial (from_flat does not touch data_root)."""
     return {
-        "algorithm": algorithm, "dataset": "omniglot", "data_root": "/data/omniglot", "way": 5, "shot": 1,
-        "query": 15, "epochs": epochs, "steps_per_epoch": 25, "meta_batch": 8, "val_episodes": 100,
-        "test_episodes": 600, "eval_seed": 0, "seed": 0, "device": "cpu",
+        "algorithm": algorithm,
+        "dataset": "omniglot",
+        "data_root": "/data/omniglot",
+        "way": 5,
+        "shot": 1,
+        "query": 15,
+        "epochs": epochs,
+        "steps_per_epoch": 25,
+        "meta_batch": 8,
+        "val_episodes": 100,
+        "test_episodes": 600,
+        "eval_seed": 0,
+        "seed": 0,
+        "device": "cpu",
     }
 
 
@@ -61,8 +72,17 @@ def test_builtin_hypermaml_space_covers_its_ranges_on_log_scales():
     space = load_space("hypermaml", None, epochs=9, shot=5)
     configs = check_space("hypermaml", space, {**fixed_for("hypermaml", epochs=9), "shot": 5}, samples=64)
     assert len(configs) == 64
-    for name in ("hn_hidden", "hn_layers", "outer_lr", "aggregation", "delta_penalty", "warmup",
-                 "warmup_epochs", "switch_epochs", "warmup_inner_lr"):
+    for name in (
+        "hn_hidden",
+        "hn_layers",
+        "outer_lr",
+        "aggregation",
+        "delta_penalty",
+        "warmup",
+        "warmup_epochs",
+        "switch_epochs",
+        "warmup_inner_lr",
+    ):
         assert values_of(configs, name), name
     hidden = values_of(configs, "hn_hidden")
     assert all(64 <= h <= 1024 for h in hidden)
@@ -72,7 +92,9 @@ def test_builtin_hypermaml_space_covers_its_ranges_on_log_scales():
     assert all(3e-4 <= lr <= 1e-2 for lr in outer_lr) and min(outer_lr) < 5e-4 and statistics.median(outer_lr) < 3e-3
     assert set(values_of(configs, "hn_layers")) == {2, 3, 4}
     assert set(values_of(configs, "aggregation")) == {"mean", "concat"}
-    assert set(values_of(configs, "delta_penalty")) <= {0.0, 1e-4, 1e-3, 1e-2} and 0.0 in values_of(configs, "delta_penalty")
+    assert set(values_of(configs, "delta_penalty")) <= {0.0, 1e-4, 1e-3, 1e-2} and 0.0 in values_of(
+        configs, "delta_penalty"
+    )
     for config in configs:
         warmup_names = {"warmup_epochs", "switch_epochs", "warmup_inner_lr"} & set(config)
         assert warmup_names == ({"warmup_epochs", "switch_epochs", "warmup_inner_lr"} if config["warmup"] else set())
@@ -84,7 +106,9 @@ def test_builtin_hypermaml_space_covers_its_ranges_on_log_scales():
 
 def test_builtin_hypermaml_space_does_not_tune_aggregation_at_one_shot():
     # At one shot mean and concat build the same model: a dimension the searcher would learn nothing from.
-    configs = check_space("hypermaml", load_space("hypermaml", None, epochs=9, shot=1), fixed_for("hypermaml", 9), samples=16)
+    configs = check_space(
+        "hypermaml", load_space("hypermaml", None, epochs=9, shot=1), fixed_for("hypermaml", 9), samples=16
+    )
     assert values_of(configs, "aggregation") == []
 
 
@@ -101,8 +125,14 @@ def test_reference_configurations_lie_in_their_spaces_and_are_valid(algorithm, e
     assert trial.params == point  # every reference value is one the space can propose, and nothing else
     from_flat({**fixed_for(algorithm, epochs), "shot": shot, **point})  # a valid run configuration
     if algorithm == "maml":
-        assert point == {"inner_steps": 1, "inner_lr": 0.4, "first_order": False, "inner_params": "all",
-                         "outer_lr": 1e-3, "meta_batch": 32}
+        assert point == {
+            "inner_steps": 1,
+            "inner_lr": 0.4,
+            "first_order": False,
+            "inner_params": "all",
+            "outer_lr": 1e-3,
+            "meta_batch": 32,
+        }
     else:
         assert (point["hn_hidden"], point["hn_layers"], point["outer_lr"], point["warmup"]) == (512, 3, 1e-2, True)
         assert point["warmup_epochs"] + point["switch_epochs"] <= 2 * max(1, epochs // 3)
@@ -149,49 +179,86 @@ def test_an_invalid_fixed_setting_is_a_config_error_not_the_spaces_fault():
 
 
 def test_user_space_taking_only_the_trial(tmp_path):
-    path = write(tmp_path, "narrow.py", """
+    path = write(
+        tmp_path,
+        "narrow.py",
+        """
         def space(trial):
             trial.suggest_int("hn_hidden", 32, 64)
             return {"aggregation": "concat"}
-    """)
+    """,
+    )
     configs = check_space("hypermaml", load_space("hypermaml", path, epochs=4), fixed_for("hypermaml"), samples=8)
     assert all(32 <= c["hn_hidden"] <= 64 and c["aggregation"] == "concat" for c in configs)
 
 
 def test_user_space_taking_the_epochs_gets_the_studys_epochs(tmp_path):
-    path = write(tmp_path, "by_epochs.py", """
+    path = write(
+        tmp_path,
+        "by_epochs.py",
+        """
         def space(trial, epochs):
             trial.suggest_int("hn_layers", 2, 3)
             return {"warmup": True, "warmup_epochs": epochs - 1}
-    """)
+    """,
+    )
     sample = sample_space(load_space("hypermaml", path, epochs=7))
     assert sample["warmup_epochs"] == 6 and sample["hn_layers"] in (2, 3)
 
 
-@pytest.mark.parametrize("body, match", [
-    ("def space(trial):\n    trial.suggest_int('hn_size', 64, 512)\n", r"typo\.py: unknown setting\(s\) for hypermaml: hn_size"),
-    ("def space(trial):\n    trial.suggest_float('inner_lr', 0.01, 0.5)\n", "unknown setting.* for hypermaml: inner_lr"),
-    ("def space(trial):\n    trial.suggest_int('hn_layers', 1, 3)\n", "hn_layers must be at least 2"),
-    ("def space(trial):\n    trial.suggest_int('hn_layers', 2, 3)\n    return 1 / 0\n", "space raised ZeroDivisionError: division by zero"),
-    ("def space(trial):\n    trial.suggest_int('way', 2, 20)\n", "sets way, which the study fixes"),
-    ("def space(trial):\n    trial.suggest_int('hn_layers', 2, 3)\n    return {'seed': 1}\n", "sets seed, which the study fixes"),
-    ("def space(trial):\n    trial.suggest_int('hn_layers', 2, 3)\n    return {'hn_layers': 2}\n", "hn_layers is both suggested and returned"),
-    ("def space(trial):\n    return None\n", "suggests no parameters"),
-    ("def space(trial):\n    trial.suggest_int('hn_layers', 2, 3)\n    return [1]\n", "must return None or a dict"),
-])
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        (
+            "def space(trial):\n    trial.suggest_int('hn_size', 64, 512)\n",
+            r"typo\.py: unknown setting\(s\) for hypermaml: hn_size",
+        ),
+        (
+            "def space(trial):\n    trial.suggest_float('inner_lr', 0.01, 0.5)\n",
+            "unknown setting.* for hypermaml: inner_lr",
+        ),
+        ("def space(trial):\n    trial.suggest_int('hn_layers', 1, 3)\n", "hn_layers must be at least 2"),
+        (
+            "def space(trial):\n    trial.suggest_int('hn_layers', 2, 3)\n    return 1 / 0\n",
+            "space raised ZeroDivisionError: division by zero",
+        ),
+        ("def space(trial):\n    trial.suggest_int('way', 2, 20)\n", "sets way, which the study fixes"),
+        (
+            "def space(trial):\n    trial.suggest_int('hn_layers', 2, 3)\n    return {'seed': 1}\n",
+            "sets seed, which the study fixes",
+        ),
+        (
+            "def space(trial):\n    trial.suggest_int('hn_layers', 2, 3)\n    return {'hn_layers': 2}\n",
+            "hn_layers is both suggested and returned",
+        ),
+        ("def space(trial):\n    return None\n", "suggests no parameters"),
+        ("def space(trial):\n    trial.suggest_int('hn_layers', 2, 3)\n    return [1]\n", "must return None or a dict"),
+    ],
+)
 def test_user_space_mistakes_are_caught_before_ray_starts(tmp_path, body, match):
     space = load_space("hypermaml", write(tmp_path, "typo.py", body), epochs=4)
     space_error(match, check_space, "hypermaml", space, fixed_for("hypermaml"))
 
 
-@pytest.mark.parametrize("name, body, match", [
-    ("missing.py", None, r"missing\.py: no such file"),
-    ("broken.py", "def space(trial)\n    pass\n", r"broken\.py: syntax error at line 1"),
-    ("crash.py", "import no_such_module_here\n", "importing it raised ModuleNotFoundError: No module named 'no_such_module_here'"),
-    ("nothing.py", "def search(trial):\n    pass\n", "defines no function space"),
-    ("args.py", "def space(trial, budget):\n    pass\n", r"space\(trial\) or with any of epochs, shot after the trial, not space\(trial, budget\)"),
-    ("space.json", "{}", r"must end in \.py, \.yaml or \.yml"),
-])
+@pytest.mark.parametrize(
+    "name, body, match",
+    [
+        ("missing.py", None, r"missing\.py: no such file"),
+        ("broken.py", "def space(trial)\n    pass\n", r"broken\.py: syntax error at line 1"),
+        (
+            "crash.py",
+            "import no_such_module_here\n",
+            "importing it raised ModuleNotFoundError: No module named 'no_such_module_here'",
+        ),
+        ("nothing.py", "def search(trial):\n    pass\n", "defines no function space"),
+        (
+            "args.py",
+            "def space(trial, budget):\n    pass\n",
+            r"space\(trial\) or with any of epochs, shot after the trial, not space\(trial, budget\)",
+        ),
+        ("space.json", "{}", r"must end in \.py, \.yaml or \.yml"),
+    ],
+)
 def test_unloadable_space_files_fail_with_one_line(tmp_path, name, body, match):
     path = tmp_path / name
     if body is not None:
@@ -217,17 +284,27 @@ def test_example_yaml_spaces_load_and_check(algorithm):
 
 def test_a_yaml_space_checked_for_the_other_algorithm_is_refused():
     space = load_space("maml", EXAMPLES / "hypermaml_small.yaml", epochs=6)
-    space_error(r"hypermaml_small\.yaml: unknown setting\(s\) for maml: .*hn_hidden", check_space, "maml", space, fixed_for("maml"))
+    space_error(
+        r"hypermaml_small\.yaml: unknown setting\(s\) for maml: .*hn_hidden",
+        check_space,
+        "maml",
+        space,
+        fixed_for("maml"),
+    )
 
 
 def test_yaml_conditions_leave_params_out_when_they_do_not_hold(tmp_path):
-    path = write(tmp_path, "conditions.yml", """
+    path = write(
+        tmp_path,
+        "conditions.yml",
+        """
         params:
           aggregation: {type: categorical, choices: [mean, concat]}
           hn_layers: {type: int, low: 2, high: 6, step: 2}
           hn_hidden: {type: int, low: 64, high: 128, when: {aggregation: concat, hn_layers: [4, 6]}}
           delta_penalty: {type: float, low: 0.0, high: 0.01, step: 0.005}
-    """)
+    """,
+    )
     configs = check_space("hypermaml", load_space("hypermaml", path, epochs=4), fixed_for("hypermaml"), samples=64)
     assert set(values_of(configs, "hn_layers")) == {2, 4, 6}
     assert set(values_of(configs, "delta_penalty")) <= {0.0, 0.005, 0.01}
@@ -237,28 +314,52 @@ def test_yaml_conditions_leave_params_out_when_they_do_not_hold(tmp_path):
     assert any("hn_hidden" in c for c in configs) and not all("hn_hidden" in c for c in configs)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("params: {hn_layers: {type: int, low: 2, high: 4}}\nconstant: {hn_hidden: 64}\n", "unknown top-level key.* constant"),
-    ("params: {hn_layers: {type: uniform, low: 2, high: 4}}\n", "param hn_layers: unknown type 'uniform'"),
-    ("params: {hn_layers: {type: int, high: 4}}\n", "param hn_layers: missing low"),
-    ("params: {outer_lr: {type: float, low: 1.0e-4}}\n", "param outer_lr: missing high"),
-    ("params: {aggregation: {type: categorical}}\n", "param aggregation: missing choices"),
-    ("params: {hn_layers: {type: int, low: 4, high: 4}}\n", r"param hn_layers: low \(4\) must be below high \(4\)"),
-    ("params: {outer_lr: {type: float, low: 0.0, high: 0.1, log: true}}\n", "param outer_lr: log: true needs low > 0"),
-    ("params: {hn_hidden: {type: int, low: 64, high: 512, log: true, step: 64}}\n", "param hn_hidden: step cannot be combined with log"),
-    ("params: {aggregation: {type: categorical, choices: []}}\n", "param aggregation: choices must be a non-empty list"),
-    ("params: {hn_layers: {type: int, low: 2, high: 4, lg: true}}\n", "param hn_layers: unknown key.* lg"),
-    ("params: {hn_layers: {type: int, low: 2.5, high: 4}}\n", "param hn_layers: low must be an integer"),
-    ("params: {outer_lr: {type: float, low: 1e-4, high: 1.0e-2}}\n", "YAML reads 1e-4 as text"),
-    ("params:\n  warmup_epochs: {type: int, low: 1, high: 3, when: {warmup: true}}\n"
-     "  warmup: {type: categorical, choices: [false, true]}\n", "param warmup_epochs: when names 'warmup', which is not a param defined earlier"),
-    ("params:\n  warmup: {type: categorical, choices: [false, true]}\n"
-     "  warmup_epochs: {type: int, low: 1, high: 3, when: {warmup: 'true'}}\n", "'true' is not one of its choices"),
-    ("params: {hn_hidden: {type: int, low: 64, high: 512}}\nconstants: {hn_hidden: 256}\n", "hn_hidden is both a param and a constant"),
-    ("params: {hn_layers: {type: int, low: 2, high: 4}\n", "invalid YAML at line"),
-    ("", "expected a mapping"),
-    ("params: {}\n", "params must be a non-empty mapping"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (
+            "params: {hn_layers: {type: int, low: 2, high: 4}}\nconstant: {hn_hidden: 64}\n",
+            "unknown top-level key.* constant",
+        ),
+        ("params: {hn_layers: {type: uniform, low: 2, high: 4}}\n", "param hn_layers: unknown type 'uniform'"),
+        ("params: {hn_layers: {type: int, high: 4}}\n", "param hn_layers: missing low"),
+        ("params: {outer_lr: {type: float, low: 1.0e-4}}\n", "param outer_lr: missing high"),
+        ("params: {aggregation: {type: categorical}}\n", "param aggregation: missing choices"),
+        ("params: {hn_layers: {type: int, low: 4, high: 4}}\n", r"param hn_layers: low \(4\) must be below high \(4\)"),
+        (
+            "params: {outer_lr: {type: float, low: 0.0, high: 0.1, log: true}}\n",
+            "param outer_lr: log: true needs low > 0",
+        ),
+        (
+            "params: {hn_hidden: {type: int, low: 64, high: 512, log: true, step: 64}}\n",
+            "param hn_hidden: step cannot be combined with log",
+        ),
+        (
+            "params: {aggregation: {type: categorical, choices: []}}\n",
+            "param aggregation: choices must be a non-empty list",
+        ),
+        ("params: {hn_layers: {type: int, low: 2, high: 4, lg: true}}\n", "param hn_layers: unknown key.* lg"),
+        ("params: {hn_layers: {type: int, low: 2.5, high: 4}}\n", "param hn_layers: low must be an integer"),
+        ("params: {outer_lr: {type: float, low: 1e-4, high: 1.0e-2}}\n", "YAML reads 1e-4 as text"),
+        (
+            "params:\n  warmup_epochs: {type: int, low: 1, high: 3, when: {warmup: true}}\n"
+            "  warmup: {type: categorical, choices: [false, true]}\n",
+            "param warmup_epochs: when names 'warmup', which is not a param defined earlier",
+        ),
+        (
+            "params:\n  warmup: {type: categorical, choices: [false, true]}\n"
+            "  warmup_epochs: {type: int, low: 1, high: 3, when: {warmup: 'true'}}\n",
+            "'true' is not one of its choices",
+        ),
+        (
+            "params: {hn_hidden: {type: int, low: 64, high: 512}}\nconstants: {hn_hidden: 256}\n",
+            "hn_hidden is both a param and a constant",
+        ),
+        ("params: {hn_layers: {type: int, low: 2, high: 4}\n", "invalid YAML at line"),
+        ("", "expected a mapping"),
+        ("params: {}\n", "params must be a non-empty mapping"),
+    ],
+)
 def test_malformed_yaml_spaces_are_refused_with_the_problem_named(tmp_path, text, match):
     path = write(tmp_path, "bad.yaml", text)
     error = space_error(match, load_space, "hypermaml", path, epochs=4)
@@ -283,7 +384,10 @@ def test_loaded_spaces_pickle_and_sample_identically(tmp_path, source):
 
 def test_a_py_space_unpickles_in_a_fresh_process_without_its_file(tmp_path):
     """Ray restores searchers in other processes: the space must travel by value, not by file or module."""
-    path = write(tmp_path, "travels.py", """
+    path = write(
+        tmp_path,
+        "travels.py",
+        """
         import math
 
         def widest(epochs):
@@ -291,7 +395,8 @@ def test_a_py_space_unpickles_in_a_fresh_process_without_its_file(tmp_path):
 
         def space(trial, epochs):
             trial.suggest_int("hn_hidden", 32, widest(epochs))
-    """)
+    """,
+    )
     space = load_space("hypermaml", path, epochs=8)
     pickled = tmp_path / "space.pkl"
     pickled.write_bytes(cloudpickle.dumps(space))
@@ -300,7 +405,9 @@ def test_a_py_space_unpickles_in_a_fresh_process_without_its_file(tmp_path):
         "import sys; from ray import cloudpickle; from hpo.spaces import sample_space; "
         "print(sample_space(cloudpickle.loads(open(sys.argv[1], 'rb').read()), 4))"
     )
-    proc = subprocess.run([sys.executable, "-c", script, str(pickled)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(pickled)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(sample_space(space, 4))
 

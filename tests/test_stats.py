@@ -75,40 +75,61 @@ def run_studies(seed: int, studies: int, seeds: int, mu_b: float, mu_c: float, *
     return [compare_seeds("maml", b[i], "hypermaml", c[i], seed=i) for i in range(studies)]
 
 
-def simulate_finalists(rng: np.random.Generator, difficulty: np.ndarray, searches: int, seeds: int, mu: float,
-                       sd_search: float, sd_seed: float, sd_algorithm_episode: float = SD_ALGORITHM_EPISODE,
-                       sd_config_episode: float = SD_CONFIG_EPISODE) -> np.ndarray:
+def simulate_finalists(
+    rng: np.random.Generator,
+    difficulty: np.ndarray,
+    searches: int,
+    seeds: int,
+    mu: float,
+    sd_search: float,
+    sd_seed: float,
+    sd_algorithm_episode: float = SD_ALGORITHM_EPISODE,
+    sd_config_episode: float = SD_CONFIG_EPISODE,
+) -> np.ndarray:
     """Per-episode accuracies [studies, searches, seeds, E] of one algorithm's search finalists."""
     studies, episodes = difficulty.shape[0], difficulty.shape[-1]
-    p = (mu
-         + rng.normal(0.0, sd_search, (studies, searches, 1, 1))  # the configuration each search found
-         + rng.normal(0.0, sd_seed, (studies, searches, seeds, 1))  # the training seed
-         + difficulty  # [studies, 1, 1, E], shared by both algorithms
-         + rng.normal(0.0, sd_algorithm_episode, (studies, 1, 1, episodes))  # this algorithm on these episodes
-         + rng.normal(0.0, sd_config_episode, (studies, searches, 1, episodes))
-         + rng.normal(0.0, SD_NOISE, (studies, searches, seeds, episodes)))
+    p = (
+        mu
+        + rng.normal(0.0, sd_search, (studies, searches, 1, 1))  # the configuration each search found
+        + rng.normal(0.0, sd_seed, (studies, searches, seeds, 1))  # the training seed
+        + difficulty  # [studies, 1, 1, E], shared by both algorithms
+        + rng.normal(0.0, sd_algorithm_episode, (studies, 1, 1, episodes))  # this algorithm on these episodes
+        + rng.normal(0.0, sd_config_episode, (studies, searches, 1, episodes))
+        + rng.normal(0.0, SD_NOISE, (studies, searches, seeds, episodes))
+    )
     return rng.binomial(QUERIES, np.clip(p, 0.0, 1.0)) / QUERIES
 
 
-def expected_accuracy(mu: float, sd_search: float, sd_seed: float, sd_algorithm_episode: float = SD_ALGORITHM_EPISODE) -> float:
+def expected_accuracy(
+    mu: float, sd_search: float, sd_seed: float, sd_algorithm_episode: float = SD_ALGORITHM_EPISODE
+) -> float:
     """The procedure's expected test accuracy (points): E[clip(p, 0, 1)] of the normal p above (E[k/75] = p)."""
-    sd = math.sqrt(sd_search**2 + sd_seed**2 + SD_DIFFICULTY**2 + sd_algorithm_episode**2 + SD_CONFIG_EPISODE**2
-                   + SD_NOISE**2)
+    sd = math.sqrt(
+        sd_search**2 + sd_seed**2 + SD_DIFFICULTY**2 + sd_algorithm_episode**2 + SD_CONFIG_EPISODE**2 + SD_NOISE**2
+    )
     return 100 * float(stats.norm.expect(lambda x: np.clip(x, 0.0, 1.0), loc=mu, scale=sd))
 
 
 @functools.cache
-def search_studies(seed: int, studies: int, searches: int, seeds: int, gap: float = 0.0, sd_seed: float = 0.003,
-                   sd_search: tuple[float, float] = (SD_SEARCH["maml"], SD_SEARCH["hypermaml"]),
-                   sd_algorithm_episode: float = SD_ALGORITHM_EPISODE, episodes: int = EPISODES,
-                   ) -> tuple[float, list[SearchFinalistComparison]]:
+def search_studies(
+    seed: int,
+    studies: int,
+    searches: int,
+    seeds: int,
+    gap: float = 0.0,
+    sd_seed: float = 0.003,
+    sd_search: tuple[float, float] = (SD_SEARCH["maml"], SD_SEARCH["hypermaml"]),
+    sd_algorithm_episode: float = SD_ALGORITHM_EPISODE,
+    episodes: int = EPISODES,
+) -> tuple[float, list[SearchFinalistComparison]]:
     """(true effect in points, one comparison per simulated study): K searches per algorithm, S seeds each."""
     rng = np.random.default_rng(seed)
     difficulty = rng.normal(0.0, SD_DIFFICULTY, (studies, 1, 1, episodes))
     b = simulate_finalists(rng, difficulty, searches, seeds, LEVEL, sd_search[0], sd_seed, sd_algorithm_episode)
     c = simulate_finalists(rng, difficulty, searches, seeds, LEVEL + gap, sd_search[1], sd_seed, sd_algorithm_episode)
-    truth = (expected_accuracy(LEVEL + gap, sd_search[1], sd_seed, sd_algorithm_episode)
-             - expected_accuracy(LEVEL, sd_search[0], sd_seed, sd_algorithm_episode))
+    truth = expected_accuracy(LEVEL + gap, sd_search[1], sd_seed, sd_algorithm_episode) - expected_accuracy(
+        LEVEL, sd_search[0], sd_seed, sd_algorithm_episode
+    )
     return truth, [compare_search_finalists("maml", list(b[i]), "hypermaml", list(c[i])) for i in range(studies)]
 
 
@@ -263,8 +284,11 @@ def test_hand_computed_example() -> None:
     assert c.p_improvement_pairs == (7.0, 9)
     # With ties (70 and 80 twice): the exact permutation p over all C(6, 3) = 20 labellings.
     pooled = [70.0, 80.0, 90.0, 60.0, 70.0, 80.0]
-    u = [sum((x > y) + 0.5 * (x == y) for x in chosen for y in (pooled[i] for i in range(6) if i not in idx))
-         for idx in itertools.combinations(range(6), 3) for chosen in [[pooled[i] for i in idx]]]
+    u = [
+        sum((x > y) + 0.5 * (x == y) for x in chosen for y in (pooled[i] for i in range(6) if i not in idx))
+        for idx in itertools.combinations(range(6), 3)
+        for chosen in [[pooled[i] for i in idx]]
+    ]
     exact = min(1.0, 2 * min(np.mean(np.array(u) >= 7), np.mean(np.array(u) <= 7)))
     assert c.p_improvement_p == pytest.approx(exact) == 0.5
     assert c.kind == "inconclusive"
@@ -342,7 +366,10 @@ def test_config_unit_says_the_answer_is_about_configurations() -> None:
     assert default.unit == seed_unit.unit == "seed" and seed_unit.kind == default.kind == "hypermaml_better"
     assert config.unit == "config" and config.kind == "config_hypermaml_better"
     assert (config.effect, config.ci_low, config.ci_high) == (seed_unit.effect, seed_unit.ci_low, seed_unit.ci_high)
-    assert config.sentence == "About these configurations (one search per algorithm), not the algorithms: " + seed_unit.sentence
+    assert (
+        config.sentence
+        == "About these configurations (one search per algorithm), not the algorithms: " + seed_unit.sentence
+    )
     same = compare_seeds("maml", np.full((3, 10), 0.8), "hypermaml", np.full((3, 10), 0.8), unit="config")
     assert same.kind == "config_equivalent"
     with pytest.raises(ValueError, match="unit"):
@@ -351,19 +378,24 @@ def test_config_unit_says_the_answer_is_about_configurations() -> None:
 
 # ---- the seed-level CI counts each network's episode noise once ---------------------------------------
 
+
 def old_interval_width(b: np.ndarray, c: np.ndarray) -> float:
     """The previous CI width (points): s^2/S per algorithm + var_e(d_e)/E, the network noise twice."""
     x_b, x_c, d = b.mean(axis=1) * 100, c.mean(axis=1) * 100, (c.mean(axis=0) - b.mean(axis=0)) * 100
-    parts = [(x_b.var(ddof=1) / len(x_b), len(x_b) - 1), (x_c.var(ddof=1) / len(x_c), len(x_c) - 1),
-             (d.var(ddof=1) / len(d), len(d) - 1)]
+    parts = [
+        (x_b.var(ddof=1) / len(x_b), len(x_b) - 1),
+        (x_c.var(ddof=1) / len(x_c), len(x_c) - 1),
+        (d.var(ddof=1) / len(d), len(d) - 1),
+    ]
     total = sum(v for v, _ in parts)
     df = total**2 / sum(v**2 / k for v, k in parts)
     return 2 * float(stats.t.ppf(0.975, df)) * math.sqrt(total)
 
 
 @functools.cache
-def seed_studies(seed: int, studies: int, seeds: int, sd_seed: float,
-                 episode_profiles: bool = True) -> tuple[list[SeedComparison], np.ndarray]:
+def seed_studies(
+    seed: int, studies: int, seeds: int, sd_seed: float, episode_profiles: bool = True
+) -> tuple[list[SeedComparison], np.ndarray]:
     """One configuration per algorithm, no true difference: (comparisons, old CI widths). Without
     episode profiles, both see the episodes alike: no algorithm or configuration x episode interaction."""
     rng = np.random.default_rng(seed)
@@ -388,8 +420,10 @@ def test_seed_interval_counts_network_noise_once(seeds: int, sd_seed: float) -> 
     old_coverage = np.mean([abs(c.effect) <= w / 2 for c, w in zip(results, old)])
     ratio = float(np.median(np.array([c.ci_high - c.ci_low for c in results]) / old))
     winners = np.mean([c.kind.endswith("_better") for c in results])
-    print(f"\n{seeds} vs {seeds} seeds, seed sd {100 * sd_seed:.1f} point: coverage {coverage:.1%} (old {old_coverage:.1%}), "
-          f"false winners {winners:.1%}, median width new/old {ratio:.2f} ({studies} studies)")
+    print(
+        f"\n{seeds} vs {seeds} seeds, seed sd {100 * sd_seed:.1f} point: coverage {coverage:.1%} (old {old_coverage:.1%}), "
+        f"false winners {winners:.1%}, median width new/old {ratio:.2f} ({studies} studies)"
+    )
     assert coverage >= 0.93
     assert winners <= mc_bound(0.05, studies)
     if sd_seed <= 0.001:  # seeds agree closely: narrower
@@ -400,15 +434,25 @@ def test_seed_interval_counts_network_noise_once(seeds: int, sd_seed: float) -> 
 
 # ---- probability of improvement -------------------------------------------------------------------------
 
+
 def old_percentile_bootstrap(x_c: np.ndarray, x_b: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """The previous report's 95% CI of P(challenger seed > baseline seed): a percentile bootstrap."""
+
     def statistic(c, b, axis=-1):
         c, b = np.moveaxis(c, axis, -1), np.moveaxis(b, axis, -1)
         return ((c[..., :, None] > b[..., None, :]) + 0.5 * (c[..., :, None] == b[..., None, :])).mean(axis=(-2, -1))
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        ci = stats.bootstrap((x_c, x_b), statistic, n_resamples=2000, vectorized=True, paired=False,
-                             method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+        ci = stats.bootstrap(
+            (x_c, x_b),
+            statistic,
+            n_resamples=2000,
+            vectorized=True,
+            paired=False,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
     return float(ci.low), float(ci.high)
 
 
@@ -451,13 +495,16 @@ def test_old_bootstrap_of_three_seeds_was_miscalibrated() -> None:
     acc = x[..., None] / 100 + np.zeros(4)  # constant over 4 episodes: the seed's accuracy
     new = [compare_seeds("maml", acc[i, 0], "hypermaml", acc[i, 1], seed=i) for i in range(len(x))]
     rejects = np.mean([c.p_improvement_p < 0.05 for c in new])
-    print(f"\n3 vs 3 seeds, no difference: old bootstrap degenerate in {degenerate:.1%}, covers 0.5 in {covers:.1%}; "
-          f"new exact test rejects in {rejects:.1%} (300 studies)")
+    print(
+        f"\n3 vs 3 seeds, no difference: old bootstrap degenerate in {degenerate:.1%}, covers 0.5 in {covers:.1%}; "
+        f"new exact test rejects in {rejects:.1%} (300 studies)"
+    )
     assert degenerate >= 0.05 and covers <= 0.85
     assert rejects == 0.0
 
 
 # ---- the search as the unit ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("searches", [3, 5])
 @pytest.mark.parametrize("seeds", [2, 3])
@@ -468,9 +515,11 @@ def test_search_level_calibration_under_no_difference(searches: int, seeds: int)
     winners = np.mean([c.kind.endswith("_better") for c in results])
     config_covers = np.mean([c.config_ci_low <= truth <= c.config_ci_high for c in results])
     sd = {a: np.median([getattr(c, f"{a}_search_sd") for c in results]) for a in ("baseline", "challenger")}
-    print(f"\nK={searches}, S={seeds}, no difference (truth {truth:+.3f}): false winners {winners:.1%}, coverage "
-          f"{covers:.1%}; the configuration-level CI would cover {config_covers:.1%}; median search sd maml "
-          f"{sd['baseline']:.2f}, hypermaml {sd['challenger']:.2f} points ({studies} studies)")
+    print(
+        f"\nK={searches}, S={seeds}, no difference (truth {truth:+.3f}): false winners {winners:.1%}, coverage "
+        f"{covers:.1%}; the configuration-level CI would cover {config_covers:.1%}; median search sd maml "
+        f"{sd['baseline']:.2f}, hypermaml {sd['challenger']:.2f} points ({studies} studies)"
+    )
     assert all(c.unit == "search" and c.searches == (searches, searches) for c in results)
     assert winners <= mc_bound(0.05, studies)
     assert covers >= 0.93
@@ -482,10 +531,14 @@ def test_search_level_finds_a_three_point_gap() -> None:
     truth, results = search_studies(99, studies, 5, 3, gap=0.03)
     right = np.mean([c.kind == "hypermaml_better" for c in results])
     wrong = sum(c.kind == "maml_better" for c in results)
-    print(f"\nK=5, S=3, true gap {truth:.2f} points: correct winner in {right:.1%}, wrong winner in {wrong} of {studies}")
+    print(
+        f"\nK=5, S=3, true gap {truth:.2f} points: correct winner in {right:.1%}, wrong winner in {wrong} of {studies}"
+    )
     assert right >= 0.8
     assert wrong == 0
-    assert all(c.sentence.startswith("hypermaml is better than maml by") for c in results if c.kind == "hypermaml_better")
+    assert all(
+        c.sentence.startswith("hypermaml is better than maml by") for c in results if c.kind == "hypermaml_better"
+    )
 
 
 def test_the_episode_term_is_needed_when_searches_agree() -> None:
@@ -496,17 +549,25 @@ def test_the_episode_term_is_needed_when_searches_agree() -> None:
     (the measured case; the calibration runs above), the term hardly matters."""
 
     def coverages(truth: float, results: list[SearchFinalistComparison]) -> tuple[float, float]:
-        welch = stats.ttest_ind(np.array([c.challenger_search_means for c in results]),
-                                np.array([c.baseline_search_means for c in results]), axis=1,
-                                equal_var=False).confidence_interval()
-        return (float(np.mean([c.ci_low <= truth <= c.ci_high for c in results])),
-                float(np.mean((welch.low <= truth) & (truth <= welch.high))))
+        welch = stats.ttest_ind(
+            np.array([c.challenger_search_means for c in results]),
+            np.array([c.baseline_search_means for c in results]),
+            axis=1,
+            equal_var=False,
+        ).confidence_interval()
+        return (
+            float(np.mean([c.ci_low <= truth <= c.ci_high for c in results])),
+            float(np.mean((welch.low <= truth) & (truth <= welch.high))),
+        )
 
-    ours, welch_only = coverages(*search_studies(5, 800, 5, 3, sd_seed=0.001, sd_search=(0.002, 0.002),
-                                                 sd_algorithm_episode=0.021))
+    ours, welch_only = coverages(
+        *search_studies(5, 800, 5, 3, sd_seed=0.001, sd_search=(0.002, 0.002), sd_algorithm_episode=0.021)
+    )
     ours_r, welch_only_r = coverages(*search_studies(53, 1000, 5, 3))  # as the K=5, S=3 calibration
-    print(f"\nK=5, S=3, searches agree (sd 0.2), algorithm x episode sd 3 points: coverage {ours:.1%} with the "
-          f"episode term, {welch_only:.1%} without; search sd 1.1 / 0.2: {ours_r:.1%} vs {welch_only_r:.1%}")
+    print(
+        f"\nK=5, S=3, searches agree (sd 0.2), algorithm x episode sd 3 points: coverage {ours:.1%} with the "
+        f"episode term, {welch_only:.1%} without; search sd 1.1 / 0.2: {ours_r:.1%} vs {welch_only_r:.1%}"
+    )
     assert ours >= 0.93
     assert welch_only <= ours - 0.025
     assert abs(ours_r - welch_only_r) <= 0.01
@@ -518,14 +579,19 @@ def test_searches_needed_plan_decides_most_reruns() -> None:
     truth, pilots = search_studies(21, 40, 3, 3, gap=0.02)
     plans = [c.searches_needed for c in pilots if c.kind == "inconclusive"]
     assert len(plans) >= 10 and all(n is None or n > 3 for n in plans)
-    assert all(f"about {c.searches_needed} searches per algorithm" in c.sentence
-               for c in pilots if c.kind == "inconclusive" and c.searches_needed)
+    assert all(
+        f"about {c.searches_needed} searches per algorithm" in c.sentence
+        for c in pilots
+        if c.kind == "inconclusive" and c.searches_needed
+    )
     planned = int(np.median([n if n is not None else 10**6 for n in plans]))
     assert planned <= 40
     _, reruns = search_studies(22, 60, planned, 3, gap=0.02)
     decided = np.mean([c.kind != "inconclusive" for c in reruns])
-    print(f"\ntrue gap {truth:.2f}: {len(plans)} of 40 pilots (K=3) inconclusive, median plan {planned} searches; "
-          f"decided in {decided:.0%} of 60 reruns with {planned}")
+    print(
+        f"\ntrue gap {truth:.2f}: {len(plans)} of 40 pilots (K=3) inconclusive, median plan {planned} searches; "
+        f"decided in {decided:.0%} of 60 reruns with {planned}"
+    )
     assert decided >= 0.8
     assert not any(c.kind == "maml_better" for c in reruns)
 
@@ -538,12 +604,16 @@ def test_one_search_is_a_configuration_level_answer() -> None:
     one = compare_search_finalists("maml", [b[0]], "hypermaml", [c[0]], budget="12 trials")
     seeds = compare_seeds("maml", b[0], "hypermaml", c[0], unit="config")
     assert one.unit == "config" and one.kind == seeds.kind == "config_hypermaml_better"
-    assert (one.effect, one.ci_low, one.ci_high, one.df) == pytest.approx((seeds.effect, seeds.ci_low, seeds.ci_high, seeds.df))
+    assert (one.effect, one.ci_low, one.ci_high, one.df) == pytest.approx(
+        (seeds.effect, seeds.ci_low, seeds.ci_high, seeds.df)
+    )
     assert (one.ci_low, one.ci_high) == (one.config_ci_low, one.config_ci_high)
     assert one.baseline_search_sd is None and one.challenger_search_sd is None
     assert one.searches_needed == MIN_SEARCHES
-    assert one.sentence.startswith("About these configurations only, not the algorithms (one search for maml and hypermaml): "
-                                   "hypermaml is better than maml by")
+    assert one.sentence.startswith(
+        "About these configurations only, not the algorithms (one search for maml and hypermaml): "
+        "hypermaml is better than maml by"
+    )
     assert f"at least {MIN_SEARCHES} searches per algorithm" in one.sentence and "budget: 12 trials" in one.sentence
     mixed = compare_search_finalists("maml", list(b), "hypermaml", [c[0]])
     assert mixed.unit == "config" and mixed.kind.startswith("config_") and mixed.searches == (3, 1)
@@ -555,6 +625,7 @@ def test_search_level_matches_welch_when_the_episodes_agree() -> None:
     # Every network scores the same on every episode: the episode term is 0 and the CI is Welch's.
     def finalist(*per_seed: float) -> np.ndarray:
         return np.array(per_seed)[:, None] + np.zeros(20)
+
     b = [finalist(0.80, 0.82), finalist(0.78, 0.80, 0.79), finalist(0.85, 0.83)]
     c = [finalist(0.86, 0.85), finalist(0.80, 0.81), finalist(0.83, 0.84, 0.82), finalist(0.88, 0.87)]
     r = compare_search_finalists("maml", b, "hypermaml", c)
@@ -575,6 +646,7 @@ def test_hand_computed_search_episode_term() -> None:
     # search x episode or network x episode noise, 2 identical seeds): the episode term is var_e(D_e)/E.
     def finalist(profile: tuple[float, ...], shift: float) -> np.ndarray:
         return np.tile(np.array(profile) + shift, (2, 1))
+
     b = [finalist((0.80, 0.90, 0.70), s) for s in (0.0, 0.02, -0.01)]  # search means 80, 82, 79
     c = [finalist((0.90, 0.70, 0.80), s) for s in (0.01, 0.03)]  # 81, 83
     r = compare_search_finalists("maml", b, "hypermaml", c)
@@ -627,6 +699,7 @@ def test_compare_searches_agreeing_studies_without_warnings() -> None:
 
 
 # ---- expected best of n trials --------------------------------------------------------------------------
+
 
 def test_expected_best_by_value() -> None:
     values = [0.62, 0.71, 0.55, 0.71, 0.80, 0.66]

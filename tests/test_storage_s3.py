@@ -41,10 +41,20 @@ def s3():
     server.start()
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # no profile, token or real endpoint
-        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="testing",
-                   AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        env.update(
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        client = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         client.create_bucket(Bucket=BUCKET)
         yield env, client
     finally:
@@ -163,7 +173,8 @@ def test_resuming_a_name_the_bucket_does_not_have_exits_2_with_one_line(s3, omni
 
 
 def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losing_or_duplicating_runs(
-        s3, omniglot_root, tmp_path):
+    s3, omniglot_root, tmp_path
+):
     env, client = s3
     name = unique("s3killed")
     cmd = s3_cmd(omniglot_root, tmp_path, name)
@@ -191,7 +202,10 @@ def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losin
         signalled_ms = time.time() * 1000
         driver.send_signal(signal.SIGTERM)
         driver.wait(120)
-        left, settle = _session(driver.pid), time.time() + 30  # Ray's processes (own process groups, the driver's session) end with it
+        left, settle = (
+            _session(driver.pid),
+            time.time() + 30,
+        )  # Ray's processes (own process groups, the driver's session) end with it
         while left and time.time() < settle:
             time.sleep(0.5)
             left = _session(driver.pid)
@@ -206,12 +220,18 @@ def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losin
     stopped = {r.info.run_id: r for r in all_runs(tmp_path, name)}
     # Tune's experiment state in the bucket, what the resume restores, knows every trial that had started
     for algorithm in {r.data.tags["algorithm"] for r in stopped.values() if r.data.tags.get("hpo.role") == "trial"}:
-        snapshot = [k for k in objects(client, f"{study}/{algorithm}/") if re.fullmatch(r"[^/]+/experiment_state-[^/]*\.json",
-                                                                                    k.removeprefix(study + "/"))]
+        snapshot = [
+            k
+            for k in objects(client, f"{study}/{algorithm}/")
+            if re.fullmatch(r"[^/]+/experiment_state-[^/]*\.json", k.removeprefix(study + "/"))
+        ]
         assert len(snapshot) == 1, (algorithm, snapshot)
         known = {json.loads(trial)["trial_id"] for trial, _ in json.loads(text_of(client, snapshot[0]))["trial_data"]}
-        assert {r.data.tags["ray.trial_id"] for r in stopped.values() if r.data.tags.get("hpo.role") == "trial"
-                and r.data.tags["algorithm"] == algorithm} <= known, algorithm
+        assert {
+            r.data.tags["ray.trial_id"]
+            for r in stopped.values()
+            if r.data.tags.get("hpo.role") == "trial" and r.data.tags["algorithm"] == algorithm
+        } <= known, algorithm
     _, parents = runs(tmp_path, name, "study")
     assert [p.info.status for p in parents] == ["KILLED"]
     assert not [r for r in stopped.values() if r.info.status == "RUNNING"]
@@ -219,12 +239,16 @@ def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losin
     assert any(r.info.status == "KILLED" for r in trial_runs)
     for run_id in running:  # what was running when the signal came ended KILLED (or had just finished)
         run_ = stopped[run_id]
-        assert run_.info.status == "KILLED" or (run_.info.status == "FINISHED" and run_.info.end_time <= signalled_ms + 1000)
+        assert run_.info.status == "KILLED" or (
+            run_.info.status == "FINISHED" and run_.info.end_time <= signalled_ms + 1000
+        )
 
     resumed = run(cmd, env)  # the same command continues the study from the bucket
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     client_, trials = runs(tmp_path, name, "trial")
-    assert sorted(r.data.tags["algorithm"] for r in trials) == ["hypermaml"] * 4 + ["maml"] * 4  # as many as uninterrupted
+    assert (
+        sorted(r.data.tags["algorithm"] for r in trials) == ["hypermaml"] * 4 + ["maml"] * 4
+    )  # as many as uninterrupted
     assert len({r.data.tags["ray.trial_id"] for r in trials}) == 8
     for trial in trials:
         steps = [m.step for m in client_.get_metric_history(trial.info.run_id, "val_acc")]

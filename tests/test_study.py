@@ -67,16 +67,24 @@ def test_mlflow_has_the_study_run_its_trials_replicates_and_summary(smoke):
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.params["preset"] == "smoke" and parent.data.params["trials"] == "4"
-    assert parent.data.tags["verdict.kind"] in ("config_hypermaml_better", "config_maml_better", "config_equivalent",
-                                                "config_inconclusive")
+    assert parent.data.tags["verdict.kind"] in (
+        "config_hypermaml_better",
+        "config_maml_better",
+        "config_equivalent",
+        "config_inconclusive",
+    )
     assert parent.data.tags["verdict"] in parent.data.tags["mlflow.note.content"]
     _, trials = smoke_runs(tmp, "trial")
     by_algorithm = {a: [r for r in trials if r.data.tags["algorithm"] == a] for a in ("maml", "hypermaml")}
     assert {a: len(r) for a, r in by_algorithm.items()} == {"maml": 4, "hypermaml": 4}
     for run in trials:
         tags, params = run.data.tags, run.data.params
-        assert tags["hpo.study"] == SMOKE_NAME and "mlflow.parentRunId" not in tags  # listed, not folded in the study run
-        assert {"dataset", "way", "shot", "ray.trial_id", "node", "mlflow.source.git.commit", "hpo.git_dirty"} <= set(tags)
+        assert (
+            tags["hpo.study"] == SMOKE_NAME and "mlflow.parentRunId" not in tags
+        )  # listed, not folded in the study run
+        assert {"dataset", "way", "shot", "ray.trial_id", "node", "mlflow.source.git.commit", "hpo.git_dirty"} <= set(
+            tags
+        )
         assert tags["dataset"] == "omniglot" and tags["way"] == "5" and tags["shot"] == "1"
         assert params["algorithm"] == tags["algorithm"] and params["epochs"] == "3"  # the full config as params
         assert params["seed"] == "0"  # tuning trains with the study seed
@@ -109,17 +117,22 @@ def test_mlflow_has_the_study_run_its_trials_replicates_and_summary(smoke):
     assert len(first) == len(second) == 2 and not any("stopped_by" in r.data.tags for r in first)
     for run in second:
         mine = best_by[run.info.run_id]
-        stop = next((e for e in (1, 2) if mine[e - 1] < np.percentile([best_by[r.info.run_id][e - 1] for r in first], 50)), None)
+        stop = next(
+            (e for e in (1, 2) if mine[e - 1] < np.percentile([best_by[r.info.run_id][e - 1] for r in first], 50)), None
+        )
         assert run.data.tags.get("stopped_at_epoch") == (str(stop) if stop else None), (mine, stop)
     for algorithm, mine in by_algorithm.items():
-        best_val = {r.info.run_id: max(m.value for m in client.get_metric_history(r.info.run_id, "val_acc")) for r in mine}
+        best_val = {
+            r.info.run_id: max(m.value for m in client.get_metric_history(r.info.run_id, "val_acc")) for r in mine
+        }
         described = [r for r in mine if r.data.tags["mlflow.note.content"].startswith(f"best {algorithm} trial; ")]
         assert len(described) == 1 and best_val[described[0].info.run_id] == max(best_val.values())
     assert len({r.data.params["meta_batch"] for r in trials}) > 1  # tuned, not pinned to the study default
     assert "hn_hidden" in by_algorithm["hypermaml"][0].data.params
     assert "inner_lr" in by_algorithm["maml"][0].data.params
-    assert all("aggregation" not in r.data.params or r.data.params["aggregation"] == "mean"
-               for r in by_algorithm["hypermaml"])  # not tuned at one shot
+    assert all(
+        "aggregation" not in r.data.params or r.data.params["aggregation"] == "mean" for r in by_algorithm["hypermaml"]
+    )  # not tuned at one shot
 
     _, summaries = smoke_runs(tmp, "summary")
     assert len(summaries) == 1
@@ -139,8 +152,15 @@ def test_mlflow_has_the_study_run_its_trials_replicates_and_summary(smoke):
             assert f"interactive parallel coordinate for {algorithm}: " in summary.data.tags["notes"]
     # the study's numbers live on the study run, each algorithm's on its replicate runs: no per-algorithm
     # metrics of a single run, which the UI would chart as lone bars
-    assert set(parent.data.metrics) == {"effect_points", "ci_low_points", "ci_high_points", "p_value", "p_improvement",
-                                        "expected_best_val_acc.maml", "expected_best_val_acc.hypermaml"}
+    assert set(parent.data.metrics) == {
+        "effect_points",
+        "ci_low_points",
+        "ci_high_points",
+        "p_value",
+        "p_improvement",
+        "expected_best_val_acc.maml",
+        "expected_best_val_acc.hypermaml",
+    }
     assert (parent.data.tags["verdict.unit"], parent.data.tags["verdict.searches"]) == ("config", "1")
     assert parent.data.tags["verdict.kind"].startswith("config_")
     # Dodge et al.'s curve: at n = 1 the mean of the 4 trials' best validation accuracies, rising to at most the best
@@ -170,10 +190,17 @@ def test_each_algorithm_runs_its_published_reference_first(smoke):
         references = [r for r in trials if r.data.tags["algorithm"] == algorithm and "hpo.reference" in r.data.tags]
         assert len(references) == 1 and references[0].data.tags["hpo.reference"].startswith(source)
         params = references[0].data.params
-        first = optuna.load_study(study_name=f"{SMOKE_NAME}-{algorithm}", storage=f"sqlite:///{tmp / 'ray' / SMOKE_NAME / 'optuna.db'}").trials[0]
+        first = optuna.load_study(
+            study_name=f"{SMOKE_NAME}-{algorithm}", storage=f"sqlite:///{tmp / 'ray' / SMOKE_NAME / 'optuna.db'}"
+        ).trials[0]
         assert {k: str(v) for k, v in first.params.items()} == {k: params[k] for k in first.params}  # proposed first
         if algorithm == "maml":
-            assert (params["inner_steps"], params["inner_lr"], params["inner_params"], params["meta_batch"]) == ("1", "0.4", "all", "32")
+            assert (params["inner_steps"], params["inner_lr"], params["inner_params"], params["meta_batch"]) == (
+                "1",
+                "0.4",
+                "all",
+                "32",
+            )
         else:
             assert (params["hn_hidden"], params["outer_lr"], params["warmup"]) == ("512", "0.01", "True")
 
@@ -205,7 +232,8 @@ def test_replicates_retrain_with_fresh_seeds_and_the_final_one_is_chosen_on_vali
             assert tags["mlflow.note.content"] == (
                 (f"final {algorithm}; " if run.data.tags.get("hpo.final") == "true" else "")
                 + f"test {metrics['test_acc']:.1f}% ± {metrics['test_ci95']:.1f}, best val {metrics['best_val_acc']:.1f}%; "
-                f"candidate #{tags['hpo.candidate_rank']} (tuning trial {tags['hpo.source_trial']})")
+                f"candidate #{tags['hpo.candidate_rank']} (tuning trial {tags['hpo.source_trial']})"
+            )
         assert all({"test_ci95", "adapt_ms_per_task", "val_acc"} <= set(r.data.metrics) for r in mine)
         # Each run says the precision it trained in: the default "auto", as it resolves on this CPU, for all.
         bf16 = float(training_precision("auto", torch.device("cpu")) == "bf16")
@@ -218,15 +246,28 @@ def test_replicates_retrain_with_fresh_seeds_and_the_final_one_is_chosen_on_vali
             mean_val.setdefault(row["candidate_rank"], []).append(float(row["best_val_acc"]))
         final_rank = final[0].data.tags["hpo.candidate_rank"]
         assert max(mean_val, key=lambda rank: sum(mean_val[rank]) / len(mean_val[rank])) == final_rank
-        reference_trial = next(r for r in smoke_runs(tmp, "trial")[1]
-                               if r.data.tags["algorithm"] == algorithm and "hpo.reference" in r.data.tags)
+        reference_trial = next(
+            r
+            for r in smoke_runs(tmp, "trial")[1]
+            if r.data.tags["algorithm"] == algorithm and "hpo.reference" in r.data.tags
+        )
         assert reference_trial.data.tags["ray.trial_id"] in {r.data.tags["hpo.source_trial"] for r in mine}
-        reference_rank = next(r.data.tags["hpo.candidate_rank"] for r in mine
-                              if r.data.tags["hpo.source_trial"] == reference_trial.data.tags["ray.trial_id"])
-        assert sum(mean_val[final_rank]) / len(mean_val[final_rank]) >= sum(mean_val[reference_rank]) / len(mean_val[reference_rank])
+        reference_rank = next(
+            r.data.tags["hpo.candidate_rank"]
+            for r in mine
+            if r.data.tags["hpo.source_trial"] == reference_trial.data.tags["ray.trial_id"]
+        )
+        assert sum(mean_val[final_rank]) / len(mean_val[final_rank]) >= sum(mean_val[reference_rank]) / len(
+            mean_val[reference_rank]
+        )
     for row in rows:  # the summary table holds the runs' own numbers
-        run = next(r for r in replicates if r.data.tags["seed"] == row["seed"] and r.data.tags["algorithm"] == row["algorithm"]
-                   and r.data.tags["hpo.candidate_rank"] == row["candidate_rank"])
+        run = next(
+            r
+            for r in replicates
+            if r.data.tags["seed"] == row["seed"]
+            and r.data.tags["algorithm"] == row["algorithm"]
+            and r.data.tags["hpo.candidate_rank"] == row["candidate_rank"]
+        )
         assert 100 * float(row["test_acc"]) == pytest.approx(run.data.metrics["test_acc"], abs=1e-4)  # points in MLflow
     assert len(by_id) == len(replicates)
 
@@ -236,7 +277,9 @@ def test_replicates_test_their_own_best_checkpoint_on_identical_episodes(smoke, 
     _, replicates = smoke_runs(tmp, "replicate")
     tested = {}
     for run in (r for r in replicates if r.data.tags.get("hpo.final") == "true"):
-        folder = next((tmp / "ray" / SMOKE_NAME / "replicates").glob(f"trial_{run.data.tags['ray.trial_id']}/checkpoint_*"))
+        folder = next(
+            (tmp / "ray" / SMOKE_NAME / "replicates").glob(f"trial_{run.data.tags['ray.trial_id']}/checkpoint_*")
+        )
         learner = load_learner(folder / "best.pt")
         result = evaluate(learner, "test", 60, seed=0)  # the smoke study's test set: 60 episodes, eval seed 0
         stored = np.load(folder / "test_episode_accs.npy")
@@ -275,16 +318,25 @@ def test_the_same_seed_gives_the_same_study_under_load(smoke, omniglot_root, tmp
 
     def trials(folder, db):
         client, runs_ = runs(folder, SMOKE_NAME, "trial", db)
-        return {(r.data.tags["algorithm"], r.data.params["hpo_number"]): (
-            {k: v for k, v in r.data.params.items() if k not in ("data_root", "cache_dir")},
-            [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_acc")],
-            r.data.tags.get("stopped_at_epoch"),
-            [m.value for m in client.get_metric_history(r.info.run_id, "train_episodes")]) for r in runs_}
+        return {
+            (r.data.tags["algorithm"], r.data.params["hpo_number"]): (
+                {k: v for k, v in r.data.params.items() if k not in ("data_root", "cache_dir")},
+                [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_acc")],
+                r.data.tags.get("stopped_at_epoch"),
+                [m.value for m in client.get_metric_history(r.info.run_id, "train_episodes")],
+            )
+            for r in runs_
+        }
 
     def replicates(folder, db):
         _, runs_ = runs(folder, SMOKE_NAME, "replicate", db)
-        return {(r.data.tags["algorithm"], r.data.tags["hpo.candidate_rank"], r.data.tags["seed"]):
-                (r.data.metrics["test_acc"], r.data.metrics["train_episodes"]) for r in runs_}
+        return {
+            (r.data.tags["algorithm"], r.data.tags["hpo.candidate_rank"], r.data.tags["seed"]): (
+                r.data.metrics["test_acc"],
+                r.data.metrics["train_episodes"],
+            )
+            for r in runs_
+        }
 
     again, before = trials(tmp_path, "mlflow.db"), trials(first, SMOKE_DB)
     assert len(before) == 8 and again == before
@@ -295,7 +347,9 @@ def test_the_same_seed_gives_the_same_study_under_load(smoke, omniglot_root, tmp
 
 def test_killed_driver_resumes_without_losing_or_duplicating_runs(omniglot_root, tmp_path):
     cmd = study_cmd(omniglot_root, tmp_path, "killed", "--trials", "2", "--reference-margin", "0")
-    driver = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     maml_dir = tmp_path / "ray" / "killed" / "maml"
     deadline = time.time() + 600
     try:
@@ -328,8 +382,9 @@ def test_killed_driver_resumes_without_losing_or_duplicating_runs(omniglot_root,
 
 def test_ctrl_c_ends_the_study_and_its_running_trials_killed_not_failed(omniglot_root, tmp_path):
     cmd = study_cmd(omniglot_root, tmp_path, "interrupted", "--scheduler", "none")
-    driver = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     maml_dir = tmp_path / "ray" / "interrupted" / "maml"
     deadline = time.time() + 600
     try:
@@ -341,7 +396,10 @@ def test_ctrl_c_ends_the_study_and_its_running_trials_killed_not_failed(omniglot
     finally:
         _kill_group(driver.pid)
     assert driver.returncode == 130
-    assert out.splitlines()[-1] == "interrupted: interrupted stopped; run the same command again (or --resume) to continue it"
+    assert (
+        out.splitlines()[-1]
+        == "interrupted: interrupted stopped; run the same command again (or --resume) to continue it"
+    )
     _, parents = runs(tmp_path, "interrupted", "study")
     assert [p.info.status for p in parents] == ["KILLED"] and "error" not in parents[0].data.tags
     _, trials = runs(tmp_path, "interrupted", "trial")
@@ -353,8 +411,23 @@ def test_ctrl_c_ends_the_study_and_its_running_trials_killed_not_failed(omniglot
 def test_a_crashed_study_ends_failed_with_its_reason(omniglot_root, tmp_path):
     space = tmp_path / "diverging.yaml"
     space.write_text("params:\n  inner_lr: {type: categorical, choices: [1.0e36]}\nconstants:\n  inner_steps: 1\n")
-    cmd = study_cmd(omniglot_root, tmp_path, "crashed", "--algorithms", "maml", "--trials", "1", "--epochs", "1",
-                    "--scheduler", "none", "--space", f"maml={space}", "--max-failures", "0")
+    cmd = study_cmd(
+        omniglot_root,
+        tmp_path,
+        "crashed",
+        "--algorithms",
+        "maml",
+        "--trials",
+        "1",
+        "--epochs",
+        "1",
+        "--scheduler",
+        "none",
+        "--space",
+        f"maml={space}",
+        "--max-failures",
+        "0",
+    )
     proc = run_study(cmd)
     assert proc.returncode == 1  # a crash, not a user error (2) or an interruption (130)
     _, parents = runs(tmp_path, "crashed", "study")
@@ -371,8 +444,25 @@ def test_a_diverging_trial_fails_and_the_study_completes(omniglot_root, tmp_path
         "  inner_steps: 3\n"
         "  inner_params: head\n"
     )
-    cmd = study_cmd(omniglot_root, tmp_path, "failing", "--algorithms", "maml", "--trials", "4", "--epochs", "2", "--searcher", "random",
-                    "--scheduler", "none", "--space", f"maml={space}", "--max-failures", "1")
+    cmd = study_cmd(
+        omniglot_root,
+        tmp_path,
+        "failing",
+        "--algorithms",
+        "maml",
+        "--trials",
+        "4",
+        "--epochs",
+        "2",
+        "--searcher",
+        "random",
+        "--scheduler",
+        "none",
+        "--space",
+        f"maml={space}",
+        "--max-failures",
+        "1",
+    )
     proc = run_study(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, trials = runs(tmp_path, "failing", "trial")
@@ -387,8 +477,22 @@ def test_a_diverging_trial_fails_and_the_study_completes(omniglot_root, tmp_path
 
 
 def test_unreachable_mlflow_warns_and_the_study_still_runs(omniglot_root, tmp_path):
-    cmd = study_cmd(omniglot_root, tmp_path, "offline", "--algorithms", "hypermaml", "--trials", "2", "--epochs", "1",
-                    "--scheduler", "none", "--tracking-uri", "http://127.0.0.1:9", "--verbose")
+    cmd = study_cmd(
+        omniglot_root,
+        tmp_path,
+        "offline",
+        "--algorithms",
+        "hypermaml",
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--scheduler",
+        "none",
+        "--tracking-uri",
+        "http://127.0.0.1:9",
+        "--verbose",
+    )
     proc = run_study(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "warning: MLflow at http://127.0.0.1:9 is unavailable" in proc.stderr
@@ -406,20 +510,39 @@ def _kill_group(pid):
 
 def test_a_training_time_cap_ends_every_network_early_as_its_full_budget(omniglot_root, tmp_path):
     # A cap below one epoch's time: every network, tuning trial or replicate, trains exactly one of its 3 epochs.
-    cmd = study_cmd(omniglot_root, tmp_path, "capped", "--algorithms", "hypermaml", "--trials", "2", "--epochs", "3",
-                    "--scheduler", "none", "--max-train-seconds", "1e-9")
+    cmd = study_cmd(
+        omniglot_root,
+        tmp_path,
+        "capped",
+        "--algorithms",
+        "hypermaml",
+        "--trials",
+        "2",
+        "--epochs",
+        "3",
+        "--scheduler",
+        "none",
+        "--max-train-seconds",
+        "1e-9",
+    )
     proc = run_study(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ended = [line for line in proc.stdout.splitlines() if "reached its training-time cap after epoch 1, best val" in line]
+    ended = [
+        line for line in proc.stdout.splitlines() if "reached its training-time cap after epoch 1, best val" in line
+    ]
     assert len(ended) == 2
     client, trials = runs(tmp_path, "capped", "trial")
-    assert [(r.info.status, r.data.tags["stopped_by"], r.data.tags["stopped_at_epoch"]) for r in trials] == \
-        [("FINISHED", "time_cap", "1")] * 2
+    assert [(r.info.status, r.data.tags["stopped_by"], r.data.tags["stopped_at_epoch"]) for r in trials] == [
+        ("FINISHED", "time_cap", "1")
+    ] * 2
     # Optuna learns from them as complete: their value is what their whole (compute) budget reached.
-    study = optuna.load_study(study_name="capped-hypermaml", storage=f"sqlite:///{tmp_path / 'ray' / 'capped' / 'optuna.db'}")
+    study = optuna.load_study(
+        study_name="capped-hypermaml", storage=f"sqlite:///{tmp_path / 'ray' / 'capped' / 'optuna.db'}"
+    )
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert sorted(t.value for t in study.trials) == pytest.approx(
-        sorted(r.data.metrics["best_val_acc"] / 100 for r in trials), abs=1e-6)
+        sorted(r.data.metrics["best_val_acc"] / 100 for r in trials), abs=1e-6
+    )
     # The replicates stop at the same cap and are tested after that epoch.
     _, replicates = runs(tmp_path, "capped", "replicate")
     assert len(replicates) == 4  # the top trial and the reference (smoke: always retrained) x 2 seeds
@@ -435,15 +558,29 @@ def test_a_study_grows_by_searches_and_runs_only_the_new_ones(omniglot_root, tmp
     """Two searches per algorithm, then `--resume --searches 3`: exactly one more search per algorithm
     runs (its trials and replicates), nothing already run is repeated, and the verdict is recomputed
     over three searches."""
-    cmd = study_cmd(omniglot_root, tmp_path, "grown", "--searches", "2", "--trials", "2", "--epochs", "1",
-                    "--scheduler", "none", "--reference-margin", "0")
+    cmd = study_cmd(
+        omniglot_root,
+        tmp_path,
+        "grown",
+        "--searches",
+        "2",
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--scheduler",
+        "none",
+        "--reference-margin",
+        "0",
+    )
     first = run_study(cmd)
     assert first.returncode == 0, first.stderr[-3000:]
     client, trials = runs(tmp_path, "grown", "trial")
     _, replicates = runs(tmp_path, "grown", "replicate")
     before = {r.info.run_id for r in trials + replicates}
     assert sorted((r.data.tags["algorithm"], r.data.tags["hpo.search"]) for r in trials) == sorted(
-        (a, s) for a in ("maml", "hypermaml") for s in ("0", "1") for _ in range(2))
+        (a, s) for a in ("maml", "hypermaml") for s in ("0", "1") for _ in range(2)
+    )
     study = runs(tmp_path, "grown", "study")[1][0]
     assert (study.data.tags["verdict.unit"], study.data.tags["verdict.searches"]) == ("search", "2")
     effect_before = study.data.metrics["effect_points"]

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from hypermaml import (
-    HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, TrainingDiverged, evaluate, fit, load_checkpoint, load_learner,
+    HyperMAMLConfig,
+    MAMLConfig,
+    RunConfig,
+    TrainConfig,
+    TrainingDiverged,
+    evaluate,
+    fit,
+    load_checkpoint,
+    load_learner,
 )
 from hypermaml.training import episode_sampler, load_data, time_cap_reached
 
@@ -16,8 +24,17 @@ TIMING = {"episodes_per_s", "train_s", "epoch_s"}
 
 def tiny(omniglot_root, algorithm="maml", epochs=2, **algo):
     train = TrainConfig(
-        algorithm=algorithm, data_root=str(omniglot_root), way=5, shot=1, query=5, epochs=epochs,
-        steps_per_epoch=3, meta_batch=4, val_episodes=20, test_episodes=20, seed=7,
+        algorithm=algorithm,
+        data_root=str(omniglot_root),
+        way=5,
+        shot=1,
+        query=5,
+        epochs=epochs,
+        steps_per_epoch=3,
+        meta_batch=4,
+        val_episodes=20,
+        test_episodes=20,
+        seed=7,
     )
     algo_cfg = MAMLConfig(inner_params="head", **algo) if algorithm == "maml" else HyperMAMLConfig(hn_hidden=64, **algo)
     return RunConfig(train, algo_cfg).validate()
@@ -47,13 +64,17 @@ def test_same_seed_gives_identical_metrics_and_weights(omniglot_root, data, algo
     assert without_timing(fit(other_seed, data=data).history) != without_timing(a.history)
 
 
-@pytest.mark.parametrize("algorithm,algo", [("maml", {}), ("hypermaml", {"warmup": True, "warmup_epochs": 1, "switch_epochs": 1})])
+@pytest.mark.parametrize(
+    "algorithm,algo", [("maml", {}), ("hypermaml", {"warmup": True, "warmup_epochs": 1, "switch_epochs": 1})]
+)
 def test_resume_from_checkpoint_continues_exactly(omniglot_root, data, tmp_path, algorithm, algo):
     full = fit(tiny(omniglot_root, algorithm, epochs=3, **algo), data=data)
     reported = []
     fit(tiny(omniglot_root, algorithm, epochs=2, **algo), report=reported.append, checkpoint_dir=tmp_path, data=data)
     assert [m["epoch"] for m in reported] == [1, 2]
-    resumed = fit(tiny(omniglot_root, algorithm, epochs=3, **algo), checkpoint_dir=tmp_path, resume_from=tmp_path, data=data)
+    resumed = fit(
+        tiny(omniglot_root, algorithm, epochs=3, **algo), checkpoint_dir=tmp_path, resume_from=tmp_path, data=data
+    )
     assert without_timing(resumed.history) == without_timing(full.history)
     for k, v in full.learner.state_dict().items():
         assert torch.equal(v, resumed.learner.state_dict()[k]), k

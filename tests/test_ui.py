@@ -34,9 +34,15 @@ def test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict(s
     proc = run_as_printed(SCREENSHOT, checkout, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = [checkout / line for line in proc.stdout.splitlines()]  # relative to --out, as given
-    assert sorted(p.name for p in printed) == sorted(p.name for p in (checkout / "docs").iterdir()) == [
-        "mlflow-charts.png", "mlflow-experiments.png", "mlflow-final.png", "mlflow-pages.json", "mlflow-runs.png"]
-    shots = {name: SimpleNamespace(**shot) for name, shot in json.loads((checkout / "docs" / "mlflow-pages.json").read_text()).items()}
+    assert (
+        sorted(p.name for p in printed)
+        == sorted(p.name for p in (checkout / "docs").iterdir())
+        == ["mlflow-charts.png", "mlflow-experiments.png", "mlflow-final.png", "mlflow-pages.json", "mlflow-runs.png"]
+    )
+    shots = {
+        name: SimpleNamespace(**shot)
+        for name, shot in json.loads((checkout / "docs" / "mlflow-pages.json").read_text()).items()
+    }
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for name, shot in shots.items():
         path = checkout / shot.screenshot
@@ -60,7 +66,9 @@ def test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict(s
     for run in trials + replicates:  # all of them, with their descriptions (the UI shows 50 characters)
         assert run.info.run_name in page.text and run.data.tags["mlflow.note.content"][:50] in page.text
     # newest first: the replicates, then the trials
-    assert max(page.text.index(r.info.run_name) for r in replicates) < min(page.text.index(r.info.run_name) for r in trials)
+    assert max(page.text.index(r.info.run_name) for r in replicates) < min(
+        page.text.index(r.info.run_name) for r in trials
+    )
     assert "test_acc" in page.text and "best_val_acc" in page.text
     assert verdict in page.text  # the experiment's description, above the table
     assert verdict in shots["experiments"].text  # and in the experiments list
@@ -69,7 +77,9 @@ def test_the_printed_link_opens_on_the_runs_of_both_algorithms_and_the_verdict(s
     final = shots["final"]
     averages = [float(value) for value in re.findall(r"(-?[\d.]+) \(average\)", final.text)]
     for algorithm in ("maml", "hypermaml"):
-        seeds = [r for r in replicates if r.data.tags["algorithm"] == algorithm and r.data.tags.get("hpo.final") == "true"]
+        seeds = [
+            r for r in replicates if r.data.tags["algorithm"] == algorithm and r.data.tags.get("hpo.final") == "true"
+        ]
         assert f"Group: {algorithm}" in final.text and all(r.info.run_name in final.text for r in seeds)
         for key in ("test_acc", "test_ci95", "best_val_acc", "adapt_ms_per_task"):
             mean = sum(r.data.metrics[key] for r in seeds) / len(seeds)
@@ -86,8 +96,14 @@ def test_optuna_dashboard_serves_the_studys_optuna_storage(smoke):
             pytest.fail("port 8080 is taken on this machine; the README's optuna-dashboard command needs it")
     log = checkout / "optuna-dashboard.log"
     with open(log, "w") as out:
-        dashboard = subprocess.Popen(["bash", "-c", DASHBOARD], cwd=checkout, env=command_env(),
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        dashboard = subprocess.Popen(
+            ["bash", "-c", DASHBOARD],
+            cwd=checkout,
+            env=command_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         studies = _get_json("http://127.0.0.1:8080/api/studies", dashboard, log)["study_summaries"]
         assert sorted(s["study_name"] for s in studies) == [f"{SMOKE_NAME}-hypermaml", f"{SMOKE_NAME}-maml"]
