@@ -16,9 +16,6 @@ holds nearly all of HyperMAML's FLOPs (its hypernetwork reads a few rows per tas
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +25,9 @@ import torch
 from hypermaml.allocator import keep_heap_warm
 from hypermaml.models import backbone_for
 from hypermaml.training import autocast, training_precision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, also when loaded by path
+import harness  # noqa: E402
 
 
 def images_per_second(tasks: int, images_per_task: int, steps: int, warmup: int, precision: str) -> float:
@@ -65,38 +65,28 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         steps = max(3, args.images // (args.child * args.images_per_task))
         rate = images_per_second(args.child, args.images_per_task, steps, warmup=2, precision=args.precision)
-        print(json.dumps({"images_per_s": rate}))
+        harness.print_figures(images_per_s=rate)
         return
 
     print(
         f"Conv4 forward + backward, {args.images_per_task} images per task, precision "
         f"{training_precision(args.precision, torch.device('cpu'))}, {args.threads} thread(s); fresh process per case"
     )
-    rates: dict[int, list[float]] = {tasks: [] for tasks in args.tasks}
-    for round_ in range(args.rounds):
-        for tasks in args.tasks:  # alternated: every round runs each case once
-            command = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--child",
-                str(tasks),
-                "--images-per-task",
-                str(args.images_per_task),
-                "--images",
-                str(args.images),
-                "--threads",
-                str(args.threads),
-                "--precision",
-                args.precision,
-            ]
-            done = subprocess.run(command, check=True, capture_output=True, text=True)
-            rates[tasks].append(float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]))
-            print(f"round {round_ + 1}: {tasks:>2} task(s) per pass  {rates[tasks][-1]:8.0f} images/s", flush=True)
-    base = statistics.median(rates[args.tasks[0]])
+
+    def run(tasks: int) -> float:
+        flags = ["--images-per-task", args.images_per_task, "--images", args.images, "--threads", args.threads]
+        command = harness.script_command(__file__, "--child", tasks, *flags, "--precision", args.precision)
+        return harness.run_fresh(command)["images_per_s"]
+
+    def show(round_: int, tasks: int, rate: float) -> None:
+        print(f"round {round_}: {tasks:>2} task(s) per pass  {rate:8.0f} images/s", flush=True)
+
+    rates = harness.measure(args.tasks, args.rounds, run, show=show)  # alternated: every round runs each case once
+    base = harness.spread(rates[args.tasks[0]]).median
     print(f"\n{'tasks per pass':>14} {'images/s median (min-max)':>28} {f'/ {args.tasks[0]} task(s)':>12}")
     for tasks, values in rates.items():
-        median = statistics.median(values)
-        print(f"{tasks:>14} {f'{median:.0f} ({min(values):.0f}-{max(values):.0f})':>28} {median / base:>11.2f}x")
+        spread = harness.spread(values)
+        print(f"{tasks:>14} {spread.text('.0f'):>28} {spread.median / base:>11.2f}x")
 
 
 if __name__ == "__main__":

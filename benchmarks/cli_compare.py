@@ -11,50 +11,21 @@ machine's speed hits both alike. Prints each run and, per case, the median and t
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, also when loaded by path
+import harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {  # the two learners; 5-way 1-shot, meta-batch 32, 1 epoch x 10 steps
     "maml": ["--algorithm", "maml", "--inner-steps", "1"],
     "hypermaml": ["--algorithm", "hypermaml", "--hn-hidden", "512", "--hn-layers", "3"],
 }
-
-
-def run_cli(tree: Path, args: list[str], data_root: str, threads: int) -> float:
-    with tempfile.TemporaryDirectory() as output:
-        command = [
-            sys.executable,
-            "-m",
-            "hypermaml.train",
-            "--data-root",
-            data_root,
-            "--output",
-            f"{output}/run",
-            "--way",
-            "5",
-            "--shot",
-            "1",
-            "--meta-batch",
-            "32",
-            "--epochs",
-            "1",
-            "--steps-per-epoch",
-            "10",
-            "--val-episodes",
-            "10",
-            "--test-episodes",
-            "10",
-            *args,
-        ]
-        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
-        done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=True)
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["train_episodes_per_s"])
+SHAPE = ["--way", "5", "--shot", "1", "--meta-batch", "32", "--epochs", "1", "--steps-per-epoch", "10"]
+EVALUATION = ["--val-episodes", "10", "--test-episodes", "10"]
 
 
 def main() -> None:
@@ -73,22 +44,26 @@ def main() -> None:
         )
         try:
             trees = {f"baseline {args.baseline}": baseline_tree, "this tree": ROOT}
-            rates: dict[tuple[str, str], list[float]] = {}
-            for round_ in range(args.rounds):
-                for case in args.cases:
-                    for label, tree in trees.items():
-                        rate = run_cli(tree, CASES[case], data_root, args.threads)
-                        rates.setdefault((case, label), []).append(rate)
-                        print(f"round {round_ + 1}  {case:<10} {label:<22} {rate:6.1f} episodes/s", flush=True)
+
+            def run(key: tuple[str, str]) -> float:
+                case, label = key
+                flags = ["--data-root", data_root, *SHAPE, *EVALUATION, *CASES[case]]
+                return harness.run_training(flags, tree=trees[label], threads=args.threads)["train_episodes_per_s"]
+
+            def show(round_: int, key: tuple[str, str], rate: float) -> None:
+                print(f"round {round_}  {key[0]:<10} {key[1]:<22} {rate:6.1f} episodes/s", flush=True)
+
+            keys = [(case, label) for case in args.cases for label in trees]  # baseline, ours, baseline, ours, ...
+            rates = harness.measure(keys, args.rounds, run, show=show)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline_tree)], check=True)
     print("\ncase        tree                    median  (min-max) episodes/s")
     for case in args.cases:
         medians = {}
         for label in trees:
-            values = rates[(case, label)]
-            medians[label] = statistics.median(values)
-            print(f"{case:<11} {label:<22} {medians[label]:6.1f}  ({min(values):.1f}-{max(values):.1f})")
+            spread = harness.spread(rates[(case, label)])
+            medians[label] = spread.median
+            print(f"{case:<11} {label:<22} {spread.median:6.1f}  ({spread.low:.1f}-{spread.high:.1f})")
         base, ours = medians[f"baseline {args.baseline}"], medians["this tree"]
         print(f"{case:<11} ratio this tree / baseline: {ours / base:.2f}x")
 

@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, also when loaded by path
 
+import harness  # noqa: E402
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -51,12 +53,15 @@ def main() -> None:
     torch.set_num_threads(args.cpus)
 
     # The machine's speed drifts by more than the effect measured (shared hosts), so the two
-    # variants run in the order study, direct, direct, study: a linear drift cancels in the sums.
+    # variants run mirrored, in the order study, direct, direct, study: a linear drift cancels in the sums.
     work = Path(tempfile.mkdtemp(prefix="overhead-"))
-    first = run_study(args, work, "overhead-a")
-    direct_1 = run_direct(first["configs"])
-    direct_2 = run_direct(first["configs"])
-    second = run_study(args, work, "overhead-b")
+    studies, directs = [], []
+    for _, variant in harness.alternate(["study", "direct"], rounds=2, mirror=True):
+        if variant == "study":
+            studies.append(run_study(args, work, f"overhead-{'ab'[len(studies)]}"))
+        else:  # the first study's trials
+            directs.append(run_direct(studies[0]["configs"]))
+    (first, second), (direct_1, direct_2) = studies, directs
     if second["configs"] != first["configs"]:
         sys.exit("the two studies sampled different configurations; the comparison would not be paired")
 

@@ -9,22 +9,21 @@ the default study's training budget (5 epochs x 240 episodes). Every run is test
 test episodes. Prints, per learner: each seed's test accuracy under both precisions, the mean
 difference bf16 - float32 with a 95% CI over seeds (paired by seed: a seed fixes the initial weights
 and the training episodes), and whether each bf16 run lies inside its float32 twin's 95% CI over test
-episodes. Prints figures only; the README says what was measured.
+episodes. Prints figures only; docs/results.md says what was measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, also when loaded by path
+import harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = [
@@ -68,25 +67,8 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def train(learner: str, precision: str, seed: int, data_root: str) -> dict:
-    with tempfile.TemporaryDirectory() as output:
-        command = [
-            sys.executable,
-            "-m",
-            "hypermaml.train",
-            "--data-root",
-            data_root,
-            "--output",
-            f"{output}/run",
-            *BUDGET,
-            *LEARNERS[learner],
-            "--precision",
-            precision,
-            "--seed",
-            str(seed),
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    flags = ["--data-root", data_root, *BUDGET, *LEARNERS[learner], "--precision", precision, "--seed", str(seed)]
+    return harness.run_training(flags, tree=ROOT, threads=1)
 
 
 def main() -> None:

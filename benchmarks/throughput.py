@@ -22,8 +22,6 @@ every variant, the loop reference the default one only.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +33,9 @@ import torch
 from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, loop_reference
 from hypermaml.allocator import keep_heap_warm
 from hypermaml.training import autocast, episode_sampler, load_data, outer_step, start_training
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, also when loaded by path
+import harness  # noqa: E402
 
 CASES = {
     "maml-1step": MAMLConfig(inner_steps=1, inner_lr=0.4),
@@ -136,37 +137,22 @@ def measure_in_process(args: argparse.Namespace, case: str, mode: str, variant: 
 
 def measure_in_fresh_process(args: argparse.Namespace, case: str, mode: str, variant: str) -> float | None:
     """Episodes/s of one case in a fresh process; None (and its stderr printed) if it failed."""
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--data-root",
-        args.data_root,
-        "--device",
-        args.device,
-        "--meta-batch",
-        str(args.meta_batch),
-        "--query",
-        str(args.query),
-        "--task-chunk",
-        str(args.task_chunk),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--child",
-        case,
-        mode,
-        variant,
-    ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    if done.returncode != 0:  # reported, and the other cases still run
-        print(
-            f"{case} {mode} {variant} failed (exit {done.returncode}):\n{done.stderr[-3000:]}",
-            file=sys.stderr,
-            flush=True,
-        )
+    settings = {
+        "--data-root": args.data_root,
+        "--device": args.device,
+        "--meta-batch": args.meta_batch,
+        "--query": args.query,
+        "--task-chunk": args.task_chunk,
+        "--steps": args.steps,
+        "--warmup": args.warmup,
+    }
+    flags = [word for flag, value in settings.items() for word in (flag, value)]
+    try:
+        figures = harness.run_fresh(harness.script_command(__file__, *flags, "--child", case, mode, variant))
+    except subprocess.CalledProcessError as failed:  # reported, and the other cases still run
+        print(f"{case} {mode} {variant} failed (exit {failed.returncode}):\n{failed.stderr[-3000:]}", file=sys.stderr)
         return None
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["episodes_per_s"])
+    return float(figures["episodes_per_s"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,7 +185,7 @@ def main() -> None:
     args.data_root = str(Path(args.data_root).resolve())
     if args.child:  # one measurement, in this process, for the parent below
         case, mode, variant = args.child
-        print(json.dumps({"episodes_per_s": measure_in_process(args, case, mode, variant)}))
+        harness.print_figures(episodes_per_s=measure_in_process(args, case, mode, variant))
         return
 
     device = torch.device(args.device)
@@ -215,30 +201,29 @@ def main() -> None:
     runs = [("vectorized", variant) for variant in args.variants]
     if not args.no_loop:
         runs.append(("loop", DEFAULT_VARIANT))
-    rates: dict[tuple[str, str, str], list[float]] = {}
-    for round_ in range(args.rounds):
-        for mode, variant in runs if round_ % 2 == 0 else runs[::-1]:
-            for case in args.cases:
-                rate = measure_in_fresh_process(args, case, mode, variant)
-                if rate is not None:
-                    rates.setdefault((case, mode, variant), []).append(rate)
-                shown = "failed" if rate is None else f"{rate:6.1f} episodes/s"
-                print(f"round {round_ + 1}  {case:<16} {mode:<10} {variant:<28} {shown}", flush=True)
+
+    def show(round_: int, key: tuple[str, str, str], rate: float | None) -> None:
+        case, mode, variant = key
+        shown = "failed" if rate is None else f"{rate:6.1f} episodes/s"
+        print(f"round {round_}  {case:<16} {mode:<10} {variant:<28} {shown}", flush=True)
+
+    # Mirrored: the order of the runs (vectorized/loop, the variants, the cases) flips every round.
+    keys = [(case, mode, variant) for mode, variant in runs for case in args.cases]
+    rates = harness.measure(keys, args.rounds, lambda key: measure_in_fresh_process(args, *key), mirror=True, show=show)
 
     print(f"\n{'case':<16} {'mode':<10} {'variant':<28} {'ep/s median (min-max)':>24} {'/ default':>10} {'/ loop':>8}")
     for case in args.cases:
-        medians = {key[1:]: statistics.median(values) for key, values in rates.items() if key[0] == case}
+        medians = {key[1:]: harness.spread(values).median for key, values in rates.items() if key[0] == case and values}
         default, loop = medians.get(("vectorized", DEFAULT_VARIANT)), medians.get(("loop", DEFAULT_VARIANT))
         for mode, variant in runs:
-            values = rates.get((case, mode, variant))
-            if values is None:
+            values = rates[(case, mode, variant)]
+            if not values:
                 print(f"{case:<16} {mode:<10} {variant:<28} {'failed':>24}")
                 continue
-            median = medians[(mode, variant)]
-            spread = f"{median:.1f} ({min(values):.1f}-{max(values):.1f})"
-            vs_default = f"{median / default:.2f}x" if default and mode == "vectorized" else "-"
-            vs_loop = f"{median / loop:.2f}x" if loop and mode == "vectorized" else "-"
-            print(f"{case:<16} {mode:<10} {variant:<28} {spread:>24} {vs_default:>10} {vs_loop:>8}")
+            spread = harness.spread(values)
+            vs_default = f"{spread.median / default:.2f}x" if default and mode == "vectorized" else "-"
+            vs_loop = f"{spread.median / loop:.2f}x" if loop and mode == "vectorized" else "-"
+            print(f"{case:<16} {mode:<10} {variant:<28} {spread.text('.1f'):>24} {vs_default:>10} {vs_loop:>8}")
 
 
 if __name__ == "__main__":
