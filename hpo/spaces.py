@@ -46,37 +46,19 @@ import yaml
 
 from hypermaml.config import ALGORITHMS, ConfigError, from_flat
 
+from .spec import SHARED_SETTINGS
+
 SpaceFn = Callable[[optuna.Trial], dict[str, Any] | None]
 
 # Settings every trial of a study shares, so that the algorithms are compared on the same data,
-# budget, episodes, seeds and hardware. A space that sets one of them is rejected.
+# budget, episodes, seeds and hardware. A space that sets one of them is rejected. They are those the
+# study gives each trial (StudySpec.fixed_settings: the data, the benchmark, the training budget, what
+# is measured on which episodes, the device) but meta_batch, which a space may tune; steps_per_epoch
+# (the study's episodes per epoch over meta_batch); and how a trial runs (precision changes the
+# rounding, so it too is the same for all trials).
 FIXED_SETTINGS: frozenset[str] = frozenset(
-    {
-        "algorithm",
-        "dataset",
-        "data_root",
-        "cache_dir",
-        "download",  # what is learned from
-        "way",
-        "shot",
-        "query",
-        "train_query",  # the benchmark
-        "epochs",
-        "steps_per_epoch",
-        "max_train_seconds",
-        "max_train_flops",  # the training budget (steps from meta_batch)
-        "val_episodes",
-        "test_episodes",
-        "eval_seed",
-        "seed",  # what is measured, on which episodes
-        # where and how a trial runs (precision changes the rounding, so it too is the same for all trials)
-        "device",
-        "task_chunk",
-        "dense_conv",
-        "channels_last",
-        "precision",
-        "compile",
-    }
+    ({"algorithm", *SHARED_SETTINGS, "eval_seed", "seed", "device"} - {"meta_batch"})
+    | {"steps_per_epoch", "task_chunk", "dense_conv", "channels_last", "precision", "compile"}
 )
 
 # What a space function may ask for after the trial, by parameter name.

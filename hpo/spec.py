@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from hypermaml.config import ALGORITHMS, Algorithm, ConfigError, Dataset, check_settings, from_flat, setting
+from hypermaml.config import (
+    ALGORITHMS,
+    DATA_LOCATION,
+    Algorithm,
+    ConfigError,
+    Dataset,
+    check_settings,
+    from_flat,
+    setting,
+    train_setting,
+)
 
 from .storage import is_remote
 
@@ -26,8 +36,9 @@ SEARCHERS: tuple[str, ...] = get_args(Searcher)
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 DATA_ROOT_ENV = "HYPERMAML_DATA_ROOT"
 SPEC_FILE = "spec.json"  # in the study folder: the spec a study was started with
-# Where things are, not what is computed: a study may be continued with these changed.
-RELOCATABLE = frozenset({"address", "data_root", "cache_dir", "download", "tracking_uri"})
+# Where things are, not what is computed: a study may be started again with these changed (the data,
+# the Ray cluster, the MLflow store).
+RELOCATABLE = DATA_LOCATION | {"address", "tracking_uri"}
 SQLITE = "sqlite:///"
 # Replicate seeds start here: far from the small seeds users pass with --seed, which tuning trains with.
 REPLICATE_SEED_BASE = 1000
@@ -40,29 +51,22 @@ SEARCH_SEED_STRIDE = 100_000
 @dataclass(frozen=True)
 class StudySpec:
     """A study. Each field is a `python -m hpo.search` flag (hypermaml.cli); a preset supplies the
-    fields a flag does not give. The run settings every trial shares (way, shot, epochs, ...) are
-    checked by TrainConfig, through `validate`; the study's own ones by their bounds here."""
+    fields a flag does not give. The run settings every trial shares (way, shot, epochs, ...; they
+    make SHARED_SETTINGS) are TrainConfig's fields, help and bounds included (`train_setting`), some
+    with a default of the study's; `validate` checks them as TrainConfig does, across fields too."""
 
     name: str = setting(
         "study name: MLflow experiment, Ray experiment folder, Optuna study prefix", "hypermaml-vs-maml"
     )
     preset: Preset = setting("budget preset: the values of the flags not given (default: default)", "default")
-    dataset: Dataset = setting("benchmark", "omniglot")
-    data_root: str = setting(
-        f"dataset folder (or ${DATA_ROOT_ENV}); none: Omniglot in the cache folder, fetched when absent", ""
-    )
-    cache_dir: str = setting(
-        "decoded images and fetched Omniglot (default: $HYPERMAML_CACHE or ~/.cache/hypermaml)", ""
-    )
-    download: bool = setting(
-        "fetch Omniglot into --data-root when it is missing (without --data-root it always is)", False
-    )
-    way: int = setting("classes per episode", 5)
-    shot: int = setting("support images per class", 1)
-    query: int = setting("query images per class", 15)
-    train_query: int = setting(
-        "query images per class in training episodes (0: --query); validation and test always use --query", 0
-    )
+    dataset: Dataset = train_setting("dataset")
+    data_root: str = train_setting("data_root", note=f"not given: ${DATA_ROOT_ENV}, if set")
+    cache_dir: str = train_setting("cache_dir")
+    download: bool = train_setting("download")
+    way: int = train_setting("way")
+    shot: int = train_setting("shot")
+    query: int = train_setting("query")
+    train_query: int = train_setting("train_query")
     algorithms: tuple[Algorithm, ...] = setting("the algorithms compared", ALGORITHMS)
     searches: int = setting(
         "independent searches per algorithm, each with its own searcher, tuning and replicate "
@@ -71,24 +75,13 @@ class StudySpec:
         low=1,
     )
     trials: int = setting("trials per search", 8, low=1)
-    epochs: int = setting("epochs per trial (ASHA's max_t)", 5)
+    epochs: int = train_setting("epochs", 5, note="per trial (ASHA's max_t)")
     episodes_per_epoch: int = setting("training episodes per epoch", 240, low=1)
-    max_train_seconds: float = setting(
-        "most seconds of meta-training per network, tuning trial or replicate "
-        "(validation excluded): equal compute as well as equal episodes (0: none)",
-        0.0,
-        low=0,
-    )
-    max_train_flops: float = setting(
-        "most floating-point operations of meta-training per network, tuning trial or "
-        "replicate (hypermaml.flops counts a configuration's outer step): equal compute "
-        "on any machine (0: none)",
-        0.0,
-        low=0,
-    )
-    meta_batch: int = setting("tasks per step when a space does not tune it", 8)
-    val_episodes: int = setting("fixed validation episodes after each epoch", 100)
-    test_episodes: int = setting("test episodes of each test set", 600)
+    max_train_seconds: float = train_setting("max_train_seconds")
+    max_train_flops: float = train_setting("max_train_flops")
+    meta_batch: int = train_setting("meta_batch", 8, note="when a space does not tune it")
+    val_episodes: int = train_setting("val_episodes", 100)
+    test_episodes: int = train_setting("test_episodes", note="of each test set")
     test_repeats: int = setting("test sets of --test-episodes each (episode seeds) for every replicate", 1, low=1)
     replicate_top: int = setting(
         "configurations per algorithm retrained with fresh seeds (top-k by validation)", 1, low=1
@@ -122,6 +115,7 @@ class StudySpec:
     gpus_per_trial: float = setting("fractional GPUs per trial, e.g. 0.25", 0.0, low=0)
     max_concurrent: int = setting("trials running at once", 2, low=1)
     max_failures: int = setting("retries of a failing trial from its last checkpoint", 1, low=0)
+    # The study's seed, not TrainConfig's: search k's runs train with seed + k * SEARCH_SEED_STRIDE.
     seed: int = setting("seed of the searcher and of the tuning trials", 0)
     tracking_uri: str = setting("MLflow tracking URI (default sqlite:///./mlflow.db)", "")
     storage_path: str = setting("Ray Tune storage: a folder or a URI like s3://bucket/path (default ./ray_results)", "")
@@ -161,20 +155,7 @@ class StudySpec:
         """The run settings every trial of `algorithm` in search k shares (the rest comes from its space)."""
         return {
             "algorithm": algorithm,
-            "dataset": self.dataset,
-            "data_root": self.data_root,
-            "cache_dir": self.cache_dir,
-            "download": self.download,
-            "way": self.way,
-            "shot": self.shot,
-            "query": self.query,
-            "train_query": self.train_query,
-            "epochs": self.epochs,
-            "max_train_seconds": self.max_train_seconds,
-            "max_train_flops": self.max_train_flops,
-            "meta_batch": self.meta_batch,
-            "val_episodes": self.val_episodes,
-            "test_episodes": self.test_episodes,
+            **{name: getattr(self, name) for name in SHARED_SETTINGS},
             "eval_seed": self.search_seed(search),
             "seed": self.search_seed(search),
             "device": self.device,
@@ -222,55 +203,27 @@ class StudySpec:
         return dataclasses.asdict(self)
 
 
+# The StudySpec fields that are TrainConfig's (declared with train_setting): every run of the study has its value.
+SHARED_SETTINGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StudySpec) if "train_field" in f.metadata)
+
+# fmt: off
+# One row of values per preset, as a table (the formatter would give each value a line of its own).
 PRESETS: dict[str, dict[str, Any]] = {
     # A few trials of a few short epochs: exercises everything (tests, CI). Its reference is always
     # retrained (margin 100 points), so the smoke test sees the finalist chosen against it.
-    "smoke": dict(
-        trials=4,
-        epochs=3,
-        episodes_per_epoch=24,
-        meta_batch=4,
-        query=5,
-        val_episodes=40,
-        test_episodes=60,
-        replicate_top=1,
-        replicate_seeds=2,
-        reference_margin=100,
-    ),
+    "smoke": dict(trials=4, epochs=3, episodes_per_epoch=24, meta_batch=4, query=5, val_episodes=40,
+                  test_episodes=60, replicate_top=1, replicate_seeds=2, reference_margin=100),
     # This laptop-class machine, 2 CPU cores: three searches per algorithm (the verdict's unit), each
     # short, at equal compute per network on any machine. Measurements: docs/results.md.
-    "default": dict(
-        searches=3,
-        trials=4,
-        epochs=4,
-        episodes_per_epoch=864,
-        train_query=5,
-        meta_batch=8,
-        val_episodes=100,
-        test_episodes=600,
-        replicate_top=1,
-        replicate_seeds=2,
-        max_train_flops=6.3e12,
-        reference_margin=0,
-        search_batch=1,
-    ),
+    "default": dict(searches=3, trials=4, epochs=4, episodes_per_epoch=864, train_query=5, meta_batch=8,
+                    val_episodes=100, test_episodes=600, replicate_top=1, replicate_seeds=2,
+                    max_train_flops=6.3e12, reference_margin=0, search_batch=1),
     # The literature's scale, for a GPU cluster.
-    "paper": dict(
-        trials=50,
-        epochs=40,
-        episodes_per_epoch=3200,
-        meta_batch=32,
-        val_episodes=600,
-        test_episodes=600,
-        replicate_top=3,
-        replicate_seeds=5,
-        gpus_per_trial=0.25,
-        cpus_per_trial=2,
-        max_concurrent=16,
-        search_batch=8,
-        max_failures=3,
-    ),
+    "paper": dict(trials=50, epochs=40, episodes_per_epoch=3200, meta_batch=32, val_episodes=600,
+                  test_episodes=600, replicate_top=3, replicate_seeds=5, gpus_per_trial=0.25, cpus_per_trial=2,
+                  max_concurrent=16, search_batch=8, max_failures=3),
 }
+# fmt: on
 
 
 def resolve(preset: str, overrides: dict[str, Any], cwd: Path | None = None) -> StudySpec:

@@ -4,9 +4,9 @@
 `HyperMAMLConfig` hold each algorithm's own hyperparameters. A `RunConfig` pairs a TrainConfig with
 one algorithm config. The CLI flags (`hypermaml.train`, through `hypermaml.cli`), the checks
 (`check_settings`: each field's bounds and Literal values, declared with `setting`), checkpoints,
-the study's search spaces and the MLflow params are all derived from these fields, flattened by
-`to_flat` / `from_flat`: field names are unique across the three classes, so a flat dict of plain
-values is a complete run spec.
+the study's search spaces, its settings shared with every run (`train_setting`) and the MLflow params
+are all derived from these fields, flattened by `to_flat` / `from_flat`: field names are unique across
+the three classes, so a flat dict of plain values is a complete run spec.
 """
 
 from __future__ import annotations
@@ -162,6 +162,24 @@ class TrainConfig:
                 )
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+
+
+# TrainConfig settings that say where the data is (and whether to fetch it), not what is computed: a run
+# may be resumed, and a study started again, with them changed (hypermaml.training.RESUMABLE_CHANGES,
+# hpo.spec.RELOCATABLE, each with its own additions).
+DATA_LOCATION = frozenset({"data_root", "cache_dir", "download"})
+
+
+def train_setting(name: str, default: Any = MISSING, *, note: str = "") -> Any:
+    """TrainConfig's field `name`, declared once, as a field of another config dataclass (the run settings
+    hpo.spec.StudySpec shares with every run): TrainConfig's help and bounds; `default` in place of
+    TrainConfig's default when given; `note` appended to the help ("<help>; <note>") for what the field
+    also means there. Its metadata names the TrainConfig field ("train_field")."""
+    train = next(f for f in fields(TrainConfig) if f.name == name)
+    metadata = {**train.metadata, "train_field": name}
+    if note:
+        metadata["help"] = f"{metadata['help']}; {note}"
+    return field(default=train.default if default is MISSING else default, metadata=metadata)
 
 
 @dataclass(frozen=True)
