@@ -3,7 +3,7 @@ procedure, each study (its search, its fresh-seed replicates, its test) as the u
 
 One study's CI covers training seeds and test episodes given the configurations its search found;
 a rerun with another `--seed` can find other ones, and on a small budget that moves the effect by
-more than the CI (README: "The default study, twice"). Reruns of the whole procedure differ only in
+more than the CI (docs/results.md, "The default study"). Reruns of the whole procedure differ only in
 the searcher seed, so their effects are a sample of what the procedure gives, and a t interval over
 them (`hpo.stats.compare_searches`) is the CI of a claim about the algorithms at that budget.
 
@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from hypermaml.cli import Parser
 
+from .formatting import signed
 from .provenance import COMMIT_TAG, DIRTY_TAG, UNKNOWN
 from .spec import RELOCATABLE, sqlite_path
 from .stats import SearchComparison, compare_searches
@@ -130,10 +131,9 @@ def table(studies: list[FinishedStudy], result: SearchComparison) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for study in studies:
-        effect = f"{study.effect:+.2f}".replace("-", "−")  # the sentence's minus sign
         lines.append(
             f"| {study.name} | {study.seed} | {study.commit[:7]} | {study.final_mean(b):.2f}% "
-            f"| {study.final_mean(c):.2f}% | {effect} | {study.verdict} |"
+            f"| {study.final_mean(c):.2f}% | {signed(study.effect, keep_sign=True)} | {study.verdict} |"
         )
     return "\n".join(lines)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-from scipy import stats
 
-from hpo.records import EARLY_STOPPED, Finalist, TrialRecord, TuneOutcome
+from hpo.formatting import compact
+from hpo.records import Finalist, TrialEnd, TrialRecord, TuneOutcome
+from hpo.stats import SeedComparison, t_half_width
 
 # A tuned value within this fraction of its range's width from an end (in log space for log ranges)
 # is "at the edge": the search pushed against the range and the optimum may lie beyond it. For an int
@@ -32,25 +33,10 @@ class Diagnostic:
     message: str  # one line, starting with "warning: "
 
 
-class SeedSpread(Protocol):
-    """What `diagnose` reads of the seed-level comparison (hpo.stats.SeedComparison)."""
-
-    @property
-    def baseline(self) -> str: ...
-    @property
-    def challenger(self) -> str: ...
-    @property
-    def effect(self) -> float: ...  # points, challenger - baseline
-    @property
-    def baseline_seed_sd(self) -> float: ...  # points
-    @property
-    def challenger_seed_sd(self) -> float: ...  # points
-
-
 def diagnose(
     outcomes: dict[str, TuneOutcome],
     finalists: dict[str, Finalist],
-    comparisons: dict[int, SeedSpread],
+    comparisons: dict[int, SeedComparison],
     grace_period: int,
     epochs: int,
 ) -> list[Diagnostic]:
@@ -93,7 +79,7 @@ def _boundary(finalist: Finalist, outcome: TuneOutcome | None, suffix: str = "")
     for name, value in finalist.tuned.items():
         if name in source.ranges and _at_edge(value, *source.ranges[name]):
             low, high, _ = source.ranges[name]
-            edges.append(f"{name}={_compact(value)} is at the edge of its range [{_compact(low)}, {_compact(high)}]")
+            edges.append(f"{name}={compact(value)} is at the edge of its range [{compact(low)}, {compact(high)}]")
     if not edges:
         return None
     it = "it" if len(edges) == 1 else "them"
@@ -120,7 +106,7 @@ def _first_rung(outcome: TuneOutcome, grace_period: int, suffix: str = "") -> Di
     """Half or more of the trials stopped by ASHA at its first rung: the search then ranked
     configurations mostly by how fast they learn in the first epochs, not by where they end up."""
     total = len(outcome.trials)
-    stopped = sum(t.status == EARLY_STOPPED and t.epochs_run <= grace_period for t in outcome.trials)
+    stopped = sum(t.status == TrialEnd.EARLY_STOPPED and t.epochs_run <= grace_period for t in outcome.trials)
     if total == 0 or 2 * stopped < total:
         return None
     return Diagnostic(
@@ -157,7 +143,7 @@ def _late_best(outcome: TuneOutcome, suffix: str = "") -> Diagnostic | None:
     )
 
 
-def _seed_spread(comparison: SeedSpread, suffix: str = "") -> Diagnostic | None:
+def _seed_spread(comparison: SeedComparison, suffix: str = "") -> Diagnostic | None:
     """Seed-to-seed standard deviation of either algorithm larger than the effect between them: the
     effect is then within what retraining with another seed changes, and a few seeds decide it."""
     spreads = [sd for sd in (comparison.baseline_seed_sd, comparison.challenger_seed_sd) if math.isfinite(sd)]
@@ -193,7 +179,7 @@ def _val_test_drop(finalist: Finalist, suffix: str = "") -> Diagnostic | None:
     tests = 100 * np.asarray([r.test_acc for r in replicates], dtype=float)
     drop = 100 * finalist.mean_val_acc - float(tests.mean())
     episodes = 100 * finalist.episode_matrix().mean(axis=0)
-    half_width = math.hypot(_t_half_width(tests), _t_half_width(episodes))
+    half_width = math.hypot(t_half_width(tests, fewer_than_two=0.0), t_half_width(episodes, fewer_than_two=0.0))
     if not drop > half_width:
         return None
     return Diagnostic(
@@ -228,17 +214,3 @@ def _trial(outcome: TuneOutcome | None, trial_id: str) -> TrialRecord | None:
     if outcome is None:
         return None
     return next((t for t in outcome.trials if t.trial_id == trial_id), None)
-
-
-def _t_half_width(values: np.ndarray) -> float:
-    """Half-width of the 95% t interval of the mean; 0 for fewer than 2 values (no spread to measure)."""
-    n = values.size
-    if n < 2:
-        return 0.0
-    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
-
-
-def _compact(value: Any) -> str:
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4g}"
-    return str(value)

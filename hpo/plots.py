@@ -1,45 +1,37 @@
-"""Plots of a study's records: how fast each search found good configurations, and how the final
-configurations scored over their fresh seeds.
+"""Every plot of a study: how fast each search found good configurations, how the final
+configurations scored over their fresh seeds, and Optuna's own plots of each tuning study.
 
-Draws on `matplotlib.figure.Figure` with the Agg canvas that `savefig` picks, never pyplot, so no GUI
-backend or global figure state is touched (a study driver may run off the main thread). Each plot is
-saved and its Figure returned, so callers and tests can read back exactly what was drawn.
+Ours draw on `matplotlib.figure.Figure` with the Agg canvas that `savefig` picks, never pyplot, so no
+GUI backend or global figure state is touched (a study driver may run off the main thread). Each plot
+is saved and its Figure returned, so callers and tests can read back exactly what was drawn. Optuna's
+draw through pyplot (plot_optuna_study).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
+import matplotlib
 import numpy as np
+import optuna
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from scipy import stats
 
+from hpo.formatting import signed
 from hpo.records import Finalist, TrialRecord, TuneOutcome
-from hpo.stats import ExpectedBest, expected_best
+from hpo.stats import ExpectedBest, SearchFinalistComparison, SeedComparison, expected_best, t_half_width
 
-DPI = 120  # as hpo.report, so all report images share one resolution
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+DPI = 120  # every report image, ours and Optuna's
 # Horizontal spread of the seed dots around their algorithm's position, and where the mean sits:
 # beside the dots, not on them, so the CI bar stays readable.
 SEED_SPREAD = 0.08
 MEAN_OFFSET = 0.25
-
-
-class SeedEffect(Protocol):
-    """What `plot_seed_results` reads of the seed-level comparison (hpo.stats.SeedComparison)."""
-
-    @property
-    def baseline(self) -> str: ...
-    @property
-    def challenger(self) -> str: ...
-    @property
-    def effect(self) -> float: ...  # points, challenger - baseline
-    @property
-    def ci_low(self) -> float: ...
-    @property
-    def ci_high(self) -> float: ...
 
 
 def anytime_curve(outcome: TuneOutcome) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +135,11 @@ def plot_expected_best(curves: dict[str, ExpectedBest], path: str | Path) -> Fig
     return figure
 
 
-def plot_seed_results(finalists: dict[str, Finalist], comparison: SeedEffect | None, path: str | Path) -> Figure:
+def plot_seed_results(
+    finalists: dict[str, Finalist],
+    comparison: SeedComparison | SearchFinalistComparison | None,
+    path: str | Path,
+) -> Figure:
     """Test accuracy of each final configuration on every fresh seed (dots, labelled with the seed)
     and the mean over seeds with its 95% t interval over seeds.
 
@@ -164,7 +160,7 @@ def plot_seed_results(finalists: dict[str, Finalist], comparison: SeedEffect | N
             axes.annotate(
                 str(seed), (x, acc), xytext=(4, 0), textcoords="offset points", fontsize=7, va="center", color="0.35"
             )
-        half_width = _t_half_width(accs)
+        half_width = t_half_width(accs)
         axes.errorbar(
             [position + MEAN_OFFSET],
             [float(accs.mean())],
@@ -183,8 +179,8 @@ def plot_seed_results(finalists: dict[str, Finalist], comparison: SeedEffect | N
     title = "Test accuracy of each final configuration over fresh seeds"
     if comparison is not None:
         title += (
-            f"\n{comparison.challenger} − {comparison.baseline} = {_signed(comparison.effect)} points "
-            f"(95% CI {_signed(comparison.ci_low)} to {_signed(comparison.ci_high)})"
+            f"\n{comparison.challenger} − {comparison.baseline} = {_title_signed(comparison.effect)} points "
+            f"(95% CI {_title_signed(comparison.ci_low)} to {_title_signed(comparison.ci_high)})"
         )
     axes.set_title(title, fontsize=11)
     axes.grid(axis="y", alpha=0.3)
@@ -209,17 +205,9 @@ def _reference_point(outcome: TuneOutcome) -> tuple[str, float, float] | None:
     return None
 
 
-def _t_half_width(values: np.ndarray) -> float:
-    """Half-width of the 95% t interval of the mean; nan for fewer than 2 values (no spread to use)."""
-    n = values.size
-    if n < 2:
-        return math.nan
-    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
-
-
-def _signed(points: float) -> str:
-    """ "+1.2" / "−0.5": with a typographic minus, as in the rest of the title."""
-    return f"{points:+.1f}".replace("-", "−")
+def _title_signed(points: float) -> str:
+    """ "+1.2" / "−0.5" / "−0.0": one decimal, a negative effect keeps its minus."""
+    return signed(points, decimals=1, keep_sign=True)
 
 
 def _save(figure: Figure, path: str | Path) -> None:
@@ -261,3 +249,99 @@ def plot_validation_curves(curves: dict[str, list[list[float]]], path: str | Pat
         axes.legend()
     _save(figure, path)
     return figure
+
+
+# ---- Optuna's plots of a tuning study ----------------------------------------------------------------
+
+OPTUNA_PLOTS = {"param importances": "param_importances", "parallel coordinate": "parallel_coordinate"}
+
+
+def optuna_plot(study: optuna.Study, name: str, params: list[str]):
+    """One of Optuna's matplotlib plots (a key of OPTUNA_PLOTS) of `params`: its Axes."""
+    with warnings.catch_warnings():
+        # Optuna marks its matplotlib plots experimental and warns on every call; that warning says
+        # nothing about this study.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "param importances":  # seeded so the same study always gives the same importances
+            return optuna.visualization.matplotlib.plot_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params
+            )
+        return optuna.visualization.matplotlib.plot_parallel_coordinate(study, params=params)
+
+
+def plot_optuna_study(study: optuna.Study, out_dir: str | Path, prefix: str) -> tuple[list[Path], list[str]]:
+    """Write `<prefix>_param_importances.png` and `<prefix>_parallel_coordinate.png` with optuna's plots.
+
+    Returns (written paths, notes): a plot that cannot be made meaningfully (too few completed trials,
+    no parameter that varied, a constant objective, or optuna refusing) is skipped with a note saying
+    why, for the caller to log; parameters that never varied are left out of both plots, also noted.
+    Switches matplotlib to the Agg backend (see below).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reason, varied, fixed = _plottable(study)
+    if reason:
+        return [], [f"{name} for {prefix}: {reason}" for name in OPTUNA_PLOTS]
+
+    # Optuna draws through pyplot; a file-only report must not open GUI windows (GUI backends also
+    # fail off the main thread, where a study driver may run).
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    notes = []
+    if fixed:
+        notes.append(f"plots for {prefix} leave out parameters not varied in every completed trial: {', '.join(fixed)}")
+    written = []
+    for name, file_stem in OPTUNA_PLOTS.items():
+        try:
+            axes = optuna_plot(study, name, varied)
+        except (ValueError, RuntimeError) as error:
+            notes.append(f"{name} for {prefix}: optuna could not plot it ({error})")
+            continue
+        path = out_dir / f"{prefix}_{file_stem}.png"
+        try:
+            _save(axes.figure, path)
+        finally:
+            plt.close(axes.figure)
+        written.append(path)
+    return written, notes
+
+
+def interactive_parallel_coordinate(study: optuna.Study, algorithm: str) -> tuple[go.Figure | None, str | None]:
+    """Optuna's parallel-coordinate plot of a tuning study as an interactive Plotly figure, the
+    objective in points: (figure, None), or (None, a note saying why it cannot be drawn)."""
+    reason, varied, _ = _plottable(study)
+    if reason:
+        return None, f"interactive parallel coordinate for {algorithm}: {reason}"
+    figure = optuna.visualization.plot_parallel_coordinate(
+        study, params=varied, target=lambda trial: 100 * trial.value, target_name="best val acc (%)"
+    )
+    figure.update_layout(title=f"{algorithm}: completed tuning trials (ASHA-stopped ones are left out)")
+    return figure, None
+
+
+def _plottable(study: optuna.Study) -> tuple[str, list[str], list[str]]:
+    """(why the study cannot be plotted or "", params varied in every completed trial, the other params)."""
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    reason = ""
+    if len(study.directions) != 1:
+        reason = "multi-objective study, plots need one objective"
+    elif len(completed) < 2:
+        reason = f"not enough completed trials ({len(completed)})"
+    elif len({trial.value for trial in completed}) == 1:
+        reason = f"all {len(completed)} completed trials have the same objective value"
+    varied, fixed = _varied_params(completed)
+    if not reason and not varied:
+        reason = f"no parameter varied across the {len(completed)} completed trials"
+    return reason, varied, fixed
+
+
+def _varied_params(completed: list[optuna.trial.FrozenTrial]) -> tuple[list[str], list[str]]:
+    """(params set in every completed trial with more than one value, all other params), both sorted."""
+    names = sorted({name for trial in completed for name in trial.params})
+    varied = [
+        name
+        for name in names
+        if all(name in trial.params for trial in completed) and len({trial.params[name] for trial in completed}) > 1
+    ]
+    return varied, [name for name in names if name not in varied]

@@ -14,27 +14,35 @@ from pathlib import Path
 
 from ray import tune
 
+from hypermaml.training import BEST_VAL_ACC, EPOCH, VAL_ACC
+
+from .records import TrialEnd, trial_end
 from .spaces import is_reference
 
 
-def stop_reason(scheduler: str, time_budget_s: float, started: float, result: dict | None = None) -> str:
-    """Why a trial ended before its last epoch: "time_cap" when its own training-time cap ended it (its
-    last `result` says so), "time_budget" once the phase's budget is spent, else the scheduler ("ASHA")."""
-    if result and result.get("capped"):
-        return "time_cap"
-    if time_budget_s and time.time() - started >= time_budget_s:
-        return "time_budget"
-    return "ASHA" if scheduler == "asha" else "stopped"
+def budget_spent(time_budget_s: float, started: float) -> bool:
+    """Whether the phase's time budget (0: none) has run out since `started`. Tune's time budget stops the
+    trials still running without a word to the callbacks; at the experiment's end this tells that stop
+    from an interruption's, which also leaves trials running (TrialEnd.TIME_BUDGET)."""
+    return bool(time_budget_s) and time.time() - started >= time_budget_s
 
 
-def ending(epoch: int, epochs: int, best_val: float | None, stopped_by: str = "") -> str:
+def stopped_by(end: TrialEnd, scheduler: str) -> str:
+    """What ended a trial before its last epoch, as its MLflow tag `stopped_by` says: "time_cap",
+    "time_budget", or the scheduler that stopped it early ("ASHA", else "stopped")."""
+    if end is TrialEnd.EARLY_STOPPED:
+        return "ASHA" if scheduler == "asha" else "stopped"
+    return end.value
+
+
+def ending(epoch: int, epochs: int, best_val: float | None, end: TrialEnd, scheduler: str = "asha") -> str:
     """A trial's end in a few words: "stopped by ASHA at epoch 1, best val 25.5%" (accuracy a fraction)."""
     best = f"best val {100 * best_val:.1f}%" if best_val is not None else "no validation result"
-    if epoch >= epochs:
+    if end is TrialEnd.COMPLETED:
         return f"ran all {epochs} epochs, {best}"
-    if stopped_by == "time_cap":
+    if end is TrialEnd.TIME_CAP:
         return f"reached its training-time cap after epoch {epoch}, {best}"
-    by = {"ASHA": "ASHA", "time_budget": "the time budget"}.get(stopped_by, "the scheduler")
+    by = "the time budget" if end is TrialEnd.TIME_BUDGET else "ASHA" if scheduler == "asha" else "the scheduler"
     return f"stopped by {by} at epoch {epoch}, {best}"
 
 
@@ -47,7 +55,7 @@ def tested(result: dict) -> str:
     """A replicate's result in a few words: "test 73.6% ± 2.8, best val 75.3%" (accuracies fractions)."""
     return (
         f"test {100 * result['test_acc']:.1f}% ± {100 * result['test_ci95']:.1f}, "
-        f"best val {100 * result['best_val_acc']:.1f}%"
+        f"best val {100 * result[BEST_VAL_ACC]:.1f}%"
     )
 
 
@@ -107,40 +115,37 @@ class ProgressLines(tune.Callback):
         say(f"  {self._name(trial)} started" + (" (published reference)" if reference else ""))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.role == "trial" and "val_acc" in result:  # replicates: their start and their test only
+        if self.role == "trial" and VAL_ACC in result:  # replicates: their start and their test only
             say(
-                f"  {self._name(trial)} epoch {int(result.get('epoch', 0))}/{self.epochs}: val {100 * result['val_acc']:.1f}%"
+                f"  {self._name(trial)} epoch {int(result.get(EPOCH, 0))}/{self.epochs}: val {100 * result[VAL_ACC]:.1f}%"
             )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._running.discard(trial.trial_id)
         result = trial.last_result or {}
-        epoch = int(result.get("epoch", 0))
         if self.role == "replicate" and "test_acc" in result:
             text = tested(result)
         else:
-            stopped_by = (
-                "" if epoch >= self.epochs else stop_reason(self.scheduler, self.time_budget_s, self._started, result)
-            )
-            text = ending(epoch, self.epochs, result.get("best_val_acc"), stopped_by)
+            text = self._ending(result, trial_end(result, self.epochs))
         say(f"  {self._name(trial)} {text} {self._done(trials, trial)}")
 
     def on_experiment_end(self, trials, **info):
         """The trials the time budget stopped (Tune tells on_trial_complete nothing of them)."""
-        if stop_reason(self.scheduler, self.time_budget_s, self._started) != "time_budget":
+        if not budget_spent(self.time_budget_s, self._started):
             return
         for trial in trials:
             if trial.trial_id in self._running:
                 result = trial.last_result or {}
-                epoch = int(result.get("epoch", 0))
-                stopped_by = "" if epoch >= self.epochs else "time_budget"
-                say(f"  {self._name(trial)} {ending(epoch, self.epochs, result.get('best_val_acc'), stopped_by)}")
+                say(f"  {self._name(trial)} {self._ending(result, trial_end(result, self.epochs, running=True))}")
         self._running.clear()
+
+    def _ending(self, result: dict, end: TrialEnd) -> str:
+        return ending(int(result.get(EPOCH, 0)), self.epochs, result.get(BEST_VAL_ACC), end, self.scheduler)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         say(f"  {self._name(trial)} failed, retrying from its last checkpoint: {error_line(trial)[:200]}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._running.discard(trial.trial_id)
-        epoch = int((trial.last_result or {}).get("epoch", 0))
+        epoch = int((trial.last_result or {}).get(EPOCH, 0))
         say(f"  {self._name(trial)} failed at epoch {epoch}: {error_line(trial)[:200]} {self._done(trials, trial)}")

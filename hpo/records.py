@@ -6,20 +6,51 @@ the statistics, diagnostics, plots and tracking read them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
-# How a tuning trial ended. TIME_CAP: its own training-time cap (--max-train-seconds) ended it before its
-# last epoch, so it ran its full compute budget; TIME_BUDGET: the study's time budget cut it.
-COMPLETED, TIME_CAP, EARLY_STOPPED, TIME_BUDGET, FAILED = (
-    "completed",
-    "time_cap",
-    "early_stopped",
-    "time_budget",
-    "failed",
-)
+from hypermaml.training import CAPPED, EPOCH
+
+
+class TrialEnd(StrEnum):
+    """How a tuning trial ended; its value is what MLflow tags and the summary show. In the order the
+    summary's budget table counts them."""
+
+    COMPLETED = "completed"  # it ran all its epochs
+    # Its own training-time cap (--max-train-seconds) ended it before its last epoch: its full compute budget.
+    TIME_CAP = "time_cap"
+    EARLY_STOPPED = "early_stopped"  # the scheduler (ASHA) stopped it
+    # The study's time budget cut it: Tune's time_budget_s stops the trials still running without telling
+    # anyone which (no on_trial_complete, no searcher call), so this one end is known only afterwards,
+    # as "still running when the experiment ended" (trial_end's `running`).
+    TIME_BUDGET = "time_budget"
+    FAILED = "failed"
+
+    @property
+    def full_budget(self) -> bool:
+        """Whether it ran its whole budget: all its epochs, or all its training time."""
+        return self in (TrialEnd.COMPLETED, TrialEnd.TIME_CAP)
+
+
+def trial_end(
+    last_result: Mapping[str, Any] | None, epochs: int, *, failed: bool = False, running: bool = False
+) -> TrialEnd:
+    """How a trial of `epochs` epochs ended, from its last reported epoch metrics; `failed`: it raised,
+    `running`: it was still running when the experiment ended (the time budget's stop)."""
+    result = last_result or {}
+    if failed:
+        return TrialEnd.FAILED
+    if result.get(EPOCH, 0) >= epochs:
+        return TrialEnd.COMPLETED
+    if result.get(CAPPED):
+        return TrialEnd.TIME_CAP
+    return TrialEnd.TIME_BUDGET if running else TrialEnd.EARLY_STOPPED
+
+
 # Keys a tuning trial's config carries to say where it belongs: its search, its number in that search's
 # Optuna study and its round (hpo.rounds). Bookkeeping, not settings: the trainable drops them.
 SEARCH_KEY, NUMBER_KEY, ROUND_KEY = "hpo_search", "hpo_number", "hpo_round"
@@ -37,7 +68,7 @@ class TrialRecord:
     val_curve: list[float]  # validation accuracy (0..1) after each epoch it ran
     best_val_acc: float | None  # None when it failed before its first epoch
     train_seconds: float  # summed meta-training time of its epochs (its compute)
-    status: str  # COMPLETED | TIME_CAP | EARLY_STOPPED | TIME_BUDGET | FAILED
+    status: TrialEnd
     reference: str = ""  # the source of the published configuration, when this trial is it
     # numeric param -> (low, high, log) of the distribution it was drawn from (for boundary checks)
     ranges: dict[str, tuple[float, float, bool]] = field(default_factory=dict)
@@ -72,7 +103,7 @@ class TuneOutcome:
             self.algorithm, [t for t in self.trials if t.search == search], self.wall_seconds, self.episodes_per_trial
         )
 
-    def count(self, status: str) -> int:
+    def count(self, status: TrialEnd) -> int:
         return sum(t.status == status for t in self.trials)
 
 
@@ -151,3 +182,14 @@ class StudyComparison:
 
     headline: Any
     per_search: dict[int, Any]  # search -> its configuration-level comparison
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """What the phases produced, as the report reads it."""
+
+    outcomes: dict[str, TuneOutcome]  # algorithm -> its tuning phase
+    replicates: list[ReplicateRecord]
+    finalists: dict[str, Finalist]
+    comparison: StudyComparison | None  # None when there is nothing to compare
+    diagnostics: list[Any]  # hpo.diagnostics.Diagnostic, in the order they are shown

@@ -9,36 +9,24 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
-import optuna
-from matplotlib.figure import Figure
 
-from .diagnostics import Diagnostic
+from .formatting import compact, format_p, p_equals
 from .plots import expected_best_curves, plot_anytime, plot_expected_best, plot_seed_results, plot_validation_curves
 from .records import (
-    COMPLETED,
-    EARLY_STOPPED,
-    FAILED,
-    TIME_BUDGET,
-    TIME_CAP,
     Finalist,
     ReplicateRecord,
     StudyComparison,
+    StudyResults,
+    TrialEnd,
     TuneOutcome,
     compared_epochs,
     reference_gap,
 )
 from .spec import StudySpec
 from .stats import ExpectedBest
-
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
 
 CSV_COLUMNS = (
     "algorithm",
@@ -55,7 +43,6 @@ CSV_COLUMNS = (
     "train_seconds",
     "hyperparameters",
 )
-DPI = 120
 
 
 def budget_clause(spec: StudySpec, outcomes: dict[str, TuneOutcome]) -> str:
@@ -72,17 +59,11 @@ def budget_clause(spec: StudySpec, outcomes: dict[str, TuneOutcome]) -> str:
 
 
 def write_files(
-    spec: StudySpec,
-    outcomes: dict[str, TuneOutcome],
-    replicates: list[ReplicateRecord],
-    finalists: dict[str, Finalist],
-    comparison,
-    diagnostics: list[Diagnostic],
-    out: Path,
-    expected: dict[str, ExpectedBest] | None = None,
+    spec: StudySpec, results: StudyResults, out: Path, expected: dict[str, ExpectedBest] | None = None
 ) -> list[Path]:
     """summary.md, summary.csv, spec.json and plots/ in `out`; returns them (summary.md first).
     `expected`: the expected-best curves (plots.expected_best_curves), computed here when not given."""
+    outcomes, finalists, comparison = results.outcomes, results.finalists, results.comparison
     expected = expected_best_curves(outcomes) if expected is None else expected
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -93,29 +74,25 @@ def write_files(
     if finalists:
         plot_seed_results(finalists, comparison.headline if comparison else None, plots / "seed_results.png")
     files = [out / "summary.md", out / "summary.csv", out / "spec.json"]
-    files[0].write_text(summary_markdown(spec, outcomes, replicates, finalists, comparison, diagnostics, expected))
-    files[1].write_text(summary_csv(replicates, finalists))
+    files[0].write_text(summary_markdown(spec, results, expected))
+    files[1].write_text(summary_csv(results.replicates, finalists))
     files[2].write_text(json.dumps(spec.to_dict(), indent=2))
     return files + [plots]
 
 
-def summary_markdown(
-    spec: StudySpec,
-    outcomes: dict[str, TuneOutcome],
-    replicates: list[ReplicateRecord],
-    finalists: dict[str, Finalist],
-    comparison,
-    diagnostics: list[Diagnostic],
-    expected: dict[str, ExpectedBest] | None = None,
-) -> str:
+def summary_markdown(spec: StudySpec, results: StudyResults, expected: dict[str, ExpectedBest] | None = None) -> str:
     """The report a reader opens first: verdict, what the budget really was, warnings, per-seed table."""
+    outcomes, replicates, finalists = results.outcomes, results.replicates, results.finalists
+    comparison, diagnostics = results.comparison, results.diagnostics
     names = " vs ".join(outcomes)
     lines = [f"# {names}: tuned with equal budgets, compared over fresh training seeds", ""]
-    cut = [a for a, o in outcomes.items() if o.count(TIME_BUDGET)]
+    cut = [a for a, o in outcomes.items() if o.count(TrialEnd.TIME_BUDGET)]
     if cut:  # an unequal budget must be the first thing a reader sees
         lines += [
             f"**warning: the time budget cut {', '.join(cut)} short: "
-            + "; ".join(f"{o.count(TIME_BUDGET)} {a} trial(s) stopped by it" for a, o in outcomes.items() if a in cut)
+            + "; ".join(
+                f"{o.count(TrialEnd.TIME_BUDGET)} {a} trial(s) stopped by it" for a, o in outcomes.items() if a in cut
+            )
             + ". The budgets below are what ran.**",
             "",
         ]
@@ -128,7 +105,7 @@ def summary_markdown(
     rows = {
         "tuning trials run": lambda o: f"{len(o.trials)} of {spec.searches * spec.trials}",
         "completed / training-time cap / early-stopped / time budget / failed": lambda o: " / ".join(
-            str(o.count(s)) for s in (COMPLETED, TIME_CAP, EARLY_STOPPED, TIME_BUDGET, FAILED)
+            str(o.count(end)) for end in TrialEnd
         ),
         "training episodes per full trial": lambda o: str(o.episodes_per_trial),
         "tuning compute (trial-seconds)": lambda o: f"{o.trial_seconds:.0f}",
@@ -186,9 +163,7 @@ def summary_markdown(
             f"### {algorithm} (tuning trial {finalist.source_trial}, candidate rank {finalist.candidate_rank})",
             "",
         ]
-        lines += [f"- {name}: {_compact(value)}" for name, value in sorted(finalist.tuned.items())] or [
-            "- (none tuned)"
-        ]
+        lines += [f"- {name}: {compact(value)}" for name, value in sorted(finalist.tuned.items())] or ["- (none tuned)"]
         lines.append("")
     return "\n".join(lines)
 
@@ -229,7 +204,7 @@ def _comparison_lines(spec: StudySpec, comparison: StudyComparison) -> list[str]
             "",
             f"- effect {h.challenger} − {h.baseline}, mean over searches of each search finalist's mean test accuracy: "
             f"{h.effect:+.2f} points, 95% CI {h.ci_low:+.2f} to {h.ci_high:+.2f} (Welch t over search means, "
-            f"df {h.df:.1f}, plus the shared test episodes; p={_format_p(h.p_value)})",
+            f"df {h.df:.1f}, plus the shared test episodes; p={format_p(h.p_value)})",
             f"- {spread}",
             f"- equivalence margin: ±{h.margin:g} points; verdict: `{h.kind}`"
             + (
@@ -248,10 +223,10 @@ def _comparison_lines(spec: StudySpec, comparison: StudyComparison) -> list[str]
             "## Comparison (about these configurations: one search per algorithm)",
             "",
             f"- effect {c.challenger} − {c.baseline}: {c.effect:+.2f} points, 95% CI {c.ci_low:+.2f} to {c.ci_high:+.2f} "
-            f"(Welch t, df {c.df:.1f}, p={_format_p(c.p_value)}); seed and episode variance both included",
+            f"(Welch t, df {c.df:.1f}, p={format_p(c.p_value)}); seed and episode variance both included",
             f"- P({c.challenger} > {c.baseline}) for a random pair of training seeds: {c.p_improvement:.2f} "
             f"({c.p_improvement_pairs[0]:g} of {c.p_improvement_pairs[1]} pairs, ties counting half; "
-            f"Mann–Whitney {_p_equals(c.p_improvement_p)})",
+            f"Mann–Whitney {p_equals(c.p_improvement_p)})",
             f"- equivalence margin: ±{c.margin:g} points; verdict: `{c.kind}`"
             + (f"; about {c.seeds_needed} seeds per algorithm would be needed to decide" if c.seeds_needed else ""),
             f"- secondary, {_episode_line(c)}",
@@ -272,7 +247,7 @@ def _comparison_lines(spec: StudySpec, comparison: StudyComparison) -> list[str]
             lines.append(
                 f"| {search} | {c.baseline_mean:.2f}% | {c.challenger_mean:.2f}% | {c.effect:+.2f} | "
                 f"{c.ci_low:+.2f} to {c.ci_high:+.2f} | {c.p_improvement_pairs[0]:g} of {c.p_improvement_pairs[1]} "
-                f"pairs ({_p_equals(c.p_improvement_p)}) | `{c.kind}` |"
+                f"pairs ({p_equals(c.p_improvement_p)}) | `{c.kind}` |"
             )
         lines.append("")
     return lines
@@ -299,7 +274,7 @@ def summary_csv(replicates: list[ReplicateRecord], finalists: dict[str, Finalist
                 "adapt_ms_per_task": r.adapt_ms_per_task,
                 "parameters": r.parameters,
                 "train_seconds": r.train_seconds,
-                "hyperparameters": ", ".join(f"{k}={_compact(v)}" for k, v in sorted(r.tuned.items())),
+                "hyperparameters": ", ".join(f"{k}={compact(v)}" for k, v in sorted(r.tuned.items())),
             }
         )
     return buffer.getvalue()
@@ -358,133 +333,3 @@ def _replicate_shape(replicates: list[ReplicateRecord], algorithm: str) -> str:
     candidates = len({(r.search, r.candidate_rank) for r in mine})
     seeds = len(mine) // candidates if candidates else 0
     return f"{candidates} x {seeds} ({len(mine)} runs)"
-
-
-OPTUNA_PLOTS = {"param importances": "param_importances", "parallel coordinate": "parallel_coordinate"}
-
-
-def optuna_plot(study: optuna.Study, name: str, params: list[str]):
-    """One of Optuna's matplotlib plots (a key of OPTUNA_PLOTS) of `params`: its Axes."""
-    with warnings.catch_warnings():
-        # Optuna marks its matplotlib plots experimental and warns on every call; that warning says
-        # nothing about this study.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "param importances":  # seeded so the same study always gives the same importances
-            return optuna.visualization.matplotlib.plot_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params
-            )
-        return optuna.visualization.matplotlib.plot_parallel_coordinate(study, params=params)
-
-
-def plot_optuna_study(study: optuna.Study, out_dir: str | Path, prefix: str) -> tuple[list[Path], list[str]]:
-    """Write `<prefix>_param_importances.png` and `<prefix>_parallel_coordinate.png` with optuna's plots.
-
-    Returns (written paths, notes): a plot that cannot be made meaningfully (too few completed trials,
-    no parameter that varied, a constant objective, or optuna refusing) is skipped with a note saying
-    why, for the caller to log; parameters that never varied are left out of both plots, also noted.
-    Switches matplotlib to the Agg backend (see below).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    reason, varied, fixed = _plottable(study)
-    if reason:
-        return [], [f"{name} for {prefix}: {reason}" for name in OPTUNA_PLOTS]
-
-    # Optuna draws through pyplot; a file-only report must not open GUI windows (GUI backends also
-    # fail off the main thread, where a study driver may run).
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    notes = []
-    if fixed:
-        notes.append(f"plots for {prefix} leave out parameters not varied in every completed trial: {', '.join(fixed)}")
-    written = []
-    for name, file_stem in OPTUNA_PLOTS.items():
-        try:
-            axes = optuna_plot(study, name, varied)
-        except (ValueError, RuntimeError) as error:
-            notes.append(f"{name} for {prefix}: optuna could not plot it ({error})")
-            continue
-        path = out_dir / f"{prefix}_{file_stem}.png"
-        try:
-            axes.figure.savefig(path, dpi=DPI, bbox_inches="tight")
-        finally:
-            plt.close(axes.figure)
-        written.append(path)
-    return written, notes
-
-
-def interactive_parallel_coordinate(study: optuna.Study, algorithm: str) -> tuple[go.Figure | None, str | None]:
-    """Optuna's parallel-coordinate plot of a tuning study as an interactive Plotly figure, the
-    objective in points: (figure, None), or (None, a note saying why it cannot be drawn)."""
-    reason, varied, _ = _plottable(study)
-    if reason:
-        return None, f"interactive parallel coordinate for {algorithm}: {reason}"
-    figure = optuna.visualization.plot_parallel_coordinate(
-        study, params=varied, target=lambda trial: 100 * trial.value, target_name="best val acc (%)"
-    )
-    figure.update_layout(title=f"{algorithm}: completed tuning trials (ASHA-stopped ones are left out)")
-    return figure, None
-
-
-def _plottable(study: optuna.Study) -> tuple[str, list[str], list[str]]:
-    """(why the study cannot be plotted or "", params varied in every completed trial, the other params)."""
-    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    reason = ""
-    if len(study.directions) != 1:
-        reason = "multi-objective study, plots need one objective"
-    elif len(completed) < 2:
-        reason = f"not enough completed trials ({len(completed)})"
-    elif len({trial.value for trial in completed}) == 1:
-        reason = f"all {len(completed)} completed trials have the same objective value"
-    varied, fixed = _varied_params(completed)
-    if not reason and not varied:
-        reason = f"no parameter varied across the {len(completed)} completed trials"
-    return reason, varied, fixed
-
-
-def _varied_params(completed: list[optuna.trial.FrozenTrial]) -> tuple[list[str], list[str]]:
-    """(params set in every completed trial with more than one value, all other params), both sorted."""
-    names = sorted({name for trial in completed for name in trial.params})
-    varied = [
-        name
-        for name in names
-        if all(name in trial.params for trial in completed) and len({trial.params[name] for trial in completed}) > 1
-    ]
-    return varied, [name for name in names if name not in varied]
-
-
-def _format_p(p: float) -> str:
-    if math.isnan(p):
-        return "n/a"
-    if p == 0:  # below the smallest double: say so rather than print an impossible p=0
-        return "<1e-300"
-    return f"{p:.2g}"
-
-
-def _p_equals(p: float) -> str:
-    """ "p=0.027", or "p<1e-300" where the p-value underflowed to zero."""
-    text = _format_p(p)
-    return f"p{text}" if text.startswith("<") else f"p={text}"
-
-
-def _points(fraction: float) -> str:
-    """A difference of accuracies (fractions) in percentage points with its sign."""
-    return f"{100 * fraction:+.2f}"
-
-
-def _compact(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _markdown_cell(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def _save(figure: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
-    return path

@@ -30,7 +30,7 @@ import optuna
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from .records import NUMBER_KEY, ROUND_KEY, SEARCH_KEY
+from .records import NUMBER_KEY, ROUND_KEY, SEARCH_KEY, TrialEnd, trial_end
 
 
 class RoundSearch(Searcher):
@@ -135,10 +135,10 @@ class RoundSearch(Searcher):
         self.ended.add(trial_id)
         k, ot_trial = self.ot_trials[trial_id]
         self.live[k].discard(trial_id)
-        full = bool(result) and (result.get("epoch", 0) >= self.full_epochs or bool(result.get("capped")))
-        if error:
+        end = trial_end(result, self.full_epochs, failed=error)
+        if end is TrialEnd.FAILED:
             state, value = optuna.trial.TrialState.FAIL, None
-        elif full and result.get(self.metric) is not None:
+        elif end.full_budget and result.get(self.metric) is not None:
             state, value = optuna.trial.TrialState.COMPLETE, float(result[self.metric])
         else:
             state, value = optuna.trial.TrialState.PRUNED, None

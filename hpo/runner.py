@@ -34,26 +34,25 @@ import ray
 from ray import tune
 
 from hypermaml.data import default_cache_dir
+from hypermaml.training import BEST_VAL_ACC, TRAIN_EPISODES, TRAIN_S, VAL_ACC
 
 from . import report, storage
 from .diagnostics import diagnose
-from .plots import expected_best_curves
+from .plots import expected_best_curves, interactive_parallel_coordinate, plot_optuna_study
 from .progress import ProgressLines, duration, say
 from .records import (
-    COMPLETED,
-    EARLY_STOPPED,
-    FAILED,
     NUMBER_KEY,
     PLACE_KEYS,
     SEARCH_KEY,
-    TIME_BUDGET,
-    TIME_CAP,
     Finalist,
     ReplicateRecord,
     StudyComparison,
+    StudyResults,
+    TrialEnd,
     TrialRecord,
     TuneOutcome,
     reference_gap,
+    trial_end,
 )
 from .rounds import RoundHalving, RoundSearch
 from .spaces import FIXED_SETTINGS, SpaceFn, is_reference
@@ -62,7 +61,7 @@ from .stats import compare_search_finalists, compare_seeds
 from .tracking import StudyTracker, trial_dirname, trial_id_of
 from .trainable import TEST_EPISODES_FILE, replicate_trial, train_trial
 
-METRIC, MODE = "best_val_acc", "max"
+METRIC, MODE = BEST_VAL_ACC, "max"
 # Every epoch reports a checkpoint by design (exact retries); Tune's warning that this snapshots
 # experiment state often is noise at our report rate (one per epoch, seconds apart).
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -171,7 +170,9 @@ def run_study(
             diagnostics = diagnose(
                 outcomes, finalists, comparison.per_search if comparison else {}, spec.grace_period, spec.epochs
             )
-            summary = write_report(spec, outcomes, replicates, finalists, comparison, diagnostics, tracker)
+            summary = write_report(
+                spec, StudyResults(outcomes, replicates, finalists, comparison, diagnostics), tracker
+            )
             tracker.finish_study("FINISHED")
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM (a `ray job stop`): an interruption, not a failure
             tracker.finish_study("KILLED")
@@ -299,7 +300,6 @@ def _tune_block(
     fit: Fit,
     verbose: bool,
 ) -> list[TrialRecord]:
-    start = time.perf_counter()
     searches = range(*block)
     experiment = f"{spec.study_dir}/{_experiment_name(algorithm, block)}"
     trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
@@ -374,20 +374,18 @@ def _tune_block(
         )
     results = fit(tuner)
     tracker.reconcile(algorithm, results, searches)
-    wall = time.perf_counter() - start
-    budget_end = time.time() - wall + time_budget if time_budget and wall >= 0.98 * time_budget else None
     proposals = {k: _optuna_trials(spec, algorithm, k) for k in searches}
-    return [_trial_record(spec, algorithm, r, reference, budget_end, proposals) for r in results]
+    return [_trial_record(spec, algorithm, r, reference, proposals) for r in results]
 
 
 def _tally(outcome: TuneOutcome) -> str:
     """How a tuning phase went: "2 ran all epochs, 2 stopped early; best val 75.4% (3ee199ea)"."""
     counts = {
-        "ran all epochs": outcome.count(COMPLETED),
-        "reached the training-time cap": outcome.count(TIME_CAP),
-        "stopped early": outcome.count(EARLY_STOPPED),
-        "cut by the time budget": outcome.count(TIME_BUDGET),
-        "failed": outcome.count(FAILED),
+        "ran all epochs": outcome.count(TrialEnd.COMPLETED),
+        "reached the training-time cap": outcome.count(TrialEnd.TIME_CAP),
+        "stopped early": outcome.count(TrialEnd.EARLY_STOPPED),
+        "cut by the time budget": outcome.count(TrialEnd.TIME_BUDGET),
+        "failed": outcome.count(TrialEnd.FAILED),
     }
     text = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
     scored = [t for t in outcome.trials if t.best_val_acc is not None]
@@ -413,7 +411,6 @@ def _trial_record(
     algorithm: str,
     result,
     reference,
-    budget_end: float | None,
     proposals: dict[int, dict[int, optuna.trial.FrozenTrial]],
 ) -> TrialRecord:
     trial_id = trial_id_of(result.path)
@@ -421,19 +418,12 @@ def _trial_record(
     # Its Optuna trial: the order it was proposed in, and the ranges its values were drawn from.
     match = proposals.get(result.config.get(SEARCH_KEY, 0), {}).get(result.config.get(NUMBER_KEY))
     frame = result.metrics_dataframe
-    curve = [float(v) for v in frame["val_acc"]] if frame is not None and "val_acc" in frame else []
-    metrics = result.metrics or {}
-    if result.error is not None:
-        status = FAILED
-    elif len(curve) >= spec.epochs:
-        status = COMPLETED
-    elif metrics.get("capped"):
-        status = TIME_CAP
-    elif budget_end is not None and metrics.get("timestamp", 0) + 1.5 * metrics.get("epoch_s", 0) >= budget_end:
-        status = TIME_BUDGET  # it was still running when the time budget ended the experiment
-    else:
-        status = EARLY_STOPPED
-    episodes = frame["train_episodes"] if frame is not None and "train_episodes" in frame else []
+    curve = [float(v) for v in frame[VAL_ACC]] if frame is not None and VAL_ACC in frame else []
+    # Tune's time budget stops the trials still running without a word to the searcher (TrialEnd.TIME_BUDGET):
+    # theirs are the Optuna trials left RUNNING by an experiment that was not interrupted.
+    running = match is not None and match.state == optuna.trial.TrialState.RUNNING
+    status = trial_end(result.metrics, spec.epochs, failed=result.error is not None, running=running)
+    episodes = frame[TRAIN_EPISODES] if frame is not None and TRAIN_EPISODES in frame else []
     return TrialRecord(
         search=int(result.config.get(SEARCH_KEY, 0)),
         train_episodes=int(episodes.iloc[-1]) if len(episodes) else 0,
@@ -443,7 +433,7 @@ def _trial_record(
         tuned=tuned,
         val_curve=curve,
         best_val_acc=float(max(curve)) if curve else None,
-        train_seconds=float(frame["train_s"].sum()) if frame is not None and "train_s" in frame else 0.0,
+        train_seconds=float(frame[TRAIN_S].sum()) if frame is not None and TRAIN_S in frame else 0.0,
         status=status,
         reference=reference[1] if reference and is_reference(tuned, reference[0]) else "",
         ranges={}
@@ -594,16 +584,16 @@ def _replicate_block(
                 source_trial=item["source_trial"],
                 seed=item["seed"],
                 tuned=item["tuned"],
-                val_curve=[float(v) for v in frame["val_acc"]],
+                val_curve=[float(v) for v in frame[VAL_ACC]],
                 best_val_acc=float(metrics[METRIC]),
                 test_acc=float(metrics["test_acc"]),
                 test_ci95=float(metrics["test_ci95"]),
                 adapt_ms_per_task=float(metrics["adapt_ms_per_task"]),
                 parameters=int(metrics["parameters"]),
-                train_seconds=float(frame["train_s"].sum()),
+                train_seconds=float(frame[TRAIN_S].sum()),
                 episode_accs=episode_accs,
                 search=int(item["search"]),
-                train_episodes=int(metrics.get("train_episodes", 0)),
+                train_episodes=int(metrics.get(TRAIN_EPISODES, 0)),
             )
         )
     return records
@@ -671,11 +661,11 @@ def compare(
 # ---- phase 4: report ---------------------------------------------------------------------------------
 
 
-def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, diagnostics, tracker) -> str:
+def write_report(spec: StudySpec, results: StudyResults, tracker: StudyTracker) -> str:
     out = Path(tempfile.mkdtemp(prefix="hpo-summary-"))
     try:
-        expected = expected_best_curves(outcomes)  # once: the plot, summary.md and MLflow
-        files = report.write_files(spec, outcomes, replicates, finalists, comparison, diagnostics, out, expected)
+        expected = expected_best_curves(results.outcomes)  # once: the plot, summary.md and MLflow
+        files = report.write_files(spec, results, out, expected)
         notes, figures = [], {}
         optuna_storage = optuna_storage_url(spec)  # not `storage`: that is the module the summary is written with
         for algorithm in spec.algorithms:
@@ -683,14 +673,14 @@ def write_report(spec: StudySpec, outcomes, replicates, finalists, comparison, d
                 study = optuna.load_study(study_name=optuna_study_name(spec, algorithm, 0), storage=optuna_storage)
             except KeyError:
                 continue
-            _, study_notes = report.plot_optuna_study(study, out / "plots", algorithm)
-            figure, note = report.interactive_parallel_coordinate(study, algorithm)
+            _, study_notes = plot_optuna_study(study, out / "plots", algorithm)
+            figure, note = interactive_parallel_coordinate(study, algorithm)
             if figure is not None:
                 figures[f"plots/{algorithm}_parallel_coordinate.html"] = figure
             notes += study_notes + ([note] if note else [])
         for note in notes:
             print(f"note: {note}", file=sys.stderr, flush=True)
-        tracker.log_summary(comparison, diagnostics, files, notes, figures, expected)
+        tracker.log_summary(results.comparison, results.diagnostics, files, notes, figures, expected)
         for name in ("summary.md", "summary.csv"):
             storage.write_text(f"{spec.study_dir}/{name}", (out / name).read_text())
         return (out / "summary.md").read_text()

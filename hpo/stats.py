@@ -126,6 +126,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from .formatting import signed
+
 # Averaging equal values in floating point can leave a variance of ~1e-30 instead of 0; anything below
 # this (points^2, i.e. an SD under 1e-7 points) is float noise, never real spread of accuracies.
 ZERO_VARIANCE = 1e-14
@@ -551,12 +553,21 @@ def expected_best(values: Sequence[float], n_max: int | None = None) -> Expected
     )
 
 
+def t_half_width(values: np.ndarray, fewer_than_two: float = math.nan) -> float:
+    """Half-width of the 95% t interval of the mean of `values`; `fewer_than_two` (nan unless given) for
+    fewer than 2 values: there is no spread to measure."""
+    n = values.size
+    if n < 2:
+        return fewer_than_two
+    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
+
+
 def episode_line(c: SeedComparison) -> str:
     """The secondary, network-level line: it describes these trained networks, never the algorithms."""
     return (
         "conditional on these trained networks (not a claim about the algorithms): "
         f"Wilcoxon signed-rank p={c.episode_wilcoxon_p:.3g} over {c.episodes} paired episodes, "
-        f"mean difference ({c.challenger} − {c.baseline}) {_signed(c.episode_mean_difference)} points"
+        f"mean difference ({c.challenger} − {c.baseline}) {signed(c.episode_mean_difference)} points"
     )
 
 
@@ -809,11 +820,6 @@ def _wilcoxon_p(d: np.ndarray) -> float:
     return float(stats.wilcoxon(d, alternative="two-sided").pvalue)
 
 
-def _signed(x: float) -> str:
-    # Round first so -0.001 prints as +0.00, then use a typographic minus.
-    return f"{round(x, 2) + 0.0:+.2f}".replace("-", "−")
-
-
 def _sentence(
     baseline: str,
     challenger: str,
@@ -841,8 +847,8 @@ def _sentence(
             f"{winner} is better than {loser} by {lead:.2f} points "
             f"({ci_name} {low:.2f} to {high:.2f}; {context(winner, loser)})."
         )
-    interval = f"{ci_name} {_signed(ci_low)} to {_signed(ci_high)}"
-    difference = f"{challenger} − {baseline} = {_signed(effect)} points ({interval}; {context(challenger, baseline)})"
+    interval = f"{ci_name} {signed(ci_low)} to {signed(ci_high)}"
+    difference = f"{challenger} − {baseline} = {signed(effect)} points ({interval}; {context(challenger, baseline)})"
     if kind == "equivalent":
         sentence = f"{baseline} and {challenger} are equivalent within ±{margin:.1f} points: {difference}"
         if ci_low > 0 or ci_high < 0:

@@ -27,9 +27,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from hypermaml.training import BEST_VAL_ACC, EPOCH
+
 from . import provenance
-from .progress import ending, error_line, replicate_name, stop_reason, tested
-from .records import SEARCH_KEY
+from .formatting import points
+from .progress import budget_spent, ending, error_line, replicate_name, stopped_by, tested
+from .records import SEARCH_KEY, TrialEnd, trial_end
 from .spaces import is_reference
 from .spec import StudySpec, sqlite_path
 
@@ -456,7 +459,7 @@ class TrialRuns(tune.Callback):
         self._last_epoch: dict[str, int] = {}
         self._ended: set[str] = set()  # trial ids whose run has ended
         # Made just before its Tune experiment starts (or is restored: __setstate__), so when Tune's time
-        # budget is spent, so is this one (stop_reason).
+        # budget is spent, so is this one (budget_spent).
         self._started = time.time()
 
     def __getstate__(self):
@@ -518,13 +521,13 @@ class TrialRuns(tune.Callback):
     @_guarded
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_id(trial)
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        epoch = int(result.get(EPOCH, result.get("training_iteration", 0)))
         if epoch <= self._last_epoch.get(trial.trial_id, 0):
             return  # already logged before a restore: no duplicate steps
         self._last_epoch[trial.trial_id] = epoch
         now = int(time.time() * 1000)
         metrics = [
-            Metric(k, _points(float(result[k])) if k in POINTS else float(result[k]), now, epoch)
+            Metric(k, points(float(result[k])) if k in POINTS else float(result[k]), now, epoch)
             for k in LOGGED_METRICS
             if k in result
         ]
@@ -554,31 +557,29 @@ class TrialRuns(tune.Callback):
             self.ledger.client.set_tag(run_id, NOTE, f"{tested(result)}; {source}" if "test_acc" in result else source)
             self.ledger.client.set_terminated(run_id, "FINISHED")
             return
-        self._end(trial, stop_reason(self.scheduler, self.time_budget_s, self._started, result))
+        self._end(trial, trial_end(result, self.epochs))
 
     @_guarded
     def on_experiment_end(self, trials, **info):
         """Tune stops the trials still running when the time budget runs out without telling
         on_trial_complete: their runs end here, like the trials ASHA stopped."""
-        if self.role == "trial" and stop_reason(self.scheduler, self.time_budget_s, self._started) == "time_budget":
+        if self.role == "trial" and budget_spent(self.time_budget_s, self._started):
             for trial in trials:
                 if trial.trial_id in self._runs and trial.trial_id not in self._ended:
-                    self._end(trial, "time_budget")
+                    self._end(trial, trial_end(trial.last_result, self.epochs, running=True))
 
-    def _end(self, trial, stopped_by: str) -> None:
+    def _end(self, trial, end: TrialEnd) -> None:
         """End a tuning trial's run FINISHED, its tags and description saying how: stopping a trial early
         is the search working, not a failure (FAILED and KILLED are kept for errors and interruptions)."""
         self._ended.add(trial.trial_id)
         run_id = self._run_id(trial)
         result = trial.last_result or {}
-        epoch = int(result.get("epoch", 0))
+        epoch = int(result.get(EPOCH, 0))
         client = self.ledger.client
-        if epoch >= self.epochs:
-            stopped_by = ""
-        else:
-            client.set_tag(run_id, "stopped_by", stopped_by)
+        if end is not TrialEnd.COMPLETED:
+            client.set_tag(run_id, "stopped_by", stopped_by(end, self.scheduler))
             client.set_tag(run_id, "stopped_at_epoch", str(epoch))
-        note = ending(epoch, self.epochs, result.get("best_val_acc"), stopped_by)
+        note = ending(epoch, self.epochs, result.get(BEST_VAL_ACC), end, self.scheduler)
         if self.reference and is_reference(trial.config, self.reference[0]):
             note = f"published reference; {note}"
         client.set_tag(run_id, NOTE, note)
@@ -589,7 +590,7 @@ class TrialRuns(tune.Callback):
         self._ended.add(trial.trial_id)
         run_id = self._run_id(trial)
         error = error_line(trial)
-        epoch = int((trial.last_result or {}).get("epoch", 0))
+        epoch = int((trial.last_result or {}).get(EPOCH, 0))
         self.ledger.client.set_tag(run_id, "error", error)
         self.ledger.client.set_tag(run_id, NOTE, f"failed at epoch {epoch}: {error}"[:MAX_NOTE])
         if trial.error_file and Path(trial.error_file).is_file():
@@ -604,11 +605,6 @@ def trial_dirname(trial) -> str:
 
 def trial_id_of(path: str) -> str:
     return Path(path).name.removeprefix("trial_")
-
-
-def _points(fraction: float) -> float:
-    """An accuracy in points, rounded to 1e-4 (float32 noise such as 31.600004 would show in the UI)."""
-    return round(100 * fraction, 4)
 
 
 def _param_value(value: Any) -> str:

@@ -18,7 +18,7 @@ import torch
 from ray import tune
 
 from hypermaml import evaluate, fit, from_flat, load_learner
-from hypermaml.training import BEST, load_data
+from hypermaml.training import BEST, CAPPED, EPOCH, load_data
 
 from .records import PLACE_KEYS
 
@@ -63,7 +63,7 @@ def _train_and_report(settings: dict[str, Any], test: tuple[int, list[int]] | No
 
         def report_epoch(metrics: dict[str, float]) -> None:
             metrics = {**metrics, "node_id": node_id}
-            if test is not None and (metrics["epoch"] == run_config.train.epochs or metrics["capped"]):
+            if test is not None and (metrics[EPOCH] == run_config.train.epochs or metrics[CAPPED]):
                 metrics.update(_test_best(work, run_config.train.device, *test))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
 

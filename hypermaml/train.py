@@ -17,7 +17,7 @@ from . import cli
 from .config import ALGORITHM_CONFIGS, ConfigError, RunConfig, TrainConfig, from_flat, to_flat
 from .data import DataError
 from .flops import epoch_step_flops, epoch_steps
-from .training import BEST, LAST, check_resumable, evaluate, fit, load_checkpoint, load_data, resolve_device
+from .training import BEST, CAPPED, LAST, check_resumable, evaluate, fit, load_checkpoint, load_data, resolve_device
 
 
 def build_parser() -> cli.Parser:
@@ -52,7 +52,7 @@ def _progress(metrics: dict[str, float]) -> None:
         f"  {metrics['episodes_per_s']:7.1f} episodes/s  {metrics['epoch_s']:6.1f} s"
     )
     print(line, file=sys.stderr, flush=True)
-    if metrics["capped"]:
+    if metrics[CAPPED]:
         print("stopping: another epoch would take training past --max-train-seconds", file=sys.stderr, flush=True)
 
 

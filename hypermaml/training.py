@@ -15,14 +15,18 @@ import torch
 
 from .algorithms import MAML, HyperMAML, build_learner
 from .allocator import keep_heap_warm
-from .config import ConfigError, RunConfig, from_flat, to_flat
+from .config import DATA_LOCATION, ConfigError, RunConfig, from_flat, to_flat
 from .data import CHANNELS, IMAGE_SIZE, Episodes, EpisodeSampler, FewShotSplit, fixed_episodes, load_split
 from .flops import epoch_step_flops, epoch_steps
 
 CHECKPOINT_FORMAT = 1
 LAST, BEST = "last.pt", "best.pt"
-# Settings that may differ when resuming: where things are, not what is computed.
-RESUMABLE_CHANGES = {"data_root", "cache_dir", "download", "epochs"}
+# Keys of an epoch's metrics (fit's history and what it reports) that other modules read.
+EPOCH, VAL_ACC, BEST_VAL_ACC, TRAIN_S, TRAIN_EPISODES = "epoch", "val_acc", "best_val_acc", "train_s", "train_episodes"
+CAPPED = "capped"  # 1.0 when the training-time cap makes this epoch the last before `epochs`
+# Settings that may differ when resuming: where the data is, not what is computed; and epochs, which a
+# resumed run may raise to train on (a study, which fixes its epochs, does not allow that: hpo.spec.RELOCATABLE).
+RESUMABLE_CHANGES = DATA_LOCATION | {"epochs"}
 # Tasks vectorized per pass on CPU when task_chunk = 0. Batching more tasks gains nothing on a
 # compute-bound CPU and loses cache locality (see benchmarks/throughput.py); on a GPU all at once.
 CPU_TASK_CHUNK = 4
@@ -244,7 +248,7 @@ def training_totals(history: list[dict[str, float]]) -> tuple[int, int]:
     """Meta-training episodes and FLOPs of the epochs in `history` (its metrics are cumulative)."""
     if not history:
         return 0, 0
-    return history[-1]["train_episodes"], history[-1]["train_flops"]
+    return history[-1][TRAIN_EPISODES], history[-1]["train_flops"]
 
 
 def time_cap_reached(history: list[dict[str, float]], max_train_seconds: float) -> bool:
@@ -263,7 +267,7 @@ def cap_seconds_left(history: list[dict[str, float]], max_train_seconds: float) 
 
 
 def trained_seconds(history: list[dict[str, float]]) -> float:
-    return sum(h["train_s"] for h in history)
+    return sum(h[TRAIN_S] for h in history)
 
 
 def start_training(config: RunConfig, device: torch.device) -> TrainingProgress:
@@ -383,7 +387,7 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
 def training_precision(precision: str, device: torch.device) -> str:
     """The precision meta-training runs in: "auto" becomes "bf16" where the device computes bf16
     natively, else "fp32". On CPUs without bf16 instructions autocast would emulate it, slower than
-    float32; test accuracy under bf16 on this project's CPU: README, "Throughput"."""
+    float32; test accuracy under bf16 on this project's CPU: docs/results.md, "bf16 against float32"."""
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
@@ -419,16 +423,16 @@ def record_epoch(
         progress.best_val_acc, progress.best_epoch = val.accuracy, epoch + 1
         progress.best_state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
     metrics = {
-        "epoch": epoch + 1,
+        EPOCH: epoch + 1,
         "train_loss": training.loss,
         "train_acc": training.accuracy,
-        "val_acc": val.accuracy,
+        VAL_ACC: val.accuracy,
         "val_ci95": val.ci95,
-        "best_val_acc": progress.best_val_acc,
+        BEST_VAL_ACC: progress.best_val_acc,
         "episodes_per_s": training.episodes / training.seconds,
-        "train_s": training.seconds,
+        TRAIN_S: training.seconds,
         # Cumulative: the last epoch's are what the network used in all.
-        "train_episodes": episodes_before + training.episodes,
+        TRAIN_EPISODES: episodes_before + training.episodes,
         "train_flops": flops_before + training.steps * progress.epoch_flops[epoch],
         "epoch_s": time.perf_counter() - epoch_start,
         "bf16_autocast": float(progress.precision == "bf16"),  # what precision "auto" became on this device
@@ -439,7 +443,7 @@ def record_epoch(
     progress.epochs_done = epoch + 1
     # Whether the training-time cap makes this the last epoch before `epochs`: a caller tests after it.
     t = config.train
-    metrics["capped"] = float(epoch + 1 < t.epochs and time_cap_reached(progress.history, t.max_train_seconds))
+    metrics[CAPPED] = float(epoch + 1 < t.epochs and time_cap_reached(progress.history, t.max_train_seconds))
     return improved
 
 

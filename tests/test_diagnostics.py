@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hpo.diagnostics import Diagnostic, diagnose
-from hpo.records import COMPLETED, EARLY_STOPPED, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
+from hpo.records import Finalist, ReplicateRecord, TrialEnd, TrialRecord, TuneOutcome
 
 GRACE, EPOCHS = 1, 3
 T_975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (3 seeds)
@@ -26,7 +26,7 @@ MIDDLE = {"outer_lr": 1e-3, "inner_steps": 3, "hn_hidden": 256, "dropout": 0.25,
 EPISODE_DEVIATIONS = np.array([-0.01, -0.01, 0.01, 0.01])
 
 
-def trial(algorithm, number, acc, status=COMPLETED, epochs=EPOCHS):
+def trial(algorithm, number, acc, status=TrialEnd.COMPLETED, epochs=EPOCHS):
     return TrialRecord(
         algorithm=algorithm,
         trial_id=f"{algorithm}_{number:05d}",
@@ -197,7 +197,7 @@ def stopped_early(algorithm, stopped_at):
     """A healthy outcome whose trials #1.. are early-stopped after the given numbers of epochs."""
     trials = healthy_outcome(algorithm).trials
     for number, epochs in enumerate(stopped_at, start=1):
-        trials[number] = trial(algorithm, number, 0.5, EARLY_STOPPED, epochs=epochs)
+        trials[number] = trial(algorithm, number, 0.5, TrialEnd.EARLY_STOPPED, epochs=epochs)
     return outcome(algorithm, trials)
 
 

@@ -10,13 +10,13 @@ from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.container import ErrorbarContainer
 
 from hpo.plots import anytime_curve, plot_anytime, plot_seed_results
-from hpo.records import COMPLETED, EARLY_STOPPED, FAILED, Finalist, ReplicateRecord, TrialRecord, TuneOutcome
+from hpo.records import Finalist, ReplicateRecord, TrialEnd, TrialRecord, TuneOutcome
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T_975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (3 seeds)
 
 
-def trial(algorithm, number, acc, seconds, status=COMPLETED, reference=""):
+def trial(algorithm, number, acc, seconds, status=TrialEnd.COMPLETED, reference=""):
     return TrialRecord(
         algorithm=algorithm,
         trial_id=f"{algorithm}_{number:05d}",
@@ -69,10 +69,10 @@ def maml_outcome():
     return outcome(
         "maml",
         [
-            trial("maml", 2, 0.25, 20.0, EARLY_STOPPED),
-            trial("maml", 0, None, 5.0, FAILED),
+            trial("maml", 2, 0.25, 20.0, TrialEnd.EARLY_STOPPED),
+            trial("maml", 0, None, 5.0, TrialEnd.FAILED),
             trial("maml", 4, 0.625, 8.0),
-            trial("maml", 3, None, 7.0, FAILED),
+            trial("maml", 3, None, 7.0, TrialEnd.FAILED),
             trial("maml", 1, 0.5, 10.0, reference="Finn et al. 2017"),
         ],
     )
@@ -97,7 +97,9 @@ def test_anytime_curve_orders_by_proposal_carries_the_best_over_failures_and_ski
 
 
 def test_anytime_curve_of_only_failed_trials_is_empty():
-    x, y = anytime_curve(outcome("maml", [trial("maml", 0, None, 3.0, FAILED), trial("maml", 1, None, 4.0, FAILED)]))
+    x, y = anytime_curve(
+        outcome("maml", [trial("maml", 0, None, 3.0, TrialEnd.FAILED), trial("maml", 1, None, 4.0, TrialEnd.FAILED)])
+    )
 
     assert x.shape == (0,) and y.shape == (0,)
 
@@ -129,9 +131,9 @@ def test_plot_anytime_draws_each_curve_as_a_post_step_and_marks_the_reference(tm
 
 def test_plot_anytime_marks_no_reference_that_failed_and_draws_an_all_failed_algorithm_empty(tmp_path):
     failed_reference = outcome(
-        "maml", [trial("maml", 0, None, 5.0, FAILED, reference="paper"), trial("maml", 1, 0.5, 5.0)]
+        "maml", [trial("maml", 0, None, 5.0, TrialEnd.FAILED, reference="paper"), trial("maml", 1, 0.5, 5.0)]
     )
-    all_failed = outcome("hypermaml", [trial("hypermaml", 0, None, 5.0, FAILED)])
+    all_failed = outcome("hypermaml", [trial("hypermaml", 0, None, 5.0, TrialEnd.FAILED)])
 
     figure = plot_anytime({"maml": failed_reference, "hypermaml": all_failed}, tmp_path / "anytime.png")
 

@@ -10,7 +10,8 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from hpo.progress import ProgressLines
+from hpo.progress import ProgressLines, ending, stopped_by
+from hpo.records import TrialEnd
 from hpo.spec import StudySpec
 from hpo.tracking import StudyTracker
 
@@ -74,3 +75,20 @@ def test_trials_the_time_budget_stops_end_in_the_terminal_and_in_mlflow(tmp_path
         ]
         assert sum(line.startswith(f"  {trial_id} epoch ") for line in lines) == epochs
     assert not any("│" in line for line in lines)  # no status tables
+
+
+def test_each_end_of_a_trial_has_its_words_and_its_stopped_by_tag():
+    assert ending(3, 3, 0.5, TrialEnd.COMPLETED) == "ran all 3 epochs, best val 50.0%"
+    assert ending(2, 3, 0.5, TrialEnd.TIME_CAP) == "reached its training-time cap after epoch 2, best val 50.0%"
+    assert ending(1, 3, 0.255, TrialEnd.EARLY_STOPPED) == "stopped by ASHA at epoch 1, best val 25.5%"
+    assert (
+        ending(1, 3, None, TrialEnd.EARLY_STOPPED, "fifo")
+        == "stopped by the scheduler at epoch 1, no validation result"
+    )
+    assert ending(2, 3, 0.5, TrialEnd.TIME_BUDGET) == "stopped by the time budget at epoch 2, best val 50.0%"
+    assert [stopped_by(end, "asha") for end in (TrialEnd.TIME_CAP, TrialEnd.EARLY_STOPPED, TrialEnd.TIME_BUDGET)] == [
+        "time_cap",
+        "ASHA",
+        "time_budget",
+    ]
+    assert stopped_by(TrialEnd.EARLY_STOPPED, "fifo") == "stopped"

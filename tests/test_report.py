@@ -13,19 +13,9 @@ import pytest
 from matplotlib.collections import LineCollection
 
 from hpo.diagnostics import Diagnostic
-from hpo.plots import plot_validation_curves
-from hpo.records import (
-    COMPLETED,
-    EARLY_STOPPED,
-    TIME_BUDGET,
-    TIME_CAP,
-    Finalist,
-    ReplicateRecord,
-    StudyComparison,
-    TrialRecord,
-    TuneOutcome,
-)
-from hpo.report import CSV_COLUMNS, budget_clause, optuna_plot, plot_optuna_study, summary_csv, summary_markdown
+from hpo.plots import optuna_plot, plot_optuna_study, plot_validation_curves
+from hpo.records import Finalist, ReplicateRecord, StudyComparison, StudyResults, TrialEnd, TrialRecord, TuneOutcome
+from hpo.report import CSV_COLUMNS, budget_clause, summary_csv, summary_markdown
 from hpo.spec import StudySpec
 from hpo.stats import compare_search_finalists, compare_seeds
 
@@ -58,7 +48,15 @@ def study_records(time_budget_cut=False, maml_capped=False):
     for algorithm, level in (("maml", 0.80), ("hypermaml", 0.85)):
         trials = [
             TrialRecord(
-                algorithm, f"{algorithm}_t", 0, {"outer_lr": 0.001}, [0.7, 0.8], 0.8, 30.0, COMPLETED, reference="paper"
+                algorithm,
+                f"{algorithm}_t",
+                0,
+                {"outer_lr": 0.001},
+                [0.7, 0.8],
+                0.8,
+                30.0,
+                TrialEnd.COMPLETED,
+                reference="paper",
             ),
             TrialRecord(
                 algorithm,
@@ -68,11 +66,11 @@ def study_records(time_budget_cut=False, maml_capped=False):
                 [0.5],
                 0.5,
                 10.0,
-                TIME_BUDGET
+                TrialEnd.TIME_BUDGET
                 if time_budget_cut and algorithm == "hypermaml"
-                else TIME_CAP
+                else TrialEnd.TIME_CAP
                 if maml_capped and algorithm == "maml"
-                else EARLY_STOPPED,
+                else TrialEnd.EARLY_STOPPED,
             ),
         ]
         outcomes[algorithm] = TuneOutcome(algorithm, trials, 50.0, 1000)
@@ -98,12 +96,14 @@ def study_records(time_budget_cut=False, maml_capped=False):
 def test_summary_opens_with_the_verdict_and_states_the_budget_that_ran():
     outcomes, replicates, finalists, comparison = study_records()
     diagnostics = [Diagnostic("diagnostic.seed_spread", "warning: the seeds disagree")]
-    text = summary_markdown(StudySpec(trials=2), outcomes, replicates, finalists, comparison, diagnostics)
+    text = summary_markdown(StudySpec(trials=2), StudyResults(outcomes, replicates, finalists, comparison, diagnostics))
     lines = text.splitlines()
     assert lines[2] == f"**{comparison.headline.sentence}**" and comparison.headline.kind.startswith("config_")
     assert lines[4] == "warning: the seeds disagree"
     assert "| tuning trials run | 2 of 2 | 2 of 2 |" in lines
-    two_searches = summary_markdown(StudySpec(trials=1, searches=2), outcomes, replicates, finalists, comparison, [])
+    two_searches = summary_markdown(
+        StudySpec(trials=1, searches=2), StudyResults(outcomes, replicates, finalists, comparison, [])
+    )
     assert "| tuning trials run | 2 of 2 | 2 of 2 |" in two_searches.splitlines()  # every search's trials planned
     assert (
         "| completed / training-time cap / early-stopped / time budget / failed | 1 / 0 / 1 / 0 / 0 | 1 / 0 / 1 / 0 / 0 |"
@@ -129,7 +129,7 @@ def test_summary_opens_with_the_verdict_and_states_the_budget_that_ran():
 def test_the_summary_counts_trials_ended_by_their_training_time_cap_and_states_the_cap():
     outcomes, replicates, finalists, comparison = study_records(maml_capped=True)
     spec = StudySpec(trials=2, epochs=5, episodes_per_epoch=480, max_train_seconds=170)
-    lines = summary_markdown(spec, outcomes, replicates, finalists, comparison, []).splitlines()
+    lines = summary_markdown(spec, StudyResults(outcomes, replicates, finalists, comparison, [])).splitlines()
     assert (
         "| completed / training-time cap / early-stopped / time budget / failed | 1 / 1 / 0 / 0 / 0 | 1 / 0 / 1 / 0 / 0 |"
         in lines
@@ -153,17 +153,17 @@ def test_the_summary_counts_trials_ended_by_their_training_time_cap_and_states_t
 
 def test_a_time_budget_cut_is_the_first_thing_the_summary_says():
     outcomes, replicates, finalists, comparison = study_records(time_budget_cut=True)
-    text = summary_markdown(StudySpec(trials=2), outcomes, replicates, finalists, comparison, [])
+    text = summary_markdown(StudySpec(trials=2), StudyResults(outcomes, replicates, finalists, comparison, []))
     assert text.splitlines()[2].startswith("**warning: the time budget cut hypermaml short: 1 hypermaml trial(s)")
 
 
 def test_the_summary_says_why_a_reference_was_not_retrained():
     outcomes, replicates, finalists, comparison = study_records()
     # maml's reference (trial maml_t, 80% after 2 epochs) was left out; the top trial led it by 12.5 points.
-    top = TrialRecord("maml", "maml_w", 2, {"outer_lr": 0.003}, [0.75, 0.925], 0.925, 30.0, COMPLETED)
+    top = TrialRecord("maml", "maml_w", 2, {"outer_lr": 0.003}, [0.75, 0.925], 0.925, 30.0, TrialEnd.COMPLETED)
     outcomes["maml"] = TuneOutcome("maml", [*outcomes["maml"].trials, top], 50.0, 1000)
     kept = [r for r in replicates if r.source_trial != "maml_t"]
-    text = summary_markdown(StudySpec(trials=3), outcomes, kept, finalists, comparison, [])
+    text = summary_markdown(StudySpec(trials=3), StudyResults(outcomes, kept, finalists, comparison, []))
     assert (
         "maml's published reference (trial maml_t) was not retrained: after 2 epoch(s) its validation accuracy "
         "trailed the top trial's by 12.5 points, more than the 10-point `--reference-margin`."
