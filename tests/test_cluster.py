@@ -898,7 +898,7 @@ def test_smoke_study_as_a_ray_job_uses_both_nodes_and_logs_to_the_mlflow_server(
         in logs
     ), logs[-3000:]
     _, trials = study_runs(cluster, "cluster-smoke", "trial")
-    check_trial_runs(client, trials)
+    check_trial_runs(client, trials, per_algorithm=2)  # the study file's 2 trials
     assert {r.data.tags["node_id"] for r in trials} == {cluster.head_id, cluster.worker_id}  # both nodes ran trials
     # The launching checkout's commit reached every run, though the job's copy of it has no .git.
     commit, dirty = (

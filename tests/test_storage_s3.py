@@ -103,7 +103,7 @@ def finished(s3, omniglot_root, tmp_path_factory):
     """(folder of its MLflow store, name, flags, finished process) of one smoke study stored in the bucket."""
     env, _ = s3
     tmp, name = tmp_path_factory.mktemp("s3-smoke"), unique("s3smoke")
-    cmd = s3_cmd(omniglot_root, tmp, name)
+    cmd = s3_cmd(omniglot_root, tmp, name, "--trials", "2")
     proc = run(cmd, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, name, cmd, proc
@@ -128,14 +128,14 @@ def test_a_study_on_s3_stores_its_spec_summary_and_tune_results_in_the_bucket(s3
         assert any(k.startswith(f"{study}/{experiment}/experiment_state-") for k in keys), experiment
         assert any(k.startswith(f"{study}/{experiment}/trial_") and "/checkpoint_" in k for k in keys), experiment
     for algorithm in ("maml", "hypermaml"):
-        assert len({k.split("/")[4] for k in keys if k.startswith(f"{study}/{algorithm}/trial_")}) == 4
+        assert len({k.split("/")[4] for k in keys if k.startswith(f"{study}/{algorithm}/trial_")}) == 2
 
     _, parents = runs(tmp, name, "study")
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert parents[0].data.tags["verdict"] == verdict and parents[0].data.tags["verdict.kind"]
     assert parents[0].data.params["storage_path"] == STORAGE
     _, trials = runs(tmp, name, "trial")
-    assert sorted(r.data.tags["algorithm"] for r in trials) == ["hypermaml"] * 4 + ["maml"] * 4
+    assert sorted(r.data.tags["algorithm"] for r in trials) == ["hypermaml"] * 2 + ["maml"] * 2
     assert all(r.info.status == "FINISHED" for r in trials)
     _, replicates = runs(tmp, name, "replicate")
     assert len(replicates) == len(csv_rows) == 4  # per algorithm its top trial x 2 seeds
@@ -145,7 +145,7 @@ def test_a_study_on_s3_stores_its_spec_summary_and_tune_results_in_the_bucket(s3
     # the Optuna studies, kept on the driver's machine (the cache folder) since the results are remote
     db = f"sqlite:///{os.environ['HYPERMAML_CACHE']}/optuna/{name}.db"
     for algorithm in ("maml", "hypermaml"):
-        assert len(optuna.load_study(study_name=f"{name}-{algorithm}", storage=db).trials) == 4
+        assert len(optuna.load_study(study_name=f"{name}-{algorithm}", storage=db).trials) == 2
 
 
 def test_rerunning_an_s3_study_with_other_settings_exits_2_and_writes_nothing(s3, finished):
@@ -157,7 +157,7 @@ def test_rerunning_an_s3_study_with_other_settings_exits_2_and_writes_nothing(s3
     proc = run(cmd + ["--trials", "5"], env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "trials 4 -> 5" in proc.stderr and "--resume" in proc.stderr and "--name" in proc.stderr
+    assert "trials 2 -> 5" in proc.stderr and "--resume" in proc.stderr and "--name" in proc.stderr
     assert objects(client) == bucket_before
     assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in [*tmp.rglob("*"), optuna_db]} == files_before
 

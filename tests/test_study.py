@@ -301,23 +301,28 @@ def test_rerunning_a_name_with_other_settings_exits_2_and_writes_nothing(smoke, 
     assert {p: p.stat().st_mtime_ns for p in tmp.rglob("*")} == before
 
 
-def test_the_same_seed_gives_the_same_study_under_load(smoke, omniglot_root, tmp_path):
-    """The README's smoke study again, same flags and seed (another name and store), with two CPU-bound
-    processes beside it at normal priority: the same trials, proposals, early stops, episodes and test
-    accuracies, to the digit (the same CPU and threads)."""
-    first, _ = smoke
+def test_the_same_seed_gives_the_same_study_under_load(omniglot_root, tmp_path):
+    """A smoke study run twice with the same flags and seed (another folder and store each time), the second
+    time with two CPU-bound processes beside it at normal priority: the same trials, proposals, early stops,
+    episodes and test accuracies, to the digit (the same CPU and threads). Three trials per search proposed
+    one at a time, so that ASHA judges the later ones against the earlier ones."""
+    flags = ("--trials", "3", "--search-batch", "1", "--reference-margin", "0")
+    idle, loaded = tmp_path / "idle", tmp_path / "loaded"
+    idle.mkdir()
+    loaded.mkdir()
+    first = run_study(study_cmd(omniglot_root, idle, "same", *flags))
+    assert first.returncode == 0, first.stderr[-3000:]
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(2)]
     try:
-        cmd = study_cmd(omniglot_root, tmp_path, SMOKE_NAME)
-        proc = run_study(cmd)
+        again = run_study(study_cmd(omniglot_root, loaded, "same", *flags))
     finally:
         for burner in burners:
             burner.kill()
             burner.wait()
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert again.returncode == 0, again.stderr[-3000:]
 
-    def trials(folder, db):
-        client, runs_ = runs(folder, SMOKE_NAME, "trial", db)
+    def trials(folder):
+        client, runs_ = runs(folder, "same", "trial")
         return {
             (r.data.tags["algorithm"], r.data.params["hpo_number"]): (
                 {k: v for k, v in r.data.params.items() if k not in ("data_root", "cache_dir")},
@@ -328,8 +333,8 @@ def test_the_same_seed_gives_the_same_study_under_load(smoke, omniglot_root, tmp
             for r in runs_
         }
 
-    def replicates(folder, db):
-        _, runs_ = runs(folder, SMOKE_NAME, "replicate", db)
+    def replicates(folder):
+        _, runs_ = runs(folder, "same", "replicate")
         return {
             (r.data.tags["algorithm"], r.data.tags["hpo.candidate_rank"], r.data.tags["seed"]): (
                 r.data.metrics["test_acc"],
@@ -338,11 +343,11 @@ def test_the_same_seed_gives_the_same_study_under_load(smoke, omniglot_root, tmp
             for r in runs_
         }
 
-    again, before = trials(tmp_path, "mlflow.db"), trials(first, SMOKE_DB)
-    assert len(before) == 8 and again == before
-    assert replicates(tmp_path, "mlflow.db") == replicates(first, SMOKE_DB)
-    verdict = [p.data.tags["verdict"] for p in runs(tmp_path, SMOKE_NAME, "study")[1]]
-    assert verdict == [p.data.tags["verdict"] for p in smoke_runs(first, "study")[1]]
+    before = trials(idle)
+    assert len(before) == 6 and trials(loaded) == before
+    assert len(replicates(idle)) == 4 and replicates(loaded) == replicates(idle)
+    verdicts = [[p.data.tags["verdict"] for p in runs(folder, "same", "study")[1]] for folder in (idle, loaded)]
+    assert verdicts[0] == verdicts[1] and len(verdicts[0]) == 1
 
 
 def test_killed_driver_resumes_without_losing_or_duplicating_runs(omniglot_root, tmp_path):
