@@ -18,7 +18,7 @@ from __future__ import annotations
 import optuna
 
 # The lower end of the outer learning rate for both built-in spaces, sized to the study budgets
-# (a few thousand episodes): see search_spaces/maml.py for the measurement behind it.
+# (a few thousand episodes); the measurement: docs/results.md, "Earlier default studies".
 OUTER_LR_LOW = 3e-4
 
 REFERENCE_SOURCE = "HyperMAML reference implementation (gmum/few-shot-hypernets-public), cross_char command"

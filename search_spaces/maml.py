@@ -5,12 +5,8 @@ The ranges contain the published Omniglot settings (1 inner step; inner lr 0.4 i
 0.1 in the reference code) and extend well beyond them (more steps, smaller and larger learning
 rates), because those were tuned for other training budgets than ours. Learning rates are searched
 on a log scale: their effect is multiplicative. The lower ends (inner lr 1e-2, outer lr 3e-4, the
-same outer range as HyperMAML's) are sized to budgets of a few thousand episodes: in the three
-`default` studies of the README before they were raised (47 tuning trials with a result), 16
-trials of either algorithm fell below them, and the best of those reached 83.9% validation
-accuracy (the rest at most 81.1%), against 92-93% for the best trials, whose outer lrs were 5e-4 to
-3e-3. The `paper` preset's budget is 50 times larger; give it your own space if you want the
-lower ends back.
+same outer range as HyperMAML's) are sized to budgets of a few thousand episodes (the measurement:
+docs/results.md, "Earlier default studies"); for much larger budgets give the study your own space.
 
 Adapting only the head ("head") is the cheap variant that HyperMAML also uses, so the study can
 tell whether adapting the whole backbone is what makes MAML good.
