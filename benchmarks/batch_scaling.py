@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from hypermaml.allocator import keep_heap_warm
+from hypermaml.fitting import autocast, training_precision
 from hypermaml.models import backbone_for
-from hypermaml.training import autocast, training_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, also when loaded by path
 import harness  # noqa: E402

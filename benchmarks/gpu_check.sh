@@ -19,7 +19,7 @@ VARIANTS="fp32 bf16 fp32+compile bf16+compile"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "== decoding Omniglot into the image cache (once per machine)"
-timeout 60 $PY -c "import sys; from hypermaml.data import load_split; [load_split('omniglot', s, sys.argv[1]) for s in ('train', 'val', 'test')]" "$DATA"
+timeout 60 $PY -c "import sys; from hypermaml.datasets import load_split; [load_split('omniglot', s, sys.argv[1]) for s in ('train', 'val', 'test')]" "$DATA"
 
 for MB in 32 128; do
     echo "== episodes/s, meta-batch $MB (eager vs compiled, fp32 vs bf16)"

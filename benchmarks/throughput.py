@@ -32,7 +32,7 @@ import torch
 
 from hypermaml import HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, loop_reference
 from hypermaml.allocator import keep_heap_warm
-from hypermaml.training import autocast, episode_sampler, load_data, outer_step, start_training
+from hypermaml.fitting import autocast, episode_sampler, load_data, outer_step, start_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, also when loaded by path
 import harness  # noqa: E402

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return parser.fail(error)
     print(table(studies, result))
     print()
-    print(result.sentence)
+    print(result.verdict.sentence)
     for line in provenance_warnings(studies):
         print(line, file=sys.stderr)
     return 0

@@ -18,8 +18,9 @@ import torch
 
 from hypermaml import from_flat, step_flops, to_flat
 from hypermaml.allocator import keep_heap_warm
-from hypermaml.data import CHANNELS, IMAGE_SIZE, Episodes
-from hypermaml.training import outer_step, resolve_device, start_training
+from hypermaml.datasets import CHANNELS, IMAGE_SIZE
+from hypermaml.episodes import Episodes
+from hypermaml.fitting import outer_step, resolve_device, start_training
 
 from .spaces import SpaceFn, sample_space
 from .spec import StudySpec

@@ -147,7 +147,7 @@ def _seed_spread(comparison: SeedComparison, suffix: str = "") -> Diagnostic | N
     """Seed-to-seed standard deviation of either algorithm larger than the effect between them: the
     effect is then within what retraining with another seed changes, and a few seeds decide it."""
     spreads = [sd for sd in (comparison.baseline_seed_sd, comparison.challenger_seed_sd) if math.isfinite(sd)]
-    effect = abs(comparison.effect)
+    effect = abs(comparison.verdict.effect)
     if not spreads or not max(spreads) > effect:  # written so that a nan effect never fires
         return None
     return Diagnostic(

@@ -179,8 +179,8 @@ def plot_seed_results(
     title = "Test accuracy of each final configuration over fresh seeds"
     if comparison is not None:
         title += (
-            f"\n{comparison.challenger} − {comparison.baseline} = {_title_signed(comparison.effect)} points "
-            f"(95% CI {_title_signed(comparison.ci_low)} to {_title_signed(comparison.ci_high)})"
+            f"\n{comparison.challenger} − {comparison.baseline} = {_title_signed(comparison.verdict.effect)} points "
+            f"(95% CI {_title_signed(comparison.verdict.ci_low)} to {_title_signed(comparison.verdict.ci_high)})"
         )
     axes.set_title(title, fontsize=11)
     axes.grid(axis="y", alpha=0.3)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ray import tune
 
-from hypermaml.training import BEST_VAL_ACC, EPOCH, VAL_ACC
+from hypermaml.fitting import BEST_VAL_ACC, EPOCH, VAL_ACC
 
 from .records import TrialEnd, trial_end
 from .spaces import is_reference

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hypermaml.training import CAPPED, EPOCH
+from hypermaml.fitting import CAPPED, EPOCH
 
 
 class TrialEnd(StrEnum):

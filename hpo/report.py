@@ -97,7 +97,7 @@ def summary_markdown(spec: StudySpec, results: StudyResults, expected: dict[str,
             "",
         ]
     if comparison is not None:
-        lines += [f"**{comparison.headline.sentence}**", ""]
+        lines += [f"**{comparison.headline.verdict.sentence}**", ""]
     else:
         lines += ["**No verdict: it needs two algorithms with at least 2 successful replicates each.**", ""]
     lines += [d.message for d in diagnostics]
@@ -191,7 +191,7 @@ def _comparison_lines(spec: StudySpec, comparison: StudyComparison) -> list[str]
     """The comparison section: the headline at its unit, then each search's own (secondary) comparison."""
     h = comparison.headline
     lines = []
-    if h.unit == "search":
+    if h.verdict.unit == "search":
         spread = "; ".join(
             f"{name}: search means {', '.join(f'{m:.2f}' for m in means)}%, sd {sd:.2f} points"
             for name, means, sd in (
@@ -203,10 +203,10 @@ def _comparison_lines(spec: StudySpec, comparison: StudyComparison) -> list[str]
             "## Comparison (the search is the unit)",
             "",
             f"- effect {h.challenger} − {h.baseline}, mean over searches of each search finalist's mean test accuracy: "
-            f"{h.effect:+.2f} points, 95% CI {h.ci_low:+.2f} to {h.ci_high:+.2f} (Welch t over search means, "
-            f"df {h.df:.1f}, plus the shared test episodes; p={format_p(h.p_value)})",
+            f"{h.verdict.effect:+.2f} points, 95% CI {h.verdict.ci_low:+.2f} to {h.verdict.ci_high:+.2f} "
+            f"(Welch t over search means, df {h.df:.1f}, plus the shared test episodes; p={format_p(h.p_value)})",
             f"- {spread}",
-            f"- equivalence margin: ±{h.margin:g} points; verdict: `{h.kind}`"
+            f"- equivalence margin: ±{h.verdict.margin:g} points; verdict: `{h.verdict.kind}`"
             + (
                 f"; about {h.searches_needed} searches per algorithm would be needed to decide"
                 if h.searches_needed
@@ -222,12 +222,13 @@ def _comparison_lines(spec: StudySpec, comparison: StudyComparison) -> list[str]
         lines += [
             "## Comparison (about these configurations: one search per algorithm)",
             "",
-            f"- effect {c.challenger} − {c.baseline}: {c.effect:+.2f} points, 95% CI {c.ci_low:+.2f} to {c.ci_high:+.2f} "
-            f"(Welch t, df {c.df:.1f}, p={format_p(c.p_value)}); seed and episode variance both included",
+            f"- effect {c.challenger} − {c.baseline}: {c.verdict.effect:+.2f} points, 95% CI "
+            f"{c.verdict.ci_low:+.2f} to {c.verdict.ci_high:+.2f} (Welch t, df {c.df:.1f}, p={format_p(c.p_value)}); "
+            "seed and episode variance both included",
             f"- P({c.challenger} > {c.baseline}) for a random pair of training seeds: {c.p_improvement:.2f} "
             f"({c.p_improvement_pairs[0]:g} of {c.p_improvement_pairs[1]} pairs, ties counting half; "
             f"Mann–Whitney {p_equals(c.p_improvement_p)})",
-            f"- equivalence margin: ±{c.margin:g} points; verdict: `{c.kind}`"
+            f"- equivalence margin: ±{c.verdict.margin:g} points; verdict: `{c.verdict.kind}`"
             + (f"; about {c.seeds_needed} seeds per algorithm would be needed to decide" if c.seeds_needed else ""),
             f"- secondary, {_episode_line(c)}",
             "- what the CI does not cover: the search. Another search can find other configurations; a claim about "
@@ -245,9 +246,9 @@ def _comparison_lines(spec: StudySpec, comparison: StudyComparison) -> list[str]
         ]
         for search, c in sorted(comparison.per_search.items()):
             lines.append(
-                f"| {search} | {c.baseline_mean:.2f}% | {c.challenger_mean:.2f}% | {c.effect:+.2f} | "
-                f"{c.ci_low:+.2f} to {c.ci_high:+.2f} | {c.p_improvement_pairs[0]:g} of {c.p_improvement_pairs[1]} "
-                f"pairs ({p_equals(c.p_improvement_p)}) | `{c.kind}` |"
+                f"| {search} | {c.baseline_mean:.2f}% | {c.challenger_mean:.2f}% | {c.verdict.effect:+.2f} | "
+                f"{c.verdict.ci_low:+.2f} to {c.verdict.ci_high:+.2f} | {c.p_improvement_pairs[0]:g} of "
+                f"{c.p_improvement_pairs[1]} pairs ({p_equals(c.p_improvement_p)}) | `{c.verdict.kind}` |"
             )
         lines.append("")
     return lines

@@ -33,8 +33,8 @@ import optuna
 import ray
 from ray import tune
 
-from hypermaml.data import default_cache_dir
-from hypermaml.training import BEST_VAL_ACC, TRAIN_EPISODES, TRAIN_S, VAL_ACC
+from hypermaml.datasets import default_cache_dir
+from hypermaml.fitting import BEST_VAL_ACC, TRAIN_EPISODES, TRAIN_S, VAL_ACC
 
 from . import report, storage
 from .diagnostics import diagnose

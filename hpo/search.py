@@ -22,9 +22,8 @@ from pathlib import Path
 import optuna
 
 from hypermaml import cli
-from hypermaml.config import ConfigError, from_flat
-from hypermaml.data import DataError
-from hypermaml.training import load_data
+from hypermaml.config import ConfigError, DataError, from_flat
+from hypermaml.fitting import load_data
 
 from . import storage
 from .spaces import SpaceError, check_space, load_space, reference_point, sample_space

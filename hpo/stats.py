@@ -148,6 +148,21 @@ UNITS = ("seed", "config")
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """What a comparison decides, the same at every unit (module note, "Verdict"): the effect and its CI,
+    the margin, the kind the CI gives and the one sentence that says it. The MLflow tags verdict.kind and
+    verdict.unit, and the metrics effect_points, ci_low_points and ci_high_points, are its fields."""
+
+    effect: float  # points, challenger - baseline
+    ci_low: float  # points, (1 - alpha) CI at this unit
+    ci_high: float
+    margin: float  # M, points
+    unit: str  # "seed", "search", "study", or "config": the kinds say the answer is about these configurations
+    kind: str  # "<winner>_better" | "equivalent" | "inconclusive"; "config_"-prefixed for unit "config"
+    sentence: str  # the one-sentence verdict
+
+
+@dataclass(frozen=True)
 class SeedComparison:
     baseline: str
     challenger: str
@@ -157,21 +172,15 @@ class SeedComparison:
     challenger_mean: float
     baseline_seed_sd: float  # points, sd over seeds (ddof=1)
     challenger_seed_sd: float
-    effect: float  # points, challenger - baseline
-    ci_low: float  # points, (1 - alpha) CI
-    ci_high: float
-    df: float  # Welch-Satterthwaite degrees of freedom
+    verdict: Verdict  # unit "seed", or "config" for one search's finalists
+    df: float  # Welch-Satterthwaite degrees of freedom of the verdict's CI
     p_value: float  # two-sided, same t statistic as the CI
     p_improvement: float  # 0..1, P(challenger seed > baseline seed), ties counting half
     p_improvement_pairs: tuple[float, int]  # (pairs the challenger seed wins, ties counting half; all pairs)
     p_improvement_p: float  # two-sided Mann-Whitney p of those pairs (exact at few seeds)
     episode_wilcoxon_p: float  # secondary, conditional on the trained networks
     episode_mean_difference: float  # points, mean of d_e (equals effect up to float rounding)
-    margin: float  # M, points
-    kind: str  # "<challenger>_better" | "<baseline>_better" | "equivalent" | "inconclusive", "config_"-prefixed for unit "config"
     seeds_needed: int | None  # only for "inconclusive"; None otherwise or when unattainable
-    sentence: str  # the one-sentence verdict
-    unit: str = "seed"  # "seed", or "config": the kinds say the answer is about these configurations
 
 
 def compare_seeds(
@@ -256,9 +265,7 @@ def compare_seeds(
         challenger_mean=float(x_c.mean()),
         baseline_seed_sd=math.sqrt(var_b),
         challenger_seed_sd=math.sqrt(var_c),
-        effect=effect,
-        ci_low=ci_low,
-        ci_high=ci_high,
+        verdict=Verdict(effect, ci_low, ci_high, float(margin), unit, kind, sentence),
         df=df,
         p_value=p_value,
         p_improvement=won / pairs,
@@ -266,11 +273,7 @@ def compare_seeds(
         p_improvement_p=p_imp_p,
         episode_wilcoxon_p=wilcoxon_p,
         episode_mean_difference=float(d.mean()),
-        margin=float(margin),
-        kind=kind,
         seeds_needed=seeds_needed,
-        sentence=sentence,
-        unit=unit,
     )
 
 
@@ -289,20 +292,14 @@ class SearchFinalistComparison:
     challenger_mean: float
     baseline_search_sd: float | None  # points, search-to-search sd of the search means (ddof=1); None when K = 1
     challenger_search_sd: float | None
-    effect: float  # points, challenger - baseline
-    ci_low: float  # points, (1 - alpha) CI at this result's unit
-    ci_high: float
-    df: float  # of that CI: Welch-Satterthwaite over the two search terms (unit "search"), or as compare_seeds
+    verdict: Verdict  # unit "search", or "config" when an algorithm has a single search
+    df: float  # of the verdict's CI: Welch-Satterthwaite over the two search terms (unit "search"), or as compare_seeds
     p_value: float  # two-sided, same t statistic as the CI
     episode_se: float  # points, the shared-test-episode part of the SE (0 when clipped)
     config_ci_low: float  # points, CI given the configurations found (seeds and episodes only)
     config_ci_high: float
-    margin: float  # M, points
-    unit: str  # "search", or "config" when an algorithm has a single search
-    kind: str  # "<winner>_better" | "equivalent" | "inconclusive"; "config_"-prefixed for unit "config"
     searches_needed: int | None  # "inconclusive": searches per algorithm for 80% power (None: unattainable);
     # unit "config": MIN_SEARCHES, a lower bound; None otherwise
-    sentence: str
 
 
 def compare_search_finalists(
@@ -433,19 +430,13 @@ def compare_search_finalists(
         challenger_mean=float(m_c.mean()),
         baseline_search_sd=None if var_b is None else math.sqrt(var_b),
         challenger_search_sd=None if var_c is None else math.sqrt(var_c),
-        effect=effect,
-        ci_low=ci_low,
-        ci_high=ci_high,
+        verdict=Verdict(effect, ci_low, ci_high, float(margin), unit, kind, sentence),
         df=df,
         p_value=p_value,
         episode_se=math.sqrt(episode_var),
         config_ci_low=config_low,
         config_ci_high=config_high,
-        margin=float(margin),
-        unit=unit,
-        kind=kind,
         searches_needed=searches_needed,
-        sentence=sentence,
     )
 
 
@@ -458,14 +449,9 @@ class SearchComparison:
     baseline: str
     challenger: str
     effects: tuple[float, ...]  # points, challenger - baseline, one per study
-    effect: float  # mean over studies
     sd: float  # sd over studies (ddof=1)
-    ci_low: float
-    ci_high: float
-    margin: float
-    kind: str
+    verdict: Verdict  # unit "study": its effect is the mean over studies
     studies_needed: int | None  # only for "inconclusive"; None otherwise or when unattainable
-    sentence: str
 
 
 def compare_searches(
@@ -503,14 +489,9 @@ def compare_searches(
         baseline,
         challenger,
         tuple(float(v) for v in x),
-        effect,
         math.sqrt(var),
-        ci_low,
-        ci_high,
-        float(margin),
-        kind,
+        Verdict(effect, ci_low, ci_high, float(margin), "study", kind, sentence),
         needed,
-        sentence,
     )
 
 

@@ -27,7 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from hypermaml.training import BEST_VAL_ACC, EPOCH
+from hypermaml.fitting import BEST_VAL_ACC, EPOCH
 
 from . import provenance
 from .formatting import points
@@ -348,9 +348,9 @@ class StudyTracker:
             searches = dict(zip((headline.baseline, headline.challenger), headline.searches))
             tags.update(
                 {
-                    "verdict": headline.sentence[:5000],
-                    "verdict.kind": headline.kind,
-                    "verdict.unit": headline.unit,
+                    "verdict": headline.verdict.sentence[:5000],
+                    "verdict.kind": headline.verdict.kind,
+                    "verdict.unit": headline.verdict.unit,
                     "verdict.searches": (
                         str(headline.searches[0])
                         if len(set(searches.values())) == 1
@@ -386,9 +386,9 @@ class StudyTracker:
         if headline is not None:
             now = int(time.time() * 1000)
             values = {
-                "effect_points": headline.effect,
-                "ci_low_points": headline.ci_low,
-                "ci_high_points": headline.ci_high,
+                "effect_points": headline.verdict.effect,
+                "ci_low_points": headline.verdict.ci_low,
+                "ci_high_points": headline.verdict.ci_high,
                 "p_value": headline.p_value,
             }
             if len(comparison.per_search) == 1:  # one search: the seed pairs of its two finalists
@@ -405,7 +405,7 @@ class StudyTracker:
         client.log_artifact(ledger.parent_run_id, str(files[0]))
         client.log_artifacts(ledger.parent_run_id, str(next(p for p in files if p.is_dir())), "plots")
         verdict = (
-            headline.sentence
+            headline.verdict.sentence
             if headline is not None
             else "No verdict: it needs two algorithms with at least 2 successful replicates each."
         )

@@ -18,7 +18,7 @@ import torch
 from ray import tune
 
 from hypermaml import evaluate, fit, from_flat, load_learner
-from hypermaml.training import BEST, CAPPED, EPOCH, load_data
+from hypermaml.fitting import BEST, CAPPED, EPOCH, load_data
 
 from .records import PLACE_KEYS
 

@@ -1,10 +1,11 @@
 """HyperMAML and MAML few-shot learners in pure PyTorch, vectorized over the tasks of a meta-batch."""
 
 from .algorithms import MAML, HyperMAML
-from .config import ConfigError, HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, from_flat, to_flat
-from .data import DataError, Episodes, EpisodeSampler, FewShotSplit, fixed_episodes, load_split
+from .config import ConfigError, DataError, HyperMAMLConfig, MAMLConfig, RunConfig, TrainConfig, from_flat, to_flat
+from .datasets import load_split
+from .episodes import Episodes, EpisodeSampler, FewShotSplit, fixed_episodes
+from .fitting import EvalResult, FitResult, TrainingDiverged, evaluate, fit, load_checkpoint, load_learner, new_learner
 from .flops import step_flops
-from .training import EvalResult, FitResult, TrainingDiverged, evaluate, fit, load_checkpoint, load_learner, new_learner
 
 __all__ = [
     "ConfigError",

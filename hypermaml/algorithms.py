@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .config import HyperMAMLConfig, MAMLConfig, RunConfig
-from .data import Episodes
+from .episodes import Episodes
 from .models import FEATURES, Conv4, HyperNetwork, backbone_for, linear
 
 

@@ -28,6 +28,11 @@ class ConfigError(ValueError):
     """An invalid setting a user can fix; the message is one line naming the setting."""
 
 
+class DataError(ValueError):
+    """A problem with the data a user can fix (missing root, missing files, bad split); the message is one line
+    naming the path and what to do."""
+
+
 def setting(
     help: str,
     default: Any = MISSING,
@@ -165,7 +170,7 @@ class TrainConfig:
 
 
 # TrainConfig settings that say where the data is (and whether to fetch it), not what is computed: a run
-# may be resumed, and a study started again, with them changed (hypermaml.training.RESUMABLE_CHANGES,
+# may be resumed, and a study started again, with them changed (hypermaml.fitting.RESUMABLE_CHANGES,
 # hpo.spec.RELOCATABLE, each with its own additions).
 DATA_LOCATION = frozenset({"data_root", "cache_dir", "download"})
 

@@ -39,7 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from .algorithms import build_learner
 from .config import ConfigError, HyperMAMLConfig, RunConfig
-from .data import CHANNELS, IMAGE_SIZE, Episodes
+from .datasets import CHANNELS, IMAGE_SIZE
+from .episodes import Episodes
 
 
 def step_flops(config: RunConfig, epoch: int | None = None) -> int:

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 from . import cli
-from .config import ALGORITHM_CONFIGS, ConfigError, RunConfig, TrainConfig, from_flat, to_flat
-from .data import DataError
+from .config import ALGORITHM_CONFIGS, ConfigError, DataError, RunConfig, TrainConfig, from_flat, to_flat
+from .fitting import BEST, CAPPED, LAST, check_resumable, evaluate, fit, load_checkpoint, load_data, resolve_device
 from .flops import epoch_step_flops, epoch_steps
-from .training import BEST, CAPPED, LAST, check_resumable, evaluate, fit, load_checkpoint, load_data, resolve_device
 
 
 def build_parser() -> cli.Parser:

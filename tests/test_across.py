@@ -64,7 +64,7 @@ def write_study(tmp_path, name, seed, levels, finish=True, preset="smoke", commi
             compare_search_finalists("maml", [matrices["maml"]], "hypermaml", [matrices["hypermaml"]]), {0: seed_level}
         )
         summary, plots = tmp_path / f"{name}.md", tmp_path / f"{name}-plots"
-        summary.write_text(comparison.headline.sentence)
+        summary.write_text(comparison.headline.verdict.sentence)
         plots.mkdir()
         (plots / "x.txt").write_text("x")
         tracker.log_summary(comparison, [], [summary, plots], [], {})
@@ -158,9 +158,9 @@ def test_compare_searches_needs_two_studies_and_matches_scipy():
     effects = [0.11, 5.29, 6.37, -5.74, -0.59]
     result = compare_searches("maml", "hypermaml", effects)
     interval = stats.ttest_1samp(effects, 0).confidence_interval(0.95)
-    assert (result.ci_low, result.ci_high) == pytest.approx((interval.low, interval.high))
-    assert result.kind == "inconclusive" and result.studies_needed > 5
-    assert compare_searches("maml", "hypermaml", [0.1, -0.1, 0.05, -0.05]).kind == "equivalent"
+    assert (result.verdict.ci_low, result.verdict.ci_high) == pytest.approx((interval.low, interval.high))
+    assert result.verdict.kind == "inconclusive" and result.studies_needed > 5
+    assert compare_searches("maml", "hypermaml", [0.1, -0.1, 0.05, -0.05]).verdict.kind == "equivalent"
 
 
 def test_studies_of_different_or_uncommitted_code_are_compared_with_a_warning(tmp_path, capsys):

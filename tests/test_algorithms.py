@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypermaml import loop_reference
 from hypermaml.algorithms import MAML, HyperMAML, adapt_heads
 from hypermaml.config import HyperMAMLConfig, MAMLConfig
-from hypermaml.data import Episodes
+from hypermaml.episodes import Episodes
 from hypermaml.models import FEATURES
 
 WAY, SHOT, QUERY, TASKS = 5, 2, 3, 4

@@ -7,7 +7,7 @@ from typing import get_type_hints
 from hpo.spaces import FIXED_SETTINGS
 from hpo.spec import RELOCATABLE, SHARED_SETTINGS, StudySpec
 from hypermaml.config import TrainConfig, setting, train_setting
-from hypermaml.training import RESUMABLE_CHANGES
+from hypermaml.fitting import RESUMABLE_CHANGES
 
 # A StudySpec field named like a TrainConfig field that is another setting: the study's seed seeds its
 # searcher, and search k's runs train with a seed derived from it (StudySpec.search_seed).

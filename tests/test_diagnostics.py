@@ -84,9 +84,7 @@ def comparison(effect=3.0, baseline_sd=1.0, challenger_sd=1.0):
     return SimpleNamespace(
         baseline="maml",
         challenger="hypermaml",
-        effect=effect,
-        ci_low=effect - 1,
-        ci_high=effect + 1,
+        verdict=SimpleNamespace(effect=effect, ci_low=effect - 1, ci_high=effect + 1),
         baseline_seed_sd=baseline_sd,
         challenger_seed_sd=challenger_sd,
     )

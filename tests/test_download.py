@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hypermaml.data import DOWNLOAD_URL_ENV, OMNIGLOT_MD5, OMNIGLOT_SETS, DataError, fetch_omniglot, load_split
+from hypermaml.config import DataError
+from hypermaml.datasets import load_split
+from hypermaml.download import DOWNLOAD_URL_ENV, OMNIGLOT_MD5, OMNIGLOT_SETS, fetch_omniglot
 from tests.helpers import QuietHandler, files_under
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ import torch
 
 from hypermaml.algorithms import MAML, HyperMAML
 from hypermaml.config import HyperMAMLConfig, MAMLConfig
-from hypermaml.data import Episodes
-from hypermaml.training import autocast, meta_loss_function
+from hypermaml.episodes import Episodes
+from hypermaml.fitting import autocast, meta_loss_function
 from tests.test_algorithms import random_episodes
 
 WAY, SHOT, QUERY, TASKS = 5, 1, 5, 4

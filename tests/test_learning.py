@@ -8,7 +8,7 @@ thresholds below leave a margin for other CPUs. Longer runs are in the README.
 import pytest
 
 from hypermaml import MAMLConfig, RunConfig, TrainConfig, evaluate, fit
-from hypermaml.training import load_data
+from hypermaml.fitting import load_data
 
 BUDGET = dict(way=5, shot=1, query=15, epochs=4, steps_per_epoch=25, meta_batch=8, val_episodes=100, test_episodes=600)
 

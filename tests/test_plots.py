@@ -151,9 +151,7 @@ def test_plot_seed_results_draws_every_seed_and_the_t_interval_of_the_mean_over_
     comparison = SimpleNamespace(
         baseline="maml",
         challenger="hypermaml",
-        effect=1.24,
-        ci_low=-0.51,
-        ci_high=2.94,
+        verdict=SimpleNamespace(effect=1.24, ci_low=-0.51, ci_high=2.94),
         baseline_seed_sd=5.0,
         challenger_seed_sd=8.8,
     )
@@ -201,7 +199,9 @@ def test_plot_seed_results_with_one_seed_and_no_comparison_draws_the_mean_withou
 
 @pytest.mark.parametrize("effect, expected", [(-0.04, "−0.0"), (0.0, "+0.0"), (12.34, "+12.3")])
 def test_seed_title_signs_the_effect(tmp_path, effect, expected):
-    comparison = SimpleNamespace(baseline="a", challenger="b", effect=effect, ci_low=-1.0, ci_high=1.0)
+    comparison = SimpleNamespace(
+        baseline="a", challenger="b", verdict=SimpleNamespace(effect=effect, ci_low=-1.0, ci_high=1.0)
+    )
     finalists = {"a": finalist("a", [(1, 0.5), (2, 0.6)]), "b": finalist("b", [(1, 0.5), (2, 0.6)])}
 
     figure = plot_seed_results(finalists, comparison, tmp_path / "seeds.png")

@@ -27,7 +27,7 @@ import torch
 
 from hpo.screenshot import stop_process
 from hpo.search import build_parser as search_parser
-from hypermaml.training import training_precision
+from hypermaml.fitting import training_precision
 from tests.helpers import files_under
 from tests.readme_commands import (
     DOCS,

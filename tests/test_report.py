@@ -98,7 +98,9 @@ def test_summary_opens_with_the_verdict_and_states_the_budget_that_ran():
     diagnostics = [Diagnostic("diagnostic.seed_spread", "warning: the seeds disagree")]
     text = summary_markdown(StudySpec(trials=2), StudyResults(outcomes, replicates, finalists, comparison, diagnostics))
     lines = text.splitlines()
-    assert lines[2] == f"**{comparison.headline.sentence}**" and comparison.headline.kind.startswith("config_")
+    assert lines[2] == f"**{comparison.headline.verdict.sentence}**" and comparison.headline.verdict.kind.startswith(
+        "config_"
+    )
     assert lines[4] == "warning: the seeds disagree"
     assert "| tuning trials run | 2 of 2 | 2 of 2 |" in lines
     two_searches = summary_markdown(
@@ -111,7 +113,7 @@ def test_summary_opens_with_the_verdict_and_states_the_budget_that_ran():
     )
     assert "| tuning compute (trial-seconds) | 40 | 40 |" in lines
     assert "| replicates (candidates x seeds) | 2 x 3 (6 runs) | 2 x 3 (6 runs) |" in lines
-    assert f"effect hypermaml − maml: {comparison.headline.effect:+.2f} points" in text
+    assert f"effect hypermaml − maml: {comparison.headline.verdict.effect:+.2f} points" in text
     section = lines.index("## Comparison (about these configurations: one search per algorithm)")
     assert lines[section + 6] == (
         "- what the CI does not cover: the search. Another search can find other configurations; a claim about the "

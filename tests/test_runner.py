@@ -16,7 +16,7 @@ from hpo.records import NUMBER_KEY, SEARCH_KEY, ReplicateRecord, TrialEnd, Trial
 from hpo.runner import _trial_record, candidates, choose_finalists, reference_gap, trial_space
 from hpo.spaces import load_space
 from hpo.spec import resolve
-from hypermaml.training import CAPPED, EPOCH, TRAIN_EPISODES, TRAIN_S, VAL_ACC
+from hypermaml.fitting import CAPPED, EPOCH, TRAIN_EPISODES, TRAIN_S, VAL_ACC
 
 
 def test_sampled_values_win_over_study_defaults_and_epochs_hold_the_same_episodes(tmp_path):

@@ -135,21 +135,23 @@ def search_studies(
 
 def assert_consistent(c: SeedComparison) -> None:
     """The sentence's direction comes from the numbers: winner <=> sign of effect, no 'better' otherwise."""
-    assert c.kind in {f"{c.challenger}_better", f"{c.baseline}_better", "equivalent", "inconclusive"}
-    assert c.effect == pytest.approx(c.episode_mean_difference, abs=1e-9)
-    assert c.ci_low <= c.effect <= c.ci_high
-    if c.kind.endswith("_better"):
-        winner = c.kind.removesuffix("_better")
+    assert c.verdict.kind in {f"{c.challenger}_better", f"{c.baseline}_better", "equivalent", "inconclusive"}
+    assert c.verdict.effect == pytest.approx(c.episode_mean_difference, abs=1e-9)
+    assert c.verdict.ci_low <= c.verdict.effect <= c.verdict.ci_high
+    if c.verdict.kind.endswith("_better"):
+        winner = c.verdict.kind.removesuffix("_better")
         loser = c.baseline if winner == c.challenger else c.challenger
-        assert (c.effect > 0) == (winner == c.challenger)
-        assert c.ci_low > 0 or c.ci_high < 0
-        assert c.sentence.startswith(f"{winner} is better than {loser} by {abs(c.effect):.2f} points")
+        assert (c.verdict.effect > 0) == (winner == c.challenger)
+        assert c.verdict.ci_low > 0 or c.verdict.ci_high < 0
+        assert c.verdict.sentence.startswith(f"{winner} is better than {loser} by {abs(c.verdict.effect):.2f} points")
         assert c.p_value < 0.05
     else:
-        assert "better" not in c.sentence
-        opening = "inconclusive:" if c.kind == "inconclusive" else f"{c.baseline} and {c.challenger} are equivalent"
-        assert c.sentence.startswith(opening)
-    assert (c.seeds_needed is not None) <= (c.kind == "inconclusive")
+        assert "better" not in c.verdict.sentence
+        opening = (
+            "inconclusive:" if c.verdict.kind == "inconclusive" else f"{c.baseline} and {c.challenger} are equivalent"
+        )
+        assert c.verdict.sentence.startswith(opening)
+    assert (c.seeds_needed is not None) <= (c.verdict.kind == "inconclusive")
     won, pairs = c.p_improvement_pairs
     assert pairs == c.seeds[0] * c.seeds[1] and c.p_improvement == pytest.approx(won / pairs)
     assert 0 < c.p_improvement_p <= 1
@@ -160,7 +162,7 @@ def test_no_true_difference_rarely_declares_a_winner(seeds: int) -> None:
     results = run_studies(seed=seeds, studies=200, seeds=seeds, mu_b=0.90, mu_c=0.90)
     for c in results:
         assert_consistent(c)
-    rate = np.mean([c.kind.endswith("_better") for c in results])
+    rate = np.mean([c.verdict.kind.endswith("_better") for c in results])
     print(f"\nno true difference, {seeds} seeds per algorithm: a winner declared in {rate:.1%} of 200 studies")
     assert rate <= 0.07
 
@@ -169,8 +171,8 @@ def test_three_point_gap_is_found() -> None:
     results = run_studies(seed=11, studies=200, seeds=5, mu_b=0.90, mu_c=0.93)
     for c in results:
         assert_consistent(c)
-    right = np.mean([c.kind == "hypermaml_better" for c in results])
-    wrong = sum(c.kind == "maml_better" for c in results)
+    right = np.mean([c.verdict.kind == "hypermaml_better" for c in results])
+    wrong = sum(c.verdict.kind == "maml_better" for c in results)
     print(f"\ntrue 3-point gap, 5 seeds per algorithm: correct winner in {right:.1%}, wrong winner in {wrong} of 200")
     assert right >= 0.80
     assert wrong == 0
@@ -208,28 +210,28 @@ def test_sentence_follows_the_mean_when_the_median_disagrees(big_gain: int, swap
     # The construction does what it claims: mean and pseudo-median point in opposite directions.
     assert np.sign(d.mean()) == -np.sign(hodges_lehmann) == -np.sign(np.median(d)) != 0
     assert c.episode_wilcoxon_p < 1e-6  # the network-level test is sure of the *other* direction
-    assert c.kind == kind
-    assert c.effect == pytest.approx(c.episode_mean_difference, abs=1e-9)
-    assert np.sign(c.effect) == np.sign(d.mean())
+    assert c.verdict.kind == kind
+    assert c.verdict.effect == pytest.approx(c.episode_mean_difference, abs=1e-9)
+    assert np.sign(c.verdict.effect) == np.sign(d.mean())
     assert_consistent(c)
     assert f"{c.episode_mean_difference:+.2f}".replace("-", "−") in episode_line(c)
 
 
 def test_equivalent_when_noise_is_tiny_and_seeds_are_many() -> None:
     (c,) = run_studies(seed=3, studies=1, seeds=10, mu_b=0.90, mu_c=0.90, sigma_seed=0.001, sigma_interaction=0.005)
-    assert c.kind == "equivalent"
-    assert -1.0 < c.ci_low < c.ci_high < 1.0
-    assert c.sentence.startswith("maml and hypermaml are equivalent within ±1.0 points: hypermaml − maml = ")
+    assert c.verdict.kind == "equivalent"
+    assert -1.0 < c.verdict.ci_low < c.verdict.ci_high < 1.0
+    assert c.verdict.sentence.startswith("maml and hypermaml are equivalent within ±1.0 points: hypermaml − maml = ")
     assert_consistent(c)
 
 
 def test_significant_but_negligible_difference_is_equivalent() -> None:
     # A real 0.5-point gain, measured precisely: the CI excludes 0 yet lies inside ±1 point.
     (c,) = run_studies(seed=4, studies=1, seeds=10, mu_b=0.900, mu_c=0.905, sigma_seed=0.001, sigma_interaction=0.005)
-    assert 0 < c.ci_low < c.ci_high < 1.0
+    assert 0 < c.verdict.ci_low < c.verdict.ci_high < 1.0
     assert c.p_value < 0.05
-    assert c.kind == "equivalent"
-    assert "statistically significant" in c.sentence
+    assert c.verdict.kind == "equivalent"
+    assert "statistically significant" in c.verdict.sentence
     assert_consistent(c)
 
 
@@ -239,17 +241,17 @@ def test_seeds_needed_shrinks_the_interval_to_about_the_target() -> None:
     ratios = []
     for study in range(12):
         (c,) = run_studies(seed=100 + study, studies=1, seeds=3, mu_b=0.90, mu_c=0.908)
-        if c.kind != "inconclusive":
+        if c.verdict.kind != "inconclusive":
             continue
         assert c.seeds_needed is not None and c.seeds_needed > 3
-        assert f"about {c.seeds_needed} seeds per algorithm" in c.sentence
-        target = max(abs(c.effect), c.margin - abs(c.effect))
+        assert f"about {c.seeds_needed} seeds per algorithm" in c.verdict.sentence
+        target = max(abs(c.verdict.effect), c.verdict.margin - abs(c.verdict.effect))
         # Re-run the same study design with the suggested seeds: 20 fresh draws.
         episode_effect = shared_episodes(rng, 20)
         b = simulate(rng, episode_effect, c.seeds_needed, 0.90)
         h = simulate(rng, episode_effect, c.seeds_needed, 0.908)
         reruns = [compare_seeds("maml", b[i], "hypermaml", h[i]) for i in range(20)]
-        half_widths = [(r.ci_high - r.ci_low) / 2 for r in reruns]
+        half_widths = [(r.verdict.ci_high - r.verdict.ci_low) / 2 for r in reruns]
         ratios.append(float(np.median(half_widths)) / target)
     # The plan uses the seed variance seen in only 3 seeds, so one study can be off by a factor
     # sigma / s (often 0.6..1.4); the typical study is not.
@@ -267,7 +269,7 @@ def test_hand_computed_example() -> None:
     assert c.challenger_mean == pytest.approx(80.0)
     assert c.baseline_seed_sd == pytest.approx(10.0)
     assert c.challenger_seed_sd == pytest.approx(10.0)
-    assert c.effect == pytest.approx(10.0)
+    assert c.verdict.effect == pytest.approx(10.0)
     assert c.episode_mean_difference == pytest.approx(10.0)
     # Seeds x episodes residuals (points): baseline +-6.67, +-3.33, +-3.33 -> SS 133.3 over (3-1)(2-1) df,
     # MS_res 66.7; challenger +-10, +-10, 0 -> MS_res 200. Per network, the episode noise is MS_res / E:
@@ -277,7 +279,7 @@ def test_hand_computed_example() -> None:
     var, df = 100 / 3 + 100 / 3, 4.0
     assert c.df == pytest.approx(df)
     half = stats.t.ppf(0.975, df) * math.sqrt(var)
-    assert (c.ci_low, c.ci_high) == (pytest.approx(10 - half), pytest.approx(10 + half))
+    assert (c.verdict.ci_low, c.verdict.ci_high) == (pytest.approx(10 - half), pytest.approx(10 + half))
     assert c.p_value == pytest.approx(2 * stats.t.sf(10 / math.sqrt(var), df))
     # Pairs (challenger > baseline): 0.7 beats 0.6, ties 0.7 -> 1.5; 0.8 -> 2.5; 0.9 -> 3. Total 7 of 9.
     assert c.p_improvement == pytest.approx(7 / 9)
@@ -291,13 +293,13 @@ def test_hand_computed_example() -> None:
     ]
     exact = min(1.0, 2 * min(np.mean(np.array(u) >= 7), np.mean(np.array(u) <= 7)))
     assert c.p_improvement_p == pytest.approx(exact) == 0.5
-    assert c.kind == "inconclusive"
+    assert c.verdict.kind == "inconclusive"
     # Without the double-counted episode term, seeds can decide it: t_{2(n-1)} * sqrt(200 / n) < 10 first
     # at n = 9 (2.120 * 4.714 = 9.99); at n = 8, 2.145 * 5 = 10.7. (Before: "more test episodes are needed".)
     assert c.seeds_needed == 9
-    assert "about 9 seeds per algorithm would be needed to decide" in c.sentence
-    assert "budget: 12 trials x 1000 episodes per algorithm" in c.sentence
-    assert "3 hypermaml vs 3 maml training seeds, 2 shared test episodes" in c.sentence
+    assert "about 9 seeds per algorithm would be needed to decide" in c.verdict.sentence
+    assert "budget: 12 trials x 1000 episodes per algorithm" in c.verdict.sentence
+    assert "3 hypermaml vs 3 maml training seeds, 2 shared test episodes" in c.verdict.sentence
     assert c.episode_wilcoxon_p == pytest.approx(0.5)  # two positive differences: exact p = 2 * 1/4
     assert_consistent(c)
 
@@ -312,11 +314,11 @@ def test_hand_computed_episode_term() -> None:
     parts = [(25.0, 1), (25.0, 1), (1600 / 3, 2)]
     var = sum(v for v, _ in parts)
     df = var**2 / sum(v**2 / k for v, k in parts)
-    assert c.effect == pytest.approx(0.0, abs=1e-9)
+    assert c.verdict.effect == pytest.approx(0.0, abs=1e-9)
     assert c.df == pytest.approx(df) == pytest.approx(2.3717, abs=1e-4)
-    assert c.ci_high == pytest.approx(stats.t.ppf(0.975, df) * math.sqrt(var))
-    assert c.kind == "inconclusive" and c.seeds_needed is None
-    assert "more test episodes are needed" in c.sentence
+    assert c.verdict.ci_high == pytest.approx(stats.t.ppf(0.975, df) * math.sqrt(var))
+    assert c.verdict.kind == "inconclusive" and c.seeds_needed is None
+    assert "more test episodes are needed" in c.verdict.sentence
 
 
 @pytest.mark.parametrize(
@@ -339,8 +341,8 @@ def test_degenerate_inputs_give_exact_answers_without_warnings() -> None:
         warnings.simplefilter("error")
         same = compare_seeds("maml", np.full((3, EPISODES), 0.8), "hypermaml", np.full((5, EPISODES), 0.8))
         apart = compare_seeds("maml", np.full((3, EPISODES), 0.8), "hypermaml", np.full((3, EPISODES), 0.9))
-    assert (same.effect, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
-    assert same.kind == "equivalent"
+    assert (same.verdict.effect, same.verdict.ci_low, same.verdict.ci_high) == (0.0, 0.0, 0.0)
+    assert same.verdict.kind == "equivalent"
     assert same.p_value == 1.0
     assert same.episode_wilcoxon_p == 1.0
     assert (same.p_improvement, same.p_improvement_pairs, same.p_improvement_p) == (0.5, (7.5, 15), 1.0)
@@ -348,9 +350,9 @@ def test_degenerate_inputs_give_exact_answers_without_warnings() -> None:
     assert_consistent(same)
     # Zero variance but a real gap: a zero-width CI at 10 points, and every seed pair favours hypermaml,
     # which with 3 tied seeds against 3 tied seeds is still only 1 of the 20 labellings each way: p = 0.1.
-    assert apart.effect == pytest.approx(10.0)
-    assert apart.ci_low == apart.ci_high == apart.effect
-    assert apart.kind == "hypermaml_better"
+    assert apart.verdict.effect == pytest.approx(10.0)
+    assert apart.verdict.ci_low == apart.verdict.ci_high == apart.verdict.effect
+    assert apart.verdict.kind == "hypermaml_better"
     assert (apart.p_improvement, apart.p_improvement_pairs) == (1.0, (9.0, 9))
     assert apart.p_improvement_p == pytest.approx(0.1)
     assert_consistent(apart)
@@ -363,15 +365,22 @@ def test_config_unit_says_the_answer_is_about_configurations() -> None:
     b, c = simulate(rng, episode_effect, 5, 0.90)[0], simulate(rng, episode_effect, 5, 0.93)[0]
     seed_unit = compare_seeds("maml", b, "hypermaml", c, seed=0)
     config = compare_seeds("maml", b, "hypermaml", c, seed=0, unit="config")
-    assert default.unit == seed_unit.unit == "seed" and seed_unit.kind == default.kind == "hypermaml_better"
-    assert config.unit == "config" and config.kind == "config_hypermaml_better"
-    assert (config.effect, config.ci_low, config.ci_high) == (seed_unit.effect, seed_unit.ci_low, seed_unit.ci_high)
     assert (
-        config.sentence
-        == "About these configurations (one search per algorithm), not the algorithms: " + seed_unit.sentence
+        default.verdict.unit == seed_unit.verdict.unit == "seed"
+        and seed_unit.verdict.kind == default.verdict.kind == "hypermaml_better"
+    )
+    assert config.verdict.unit == "config" and config.verdict.kind == "config_hypermaml_better"
+    assert (config.verdict.effect, config.verdict.ci_low, config.verdict.ci_high) == (
+        seed_unit.verdict.effect,
+        seed_unit.verdict.ci_low,
+        seed_unit.verdict.ci_high,
+    )
+    assert (
+        config.verdict.sentence
+        == "About these configurations (one search per algorithm), not the algorithms: " + seed_unit.verdict.sentence
     )
     same = compare_seeds("maml", np.full((3, 10), 0.8), "hypermaml", np.full((3, 10), 0.8), unit="config")
-    assert same.kind == "config_equivalent"
+    assert same.verdict.kind == "config_equivalent"
     with pytest.raises(ValueError, match="unit"):
         compare_seeds("maml", b, "hypermaml", c, unit="search")
 
@@ -416,10 +425,10 @@ def test_seed_interval_counts_network_noise_once(seeds: int, sd_seed: float) -> 
     point, under one network's episode noise of ~0.17 point) it is narrower than the double-counted one."""
     studies = 500
     results, old = seed_studies(100 * seeds + int(1e4 * sd_seed), studies, seeds, sd_seed)
-    coverage = np.mean([c.ci_low <= 0 <= c.ci_high for c in results])
-    old_coverage = np.mean([abs(c.effect) <= w / 2 for c, w in zip(results, old)])
-    ratio = float(np.median(np.array([c.ci_high - c.ci_low for c in results]) / old))
-    winners = np.mean([c.kind.endswith("_better") for c in results])
+    coverage = np.mean([c.verdict.ci_low <= 0 <= c.verdict.ci_high for c in results])
+    old_coverage = np.mean([abs(c.verdict.effect) <= w / 2 for c, w in zip(results, old)])
+    ratio = float(np.median(np.array([c.verdict.ci_high - c.verdict.ci_low for c in results]) / old))
+    winners = np.mean([c.verdict.kind.endswith("_better") for c in results])
     print(
         f"\n{seeds} vs {seeds} seeds, seed sd {100 * sd_seed:.1f} point: coverage {coverage:.1%} (old {old_coverage:.1%}), "
         f"false winners {winners:.1%}, median width new/old {ratio:.2f} ({studies} studies)"
@@ -511,8 +520,8 @@ def test_old_bootstrap_of_three_seeds_was_miscalibrated() -> None:
 def test_search_level_calibration_under_no_difference(searches: int, seeds: int) -> None:
     studies = 1000
     truth, results = search_studies(searches * 10 + seeds, studies, searches, seeds)
-    covers = np.mean([c.ci_low <= truth <= c.ci_high for c in results])
-    winners = np.mean([c.kind.endswith("_better") for c in results])
+    covers = np.mean([c.verdict.ci_low <= truth <= c.verdict.ci_high for c in results])
+    winners = np.mean([c.verdict.kind.endswith("_better") for c in results])
     config_covers = np.mean([c.config_ci_low <= truth <= c.config_ci_high for c in results])
     sd = {a: np.median([getattr(c, f"{a}_search_sd") for c in results]) for a in ("baseline", "challenger")}
     print(
@@ -520,7 +529,7 @@ def test_search_level_calibration_under_no_difference(searches: int, seeds: int)
         f"{covers:.1%}; the configuration-level CI would cover {config_covers:.1%}; median search sd maml "
         f"{sd['baseline']:.2f}, hypermaml {sd['challenger']:.2f} points ({studies} studies)"
     )
-    assert all(c.unit == "search" and c.searches == (searches, searches) for c in results)
+    assert all(c.verdict.unit == "search" and c.searches == (searches, searches) for c in results)
     assert winners <= mc_bound(0.05, studies)
     assert covers >= 0.93
     assert config_covers < 0.8  # what ignoring the search would claim
@@ -529,15 +538,17 @@ def test_search_level_calibration_under_no_difference(searches: int, seeds: int)
 def test_search_level_finds_a_three_point_gap() -> None:
     studies = 300
     truth, results = search_studies(99, studies, 5, 3, gap=0.03)
-    right = np.mean([c.kind == "hypermaml_better" for c in results])
-    wrong = sum(c.kind == "maml_better" for c in results)
+    right = np.mean([c.verdict.kind == "hypermaml_better" for c in results])
+    wrong = sum(c.verdict.kind == "maml_better" for c in results)
     print(
         f"\nK=5, S=3, true gap {truth:.2f} points: correct winner in {right:.1%}, wrong winner in {wrong} of {studies}"
     )
     assert right >= 0.8
     assert wrong == 0
     assert all(
-        c.sentence.startswith("hypermaml is better than maml by") for c in results if c.kind == "hypermaml_better"
+        c.verdict.sentence.startswith("hypermaml is better than maml by")
+        for c in results
+        if c.verdict.kind == "hypermaml_better"
     )
 
 
@@ -556,7 +567,7 @@ def test_the_episode_term_is_needed_when_searches_agree() -> None:
             equal_var=False,
         ).confidence_interval()
         return (
-            float(np.mean([c.ci_low <= truth <= c.ci_high for c in results])),
+            float(np.mean([c.verdict.ci_low <= truth <= c.verdict.ci_high for c in results])),
             float(np.mean((welch.low <= truth) & (truth <= welch.high))),
         )
 
@@ -577,23 +588,23 @@ def test_searches_needed_plan_decides_most_reruns() -> None:
     # A true 2-point gap, 3 searches each: often inconclusive; the plan (80% power at the upper 80%
     # bound of each search sd) is then tried on fresh studies with the median suggested number.
     truth, pilots = search_studies(21, 40, 3, 3, gap=0.02)
-    plans = [c.searches_needed for c in pilots if c.kind == "inconclusive"]
+    plans = [c.searches_needed for c in pilots if c.verdict.kind == "inconclusive"]
     assert len(plans) >= 10 and all(n is None or n > 3 for n in plans)
     assert all(
-        f"about {c.searches_needed} searches per algorithm" in c.sentence
+        f"about {c.searches_needed} searches per algorithm" in c.verdict.sentence
         for c in pilots
-        if c.kind == "inconclusive" and c.searches_needed
+        if c.verdict.kind == "inconclusive" and c.searches_needed
     )
     planned = int(np.median([n if n is not None else 10**6 for n in plans]))
     assert planned <= 40
     _, reruns = search_studies(22, 60, planned, 3, gap=0.02)
-    decided = np.mean([c.kind != "inconclusive" for c in reruns])
+    decided = np.mean([c.verdict.kind != "inconclusive" for c in reruns])
     print(
         f"\ntrue gap {truth:.2f}: {len(plans)} of 40 pilots (K=3) inconclusive, median plan {planned} searches; "
         f"decided in {decided:.0%} of 60 reruns with {planned}"
     )
     assert decided >= 0.8
-    assert not any(c.kind == "maml_better" for c in reruns)
+    assert not any(c.verdict.kind == "maml_better" for c in reruns)
 
 
 def test_one_search_is_a_configuration_level_answer() -> None:
@@ -603,22 +614,25 @@ def test_one_search_is_a_configuration_level_answer() -> None:
     c = simulate_finalists(rng, difficulty, 1, 3, LEVEL + 0.03, SD_SEARCH["hypermaml"], 0.003)[0]
     one = compare_search_finalists("maml", [b[0]], "hypermaml", [c[0]], budget="12 trials")
     seeds = compare_seeds("maml", b[0], "hypermaml", c[0], unit="config")
-    assert one.unit == "config" and one.kind == seeds.kind == "config_hypermaml_better"
-    assert (one.effect, one.ci_low, one.ci_high, one.df) == pytest.approx(
-        (seeds.effect, seeds.ci_low, seeds.ci_high, seeds.df)
+    assert one.verdict.unit == "config" and one.verdict.kind == seeds.verdict.kind == "config_hypermaml_better"
+    assert (one.verdict.effect, one.verdict.ci_low, one.verdict.ci_high, one.df) == pytest.approx(
+        (seeds.verdict.effect, seeds.verdict.ci_low, seeds.verdict.ci_high, seeds.df)
     )
-    assert (one.ci_low, one.ci_high) == (one.config_ci_low, one.config_ci_high)
+    assert (one.verdict.ci_low, one.verdict.ci_high) == (one.config_ci_low, one.config_ci_high)
     assert one.baseline_search_sd is None and one.challenger_search_sd is None
     assert one.searches_needed == MIN_SEARCHES
-    assert one.sentence.startswith(
+    assert one.verdict.sentence.startswith(
         "About these configurations only, not the algorithms (one search for maml and hypermaml): "
         "hypermaml is better than maml by"
     )
-    assert f"at least {MIN_SEARCHES} searches per algorithm" in one.sentence and "budget: 12 trials" in one.sentence
+    assert (
+        f"at least {MIN_SEARCHES} searches per algorithm" in one.verdict.sentence
+        and "budget: 12 trials" in one.verdict.sentence
+    )
     mixed = compare_search_finalists("maml", list(b), "hypermaml", [c[0]])
-    assert mixed.unit == "config" and mixed.kind.startswith("config_") and mixed.searches == (3, 1)
+    assert mixed.verdict.unit == "config" and mixed.verdict.kind.startswith("config_") and mixed.searches == (3, 1)
     assert mixed.baseline_search_sd is not None and mixed.challenger_search_sd is None
-    assert "(one search for hypermaml)" in mixed.sentence
+    assert "(one search for hypermaml)" in mixed.verdict.sentence
 
 
 def test_search_level_matches_welch_when_the_episodes_agree() -> None:
@@ -633,12 +647,12 @@ def test_search_level_matches_welch_when_the_episodes_agree() -> None:
     welch = stats.ttest_ind(m_c, m_b, equal_var=False)
     assert r.seeds == ((2, 3, 2), (2, 2, 3, 2)) and r.episodes == 20
     assert r.baseline_search_means == pytest.approx(tuple(m_b))
-    assert r.effect == pytest.approx(np.mean(m_c) - np.mean(m_b))
+    assert r.verdict.effect == pytest.approx(np.mean(m_c) - np.mean(m_b))
     assert r.baseline_search_sd == pytest.approx(np.std(m_b, ddof=1))
     assert r.episode_se == 0.0
-    assert (r.ci_low, r.ci_high) == pytest.approx(tuple(welch.confidence_interval()))
+    assert (r.verdict.ci_low, r.verdict.ci_high) == pytest.approx(tuple(welch.confidence_interval()))
     assert r.p_value == pytest.approx(welch.pvalue) and r.df == pytest.approx(welch.df)
-    assert r.config_ci_high - r.config_ci_low < r.ci_high - r.ci_low
+    assert r.config_ci_high - r.config_ci_low < r.verdict.ci_high - r.verdict.ci_low
 
 
 def test_hand_computed_search_episode_term() -> None:
@@ -657,13 +671,13 @@ def test_hand_computed_search_episode_term() -> None:
     var = sum(v for v, _ in searches) + 100.0
     df = sum(v for v, _ in searches) ** 2 / sum(v**2 / k for v, k in searches)
     assert df == pytest.approx(2.427, abs=1e-3)
-    assert r.effect == pytest.approx(82 - 241 / 3)
+    assert r.verdict.effect == pytest.approx(82 - 241 / 3)
     assert r.episode_se == pytest.approx(10.0)
     assert r.baseline_search_sd == pytest.approx(math.sqrt(7 / 3))
     assert r.df == pytest.approx(df)
-    assert r.ci_high - r.effect == pytest.approx(stats.t.ppf(0.975, df) * math.sqrt(var))
-    assert r.kind == "inconclusive"
-    assert r.searches_needed is None and "more test episodes are needed" in r.sentence
+    assert r.verdict.ci_high - r.verdict.effect == pytest.approx(stats.t.ppf(0.975, df) * math.sqrt(var))
+    assert r.verdict.kind == "inconclusive"
+    assert r.searches_needed is None and "more test episodes are needed" in r.verdict.sentence
 
 
 @pytest.mark.parametrize(
@@ -686,16 +700,18 @@ def test_search_level_degenerate_inputs_without_warnings() -> None:
         warnings.simplefilter("error")
         same = compare_search_finalists("maml", [np.full((3, 50), 0.8)] * 3, "hypermaml", [np.full((2, 50), 0.8)] * 4)
         apart = compare_search_finalists("maml", [np.full((3, 50), 0.8)] * 3, "hypermaml", [np.full((3, 50), 0.9)] * 3)
-    assert (same.effect, same.ci_low, same.ci_high) == pytest.approx((0.0, 0.0, 0.0), abs=1e-9)
-    assert same.kind == "equivalent"
-    assert apart.kind == "hypermaml_better" and apart.ci_low == apart.ci_high == pytest.approx(10.0)
+    assert (same.verdict.effect, same.verdict.ci_low, same.verdict.ci_high) == pytest.approx((0.0, 0.0, 0.0), abs=1e-9)
+    assert same.verdict.kind == "equivalent"
+    assert apart.verdict.kind == "hypermaml_better" and apart.verdict.ci_low == apart.verdict.ci_high == pytest.approx(
+        10.0
+    )
 
 
 def test_compare_searches_agreeing_studies_without_warnings() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         r = compare_searches("maml", "hypermaml", [0.5, 0.5, 0.5])
-    assert (r.ci_low, r.ci_high, r.kind) == (0.5, 0.5, "equivalent")
+    assert (r.verdict.ci_low, r.verdict.ci_high, r.verdict.kind) == (0.5, 0.5, "equivalent")
 
 
 # ---- expected best of n trials --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from hypermaml import evaluate, load_learner
-from hypermaml.training import training_precision
+from hypermaml.fitting import training_precision
 from tests.readme_commands import run_as_printed
 
 from .studies import REPO, SMOKE, SMOKE_DB, SMOKE_NAME, run_study, runs, smoke_runs, study_cmd

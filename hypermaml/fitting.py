@@ -16,7 +16,8 @@ import torch
 from .algorithms import MAML, HyperMAML, build_learner
 from .allocator import keep_heap_warm
 from .config import DATA_LOCATION, ConfigError, RunConfig, from_flat, to_flat
-from .data import CHANNELS, IMAGE_SIZE, Episodes, EpisodeSampler, FewShotSplit, fixed_episodes, load_split
+from .datasets import CHANNELS, IMAGE_SIZE, load_split
+from .episodes import Episodes, EpisodeSampler, FewShotSplit, fixed_episodes
 from .flops import epoch_step_flops, epoch_steps
 
 CHECKPOINT_FORMAT = 1

@@ -1,35 +1,30 @@
-"""Few-shot data kept as one uint8 tensor on the training device, and episode sampling.
+"""Reading the datasets into FewShotSplits: Omniglot, miniImageNet and CUB.
 
-A split is decoded and resized once (then cached on disk as a `.pt` file), so that
-training draws episodes with pure torch indexing ops and a seeded `torch.Generator`:
-no per-image Python, PIL or host synchronisation in the training loop.
+Omniglot comes from its two zips or their folders (fetched by `download` when asked to), with the
+Vinyals split and rotations as new classes; miniImageNet and CUB from image folders. A split is
+decoded and resized once, then cached on disk as a `.pt` file, which every later training process
+reads instead of the images.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import dataclasses
 import hashlib
-import http.client
 import io
 import os
 import pickle
-import shutil
-import socket
-import sys
 import tempfile
 import zipfile
-import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .config import DATASETS, OMNIGLOT_IMAGES_PER_CLASS  # one source for both
+from .config import DATASETS, DataError
+from .download import OMNIGLOT_DRAWINGS, OMNIGLOT_SETS, fetch_omniglot, omniglot_source
+from .episodes import FewShotSplit
 
 IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84, "cub": 84}
 CHANNELS = {"omniglot": 1, "miniimagenet": 3, "cub": 3}
@@ -38,163 +33,12 @@ SPLITS = ("train", "val", "test")
 # Bump when the layout or preprocessing of a cache file changes, so stale caches rebuild.
 CACHE_FORMAT_VERSION = 1
 
-OMNIGLOT_SETS = ("images_background", "images_evaluation")
-# The official source, and the md5 of its zips (the ones torchvision's datasets.Omniglot checks).
-OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
-OMNIGLOT_MD5 = {
-    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
-    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
-}
-# A mirror instead: a folder URL holding both zips. A mirror's zips are checked by their contents.
-DOWNLOAD_URL_ENV = "HYPERMAML_DOWNLOAD_URL"
-# (alphabets, characters) of each image set: 50 alphabets and 1623 characters in all.
-OMNIGLOT_CONTENTS = {"images_background": (30, 964), "images_evaluation": (20, 659)}
 # Without a data root, Omniglot lives in this folder of the cache folder.
 OMNIGLOT_CACHE_FOLDER = "omniglot"
-DOWNLOAD_TIMEOUT_S = 60  # a source that sends nothing for this long is unreachable
 OMNIGLOT_CHARACTERS = 1623
-OMNIGLOT_DRAWINGS = OMNIGLOT_IMAGES_PER_CLASS
 OMNIGLOT_SPLITS_DIR = Path(__file__).parent / "splits" / "omniglot"
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-class DataError(ValueError):
-    """A problem with the data a user can fix (missing root, missing files, bad split).
-
-    The message is one line naming the path and what to do.
-    """
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: tensor fields cannot be compared with ==
-class FewShotSplit:
-    images: torch.Tensor  # uint8 [M, C, H, W], class-contiguous
-    class_offsets: torch.Tensor  # int64 [n_classes], first image of each class in `images`
-    class_counts: torch.Tensor  # int64 [n_classes], images of each class
-    class_names: tuple[str, ...]
-    name: str = "given"  # only used in messages, e.g. "omniglot/train"
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [M, C, H, W], got {self.images.dtype} {list(self.images.shape)}")
-        n_classes = len(self.class_names)
-        for field_name in ("class_offsets", "class_counts"):
-            tensor = getattr(self, field_name)
-            if tensor.dtype != torch.int64 or tuple(tensor.shape) != (n_classes,):
-                raise ValueError(f"{field_name} must be int64 [{n_classes}], got {tensor.dtype} {list(tensor.shape)}")
-        if n_classes == 0:
-            raise ValueError(f"the {self.name} split has no classes")
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def min_count(self) -> int:
-        return int(self.class_counts.min())
-
-    def to(self, device: torch.device | str) -> FewShotSplit:
-        return dataclasses.replace(
-            self,
-            images=self.images.to(device),
-            class_offsets=self.class_offsets.to(device),
-            class_counts=self.class_counts.to(device),
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class Episodes:
-    x_support: torch.Tensor  # float32 [T, N*K, C, H, W] in [0, 1]
-    y_support: torch.Tensor  # int64 [T, N*K], class-major: [0]*K + [1]*K + ...
-    x_query: torch.Tensor  # float32 [T, N*Q, C, H, W]
-    y_query: torch.Tensor  # int64 [T, N*Q], class-major
-
-    @property
-    def tasks(self) -> int:
-        return self.x_support.shape[0]
-
-
-class EpisodeSampler:
-    """Draws N-way K-shot Q-query tasks from a split; the images are gathered on the split's device.
-
-    The random draws happen on the generator's device: a device generator for training (no host
-    round trip), a CPU generator for the fixed evaluation episodes, which are then the same on every
-    device (the drawn indices are moved to the split's device).
-    """
-
-    def __init__(self, split: FewShotSplit, way: int, shot: int, query: int):
-        for arg_name, value in (("way", way), ("shot", shot), ("query", query)):
-            if value < 1:
-                raise ValueError(f"{arg_name} must be at least 1, got {value}")
-        if way > split.n_classes:
-            raise ValueError(f"way {way} exceeds the {split.n_classes} classes of the {split.name} split")
-        if shot + query > split.min_count:
-            raise ValueError(
-                f"shot+query = {shot + query} exceeds the {split.min_count} images per class "
-                f"of the {split.name} split (its smallest class)"
-            )
-        self.split = split
-        self.way = way
-        self.shot = shot
-        self.query = query
-        # A Python int read once here, so that sample() never syncs with the device.
-        self._max_count = int(split.class_counts.max())
-        # The class table on the CPU as well, for draws with a CPU generator.
-        self._cpu_table = (split.class_counts.cpu(), split.class_offsets.cpu())
-
-    def sample(self, tasks: int, generator: torch.Generator) -> Episodes:
-        device = self.split.images.device
-        image_index = self._draw_image_index(tasks, generator).to(device)  # [T, N, K+Q]
-        support_index = image_index[:, :, : self.shot].reshape(tasks, -1)  # class-major
-        query_index = image_index[:, :, self.shot :].reshape(tasks, -1)
-        labels = torch.arange(self.way, device=device)
-        return Episodes(
-            x_support=self._images_as_float(support_index),
-            y_support=labels.repeat_interleave(self.shot).repeat(tasks, 1),
-            x_query=self._images_as_float(query_index),
-            y_query=labels.repeat_interleave(self.query).repeat(tasks, 1),
-        )
-
-    def _draw_image_index(self, tasks: int, generator: torch.Generator) -> torch.Tensor:
-        """[T, N, K+Q] indices into split.images, drawn and computed on the generator's device."""
-        device = generator.device
-        if device.type == "cpu":
-            class_counts, class_offsets = self._cpu_table
-        else:
-            class_counts, class_offsets = self.split.class_counts, self.split.class_offsets
-        # Top-`way` of iid uniform scores = a uniform random subset in uniform random order.
-        class_scores = torch.rand(tasks, self.split.n_classes, generator=generator, device=device)
-        classes = class_scores.topk(self.way, dim=1).indices  # [T, N]
-
-        # Same trick per class over image positions; positions beyond the class's count get
-        # score -1 so they never win (the constructor ensures per_class <= every count).
-        counts = class_counts[classes]  # [T, N]
-        position_scores = torch.rand(tasks, self.way, self._max_count, generator=generator, device=device)
-        positions_out_of_range = torch.arange(self._max_count, device=device) >= counts.unsqueeze(-1)
-        position_scores = position_scores.masked_fill(positions_out_of_range, -1.0)
-        positions = position_scores.topk(self.shot + self.query, dim=-1).indices  # [T, N, K+Q]
-        return class_offsets[classes].unsqueeze(-1) + positions
-
-    def _images_as_float(self, index: torch.Tensor) -> torch.Tensor:
-        images = self.split.images[index.reshape(-1)]
-        return (images.float() / 255).reshape(*index.shape, *images.shape[1:])
-
-
-def fixed_episodes(sampler: EpisodeSampler, episodes: int, seed: int, chunk: int) -> Iterator[Episodes]:
-    """The fixed evaluation episodes for `seed`, in chunks of `chunk` tasks.
-
-    Uses its own CPU generator, so the result does not depend on any other RNG state, nor on the
-    device the split is on: CPU and GPU runs evaluate the same episodes. The episodes depend on
-    `chunk` too (the random draws are shaped per chunk).
-    """
-    if chunk < 1:
-        raise ValueError(f"chunk must be at least 1, got {chunk}")
-    generator = torch.Generator().manual_seed(seed)
-    done = 0
-    while done < episodes:
-        tasks = min(chunk, episodes - done)
-        yield sampler.sample(tasks, generator)
-        done += tasks
 
 
 def load_split(
@@ -295,87 +139,6 @@ def _omniglot_sources(data_root: Path, download: bool) -> dict[str, Path]:
             f"Omniglot not found in {data_root}: missing {wanted} (or the extracted folders); pass --download to fetch them"
         )
     return sources
-
-
-def omniglot_source() -> tuple[str, dict[str, str] | None]:
-    """(folder URL, md5 of each zip or None): the official source, or the mirror in $HYPERMAML_DOWNLOAD_URL."""
-    mirror = os.environ.get(DOWNLOAD_URL_ENV, "").strip()
-    return (mirror.rstrip("/"), None) if mirror else (OMNIGLOT_URL, OMNIGLOT_MD5)
-
-
-def fetch_omniglot(target: Path, names: Sequence[str], base_url: str, md5: dict[str, str] | None) -> None:
-    """Download the zips `names` from the folder URL `base_url` into `target`: checked, all or nothing.
-
-    With `md5` (the official source) each zip must match its checksum; every zip must also open and
-    hold its image set's alphabets, characters and drawings. The zips are downloaded into a temporary
-    folder beside `target` and moved into `target` only when all of them passed, so a failed or
-    interrupted download leaves nothing half-written there. A fetch that worked says so in one line
-    on stderr; one that failed is a DataError (one line) and prints nothing.
-    """
-    from torchvision.datasets.utils import check_integrity, download_url  # only needed here (see _decode_and_crop)
-
-    source = (
-        f"check the mirror in ${DOWNLOAD_URL_ENV}" if md5 is None else f"set ${DOWNLOAD_URL_ENV} to a mirror folder"
-    )
-    advice = f"nothing was kept; {source}, or pass --data-root DIR holding the two zips"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-download-"))
-    try:
-        for name in names:
-            url = f"{base_url}/{name}.zip"
-            try:
-                with _download_quietly():
-                    download_url(url, root=str(staging), filename=f"{name}.zip")
-            except (OSError, ValueError, RuntimeError, http.client.HTTPException) as error:
-                raise DataError(f"could not fetch {url} ({error}); {advice}") from None
-            path = staging / f"{name}.zip"
-            if md5 is not None and not check_integrity(str(path), md5[name]):
-                raise DataError(f"{url} does not have the official md5 checksum {md5[name]}; {advice}")
-            problem = _omniglot_zip_problem(path, name)
-            if problem is not None:
-                raise DataError(f"{url} is not Omniglot's {name}.zip: {problem}; {advice}")
-        target.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            os.replace(staging / f"{name}.zip", target / f"{name}.zip")  # each a complete, checked file
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    check = "the official checksums" if md5 is not None else "their contents"
-    files = " and ".join(f"{name}.zip" for name in names)
-    print(f"fetched Omniglot's {files} from {base_url} into {target} (checked by {check})", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _download_quietly() -> Iterator[None]:
-    """A timeout for a silent source, and no progress bar (torchvision draws one on stderr)."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _omniglot_zip_problem(path: Path, name: str) -> str | None:
-    """What is wrong with a zip that should hold Omniglot's image set `name`, or None."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()  # reads every entry and checks its CRC
-            pngs = [entry.split("/") for entry in archive.namelist() if entry.endswith(".png")]
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
-        return f"not a readable zip ({error})"
-    if damaged is not None:
-        return f"{damaged} is damaged"
-    characters = {tuple(parts[-3:-1]) for parts in pngs if len(parts) >= 3}
-    alphabets = {alphabet for alphabet, _ in characters}
-    want_alphabets, want_characters = OMNIGLOT_CONTENTS[name]
-    found = (len(alphabets), len(characters), len(pngs))
-    if found != (want_alphabets, want_characters, want_characters * OMNIGLOT_DRAWINGS):
-        return (
-            f"it holds {found[0]} alphabets, {found[1]} characters and {found[2]} drawings, "
-            f"not {want_alphabets}, {want_characters} and {want_characters * OMNIGLOT_DRAWINGS}"
-        )
-    return None
 
 
 def _decode_omniglot(sources: dict[str, Path], data_root: Path) -> tuple[torch.Tensor, list[str]]:
