@@ -317,7 +317,7 @@ def _tune_block(
         else ""
     )
     say(
-        f"tune {algorithm}{f' {which}' if which else ''}: {total} trials"
+        f"tune {algorithm}{f' {which}' if which else ''}: {total} trial{'s' if total != 1 else ''}"
         f"{f' ({len(searches)} searches x {spec.trials})' if len(searches) > 1 else ''} of up to {spec.epochs} epochs, "
         f"{spec.max_concurrent} at a time ({spec.searcher} in rounds of {spec.search_batch}, {spec.scheduler})"
     )

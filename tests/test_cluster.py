@@ -46,6 +46,9 @@ from mlflow.tracking import MlflowClient
 from hpo.screenshot import free_ports
 from tests.readme_commands import bash_commands, inline_commands
 
+# Its module-scoped fixtures are built once: every test of this file runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("cluster")
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"
 CLUSTER_DOC = REPO / "docs" / "cluster.md"
@@ -970,7 +973,7 @@ def test_job_api_refuses_a_submission_without_the_clusters_token(cluster, tmp_pa
 
 
 def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluster, omniglot_root):
-    """Three independent searches per algorithm (2 trials each): their trials run at once on both nodes;
+    """Three independent searches per algorithm (1 trial each): their trials run at once on both nodes;
     the worker node is killed mid-study, its trial resumes on the head, and nothing is lost or logged
     twice; each search's Optuna study holds only its own trials."""
     job = f"cluster-fault-{secrets.token_hex(3)}"
@@ -989,7 +992,7 @@ def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluste
             "--searches",
             "3",
             "--trials",
-            "2",
+            "1",
         ),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -1017,7 +1020,7 @@ def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluste
     status, logs = wait_job(cluster, job, timeout=900)
     assert status == "SUCCEEDED", logs[-4000:]
     client, trials = study_runs(cluster, "cluster-fault", "trial")
-    check_trial_runs(client, trials, per_algorithm=6)
+    check_trial_runs(client, trials, per_algorithm=3)
     # Searches side by side: trials of different searches ran at the same time, on the two nodes while both
     # were up (the first algorithm's phase), and on what was left after the kill.
     overlapping = [
@@ -1046,16 +1049,16 @@ def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluste
                 for r in trials
                 if r.data.tags["algorithm"] == algorithm and r.data.tags["hpo.search"] == str(k)
             )
-            assert numbers == mine == [0, 1], (name, numbers, mine)
+            assert numbers == mine == [0], (name, numbers, mine)
     _, replicates = study_runs(cluster, "cluster-fault", "replicate")
     assert len(replicates) == len({r.data.tags["ray.trial_id"] for r in replicates})
     for algorithm in (
         "maml",
         "hypermaml",
-    ):  # each search's top configuration, and its reference unless that is it, x 2 seeds
+    ):  # each search's one trial (its published reference), reference margin 0 in the study file, x 2 seeds
         for k in ("0", "1", "2"):
             mine = [r for r in replicates if r.data.tags["algorithm"] == algorithm and r.data.tags["hpo.search"] == k]
-            assert len(mine) in (2, 4) and all(r.info.status == "FINISHED" for r in mine), (algorithm, k, len(mine))
+            assert len(mine) == 2 and all(r.info.status == "FINISHED" for r in mine), (algorithm, k, len(mine))
     retried = [r for r in trials if int(r.data.tags.get("retries", "0")) >= 1]
     assert victim in {r.data.tags["ray.trial_id"] for r in retried}, f"trial {victim} was not retried"
     for run in retried:  # resumed from its checkpoint on the surviving node, every epoch logged once

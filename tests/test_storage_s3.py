@@ -21,6 +21,9 @@ from mlflow.entities import ViewType
 
 from .studies import REPO, runs, study_cmd
 
+# Its module-scoped fixtures are built once: every test of this file runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("storage_s3")
+
 BUCKET = "hpo-studies"
 PREFIX = "team/runs"
 STORAGE = f"s3://{BUCKET}/{PREFIX}"
@@ -177,7 +180,8 @@ def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losin
 ):
     env, client = s3
     name = unique("s3killed")
-    cmd = s3_cmd(omniglot_root, tmp_path, name)
+    # Three trials: a first round of two, then one proposed after them. Only the top one retrained.
+    cmd = s3_cmd(omniglot_root, tmp_path, name, "--trials", "3", "--reference-margin", "0")
     study = f"{PREFIX}/{name}"
     out, err = tmp_path / "driver.out", tmp_path / "driver.err"  # files, not pipes: a full pipe would stall it
     with out.open("w") as stdout, err.open("w") as stderr:
@@ -247,9 +251,9 @@ def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losin
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     client_, trials = runs(tmp_path, name, "trial")
     assert (
-        sorted(r.data.tags["algorithm"] for r in trials) == ["hypermaml"] * 4 + ["maml"] * 4
+        sorted(r.data.tags["algorithm"] for r in trials) == ["hypermaml"] * 3 + ["maml"] * 3
     )  # as many as uninterrupted
-    assert len({r.data.tags["ray.trial_id"] for r in trials}) == 8
+    assert len({r.data.tags["ray.trial_id"] for r in trials}) == 6
     for trial in trials:
         steps = [m.step for m in client_.get_metric_history(trial.info.run_id, "val_acc")]
         assert steps == list(range(1, len(steps) + 1)) and steps, "an epoch was lost or logged twice"
@@ -260,7 +264,7 @@ def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losin
     db = f"sqlite:///{os.environ['HYPERMAML_CACHE']}/optuna/{name}.db"
     for algorithm in ("maml", "hypermaml"):  # Optuna saw each trial once, and none is left RUNNING
         states = [t.state for t in optuna.load_study(study_name=f"{name}-{algorithm}", storage=db).trials]
-        assert len(states) == 4 and optuna.trial.TrialState.RUNNING not in states, states
+        assert len(states) == 3 and optuna.trial.TrialState.RUNNING not in states, states
     _, parents = runs(tmp_path, name, "study")
     assert [p.info.status for p in parents] == ["FINISHED"]
     _, summaries = runs(tmp_path, name, "summary")
