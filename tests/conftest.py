@@ -23,26 +23,10 @@ def omniglot_folder() -> Path:
     return Path(from_env).expanduser() if from_env else BESIDE_REPO
 
 
-def have_omniglot() -> bool:
-    return all((omniglot_folder() / name).is_file() for name in ZIPS)
-
-
-def pytest_configure(config):
-    # Without the zips the run stops in collection, below, with one line: that needs collection in this process,
-    # so no xdist workers then (this runs before xdist's own pytest_configure, which is trylast).
-    if not have_omniglot():
-        config.option.dist = "no"
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    # The tests that read the session's smoke study run on one xdist worker, so it runs once.
-    for item in items:
-        if "smoke" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("smoke"))
-    if have_omniglot():
-        return
     root = omniglot_folder()
+    if all((root / name).is_file() for name in ZIPS):
+        return
     if any("omniglot_root" in item.fixturenames for item in items):
         source = f"${DATA_ROOT_ENV}" if os.environ.get(DATA_ROOT_ENV) else f"beside the repo; ${DATA_ROOT_ENV} is unset"
         raise pytest.UsageError(

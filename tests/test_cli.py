@@ -13,9 +13,6 @@ import pytest
 from hypermaml import cli
 from hypermaml.config import ConfigError, HyperMAMLConfig, TrainConfig, from_flat
 
-# Its module-scoped fixtures are built once: every test of this file runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("cli")
-
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -46,9 +46,6 @@ from mlflow.tracking import MlflowClient
 from hpo.screenshot import free_ports
 from tests.readme_commands import bash_commands, inline_commands
 
-# Its module-scoped fixtures are built once: every test of this file runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("cluster")
-
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"
 CLUSTER_DOC = REPO / "docs" / "cluster.md"

@@ -14,9 +14,6 @@ from hypermaml.config import DATASETS, DataError
 from hypermaml.datasets import CHANNELS, IMAGE_SIZE, load_split
 from hypermaml.episodes import Episodes, EpisodeSampler, FewShotSplit, fixed_episodes
 
-# Its module-scoped fixtures are built once: every test of this file runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("data")
-
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "hypermaml" / "splits" / "omniglot"
 
 # The real data is part of the test set-up: without it the run stops (conftest), never skips.

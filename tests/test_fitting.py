@@ -19,9 +19,6 @@ from hypermaml import (
 )
 from hypermaml.fitting import episode_sampler, load_data, time_cap_reached
 
-# Its module-scoped fixtures are built once: every test of this file runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("fitting")
-
 TIMING = {"episodes_per_s", "train_s", "epoch_s"}
 
 

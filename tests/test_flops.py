@@ -12,9 +12,6 @@ from hypermaml.fitting import episode_sampler, load_data, outer_step, start_trai
 from hypermaml.flops import epoch_step_flops, flop_counter
 from hypermaml.train import main as train_main
 
-# Its module-scoped fixtures are built once: every test of this file runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("flops")
-
 # 5-way 1-shot with 5 training queries, as the study trains.
 SHAPE = dict(way=5, shot=1, query=5)
 

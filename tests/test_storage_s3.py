@@ -21,9 +21,6 @@ from mlflow.entities import ViewType
 
 from .studies import REPO, runs, study_cmd
 
-# Its module-scoped fixtures are built once: every test of this file runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("storage_s3")
-
 BUCKET = "hpo-studies"
 PREFIX = "team/runs"
 STORAGE = f"s3://{BUCKET}/{PREFIX}"
