@@ -211,8 +211,8 @@ SHARED_SETTINGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Stud
 PRESETS: dict[str, dict[str, Any]] = {
     # A few trials of a few short epochs: exercises everything (tests, CI). Its reference is always
     # retrained (margin 100 points), so the smoke test sees the finalist chosen against it.
-    "smoke": dict(trials=4, epochs=3, episodes_per_epoch=24, meta_batch=4, query=5, val_episodes=40,
-                  test_episodes=60, replicate_top=1, replicate_seeds=2, reference_margin=100),
+    "smoke": dict(trials=4, epochs=3, episodes_per_epoch=16, meta_batch=4, query=5, val_episodes=20,
+                  test_episodes=30, replicate_top=1, replicate_seeds=2, reference_margin=100),
     # This laptop-class machine, 2 CPU cores: three searches per algorithm (the verdict's unit), each
     # short, at equal compute per network on any machine. Measurements: docs/results.md.
     "default": dict(searches=3, trials=4, epochs=4, episodes_per_epoch=864, train_query=5, meta_batch=8,
