@@ -15,7 +15,7 @@ from hpo.records import TrialEnd
 from hpo.spec import StudySpec
 from hpo.tracking import StudyTracker
 
-BUDGET_S, EPOCHS = 12.0, 100  # no trial can finish its epochs within the budget
+BUDGET_S, EPOCHS = 6.0, 100  # no trial can finish its epochs within the budget
 
 
 def test_trials_the_time_budget_stops_end_in_the_terminal_and_in_mlflow(tmp_path, capsys, monkeypatch):

@@ -12,12 +12,13 @@ import socket
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import optuna
 import pytest
-from mlflow.entities import ViewType
+from mlflow.entities import Run, ViewType
 
 from .studies import REPO, runs, study_cmd
 
@@ -98,89 +99,32 @@ def all_runs(tmp, name, view=ViewType.ACTIVE_ONLY):
     return client.search_runs([experiment.experiment_id], run_view_type=view, max_results=1000)
 
 
+@dataclass
+class Stop:
+    """What the study's driver left when SIGTERM stopped it, seen before the study was resumed."""
+
+    returncode: int
+    stdout: str
+    left: dict[int, str]  # processes of its session still alive 30 s after it ended
+    runs: dict[str, Run]  # its MLflow runs by id
+    running: set[str]  # the runs that were RUNNING when the signal came
+    signalled_ms: float
+    keys: set[str]  # the bucket's keys under the study
+    snapshots: dict[str, list[str]]  # algorithm -> its Tune experiment-state files in the bucket
+    known: dict[str, set[str]]  # algorithm -> the trial ids its (one) experiment state knows
+
+
 @pytest.fixture(scope="module")
 def finished(s3, omniglot_root, tmp_path_factory):
-    """(folder of its MLflow store, name, flags, finished process) of one smoke study stored in the bucket."""
-    env, _ = s3
+    """(folder of its MLflow store, name, command, its Stop, the finishing process) of one smoke study
+    stored in the bucket: three trials per algorithm (a first round of two, then one proposed after
+    them), each search's top configuration retrained; stopped by SIGTERM once under way, then finished
+    by the same command."""
+    env, client = s3
     tmp, name = tmp_path_factory.mktemp("s3-smoke"), unique("s3smoke")
-    cmd = s3_cmd(omniglot_root, tmp, name, "--trials", "2")
-    proc = run(cmd, env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp, name, cmd, proc
-
-
-def test_a_study_on_s3_stores_its_spec_summary_and_tune_results_in_the_bucket(s3, finished):
-    env, client = s3
-    tmp, name, cmd, proc = finished
+    cmd = s3_cmd(omniglot_root, tmp, name, "--trials", "3")
     study = f"{PREFIX}/{name}"
-    keys = objects(client, study + "/")
-    dry = run(cmd + ["--dry-run"], env, timeout=300)
-    assert dry.returncode == 0, dry.stderr[-3000:]
-    assert json.loads(text_of(client, f"{study}/spec.json")) == json.loads(dry.stdout)["study"]
-    assert json.loads(text_of(client, f"{study}/spec.json"))["storage_path"] == STORAGE
-    summary = text_of(client, f"{study}/summary.md")
-    verdict = summary.splitlines()[2].strip("*")
-    assert "95% CI" in verdict and verdict in proc.stdout.splitlines()
-    csv_rows = text_of(client, f"{study}/summary.csv").strip().splitlines()[1:]
-    assert f"Summary: {STORAGE}/{name}/summary.md" in proc.stdout.splitlines()
-    # Tune's experiments: their state (what a resume restores from) and every trial's checkpoint
-    for experiment in ("maml", "hypermaml", "replicates"):
-        assert any(k.startswith(f"{study}/{experiment}/experiment_state-") for k in keys), experiment
-        assert any(k.startswith(f"{study}/{experiment}/trial_") and "/checkpoint_" in k for k in keys), experiment
-    for algorithm in ("maml", "hypermaml"):
-        assert len({k.split("/")[4] for k in keys if k.startswith(f"{study}/{algorithm}/trial_")}) == 2
-
-    _, parents = runs(tmp, name, "study")
-    assert [p.info.status for p in parents] == ["FINISHED"]
-    assert parents[0].data.tags["verdict"] == verdict and parents[0].data.tags["verdict.kind"]
-    assert parents[0].data.params["storage_path"] == STORAGE
-    _, trials = runs(tmp, name, "trial")
-    assert sorted(r.data.tags["algorithm"] for r in trials) == ["hypermaml"] * 2 + ["maml"] * 2
-    assert all(r.info.status == "FINISHED" for r in trials)
-    _, replicates = runs(tmp, name, "replicate")
-    assert len(replicates) == len(csv_rows) == 4  # per algorithm its top trial x 2 seeds
-    assert all(r.info.status == "FINISHED" and 0 <= r.data.metrics["test_acc"] <= 100 for r in replicates)
-    _, summaries = runs(tmp, name, "summary")
-    assert len(summaries) == 1 and summaries[0].info.status == "FINISHED"
-    # the Optuna studies, kept on the driver's machine (the cache folder) since the results are remote
-    db = f"sqlite:///{os.environ['HYPERMAML_CACHE']}/optuna/{name}.db"
-    for algorithm in ("maml", "hypermaml"):
-        assert len(optuna.load_study(study_name=f"{name}-{algorithm}", storage=db).trials) == 2
-
-
-def test_rerunning_an_s3_study_with_other_settings_exits_2_and_writes_nothing(s3, finished):
-    env, client = s3
-    tmp, name, cmd, _ = finished
-    optuna_db = Path(os.environ["HYPERMAML_CACHE"]) / "optuna" / f"{name}.db"
-    bucket_before = objects(client)
-    files_before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in [*tmp.rglob("*"), optuna_db]}
-    proc = run(cmd + ["--trials", "5"], env, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "trials 2 -> 5" in proc.stderr and "--resume" in proc.stderr and "--name" in proc.stderr
-    assert objects(client) == bucket_before
-    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in [*tmp.rglob("*"), optuna_db]} == files_before
-
-
-def test_resuming_a_name_the_bucket_does_not_have_exits_2_with_one_line(s3, omniglot_root, tmp_path):
-    env, client = s3
-    bucket_before = objects(client)
-    proc = run(s3_cmd(omniglot_root, tmp_path, "never-ran", "--resume"), env, timeout=300)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert f"--resume: no study 'never-ran' in {STORAGE}" in proc.stderr
-    assert objects(client) == bucket_before and list(tmp_path.iterdir()) == []
-
-
-def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losing_or_duplicating_runs(
-    s3, omniglot_root, tmp_path
-):
-    env, client = s3
-    name = unique("s3killed")
-    # Three trials: a first round of two, then one proposed after them. Only the top one retrained.
-    cmd = s3_cmd(omniglot_root, tmp_path, name, "--trials", "3", "--reference-margin", "0")
-    study = f"{PREFIX}/{name}"
-    out, err = tmp_path / "driver.out", tmp_path / "driver.err"  # files, not pipes: a full pipe would stall it
+    out, err = tmp / "driver.out", tmp / "driver.err"  # files, not pipes: a full pipe would stall it
     with out.open("w") as stdout, err.open("w") as stderr:
         driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
     deadline, before = time.time() + 600, None
@@ -199,54 +143,133 @@ def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losin
             elif started > before:
                 break
             time.sleep(0.1)
-        running = {r.info.run_id for r in all_runs(tmp_path, name) if r.info.status == "RUNNING"}
+        running = {r.info.run_id for r in all_runs(tmp, name) if r.info.status == "RUNNING"}
         signalled_ms = time.time() * 1000
         driver.send_signal(signal.SIGTERM)
         driver.wait(120)
-        left, settle = (
-            _session(driver.pid),
-            time.time() + 30,
-        )  # Ray's processes (own process groups, the driver's session) end with it
+        left, settle = _session(driver.pid), time.time() + 30  # Ray's processes end with it
         while left and time.time() < settle:
             time.sleep(0.5)
             left = _session(driver.pid)
     finally:
         _kill_session(driver.pid)
-    stdout, stderr = out.read_text(), err.read_text()
-    assert driver.returncode == 130, stderr[-3000:]
-    assert not left, left
-    assert f"interrupted: {name} stopped" in stdout
-    assert f"{study}/summary.md" not in objects(client, study + "/")
-
-    stopped = {r.info.run_id: r for r in all_runs(tmp_path, name)}
-    # Tune's experiment state in the bucket, what the resume restores, knows every trial that had started
+    assert driver.returncode == 130, err.read_text()[-3000:]
+    stopped = {r.info.run_id: r for r in all_runs(tmp, name)}
+    snapshots, known = {}, {}
     for algorithm in {r.data.tags["algorithm"] for r in stopped.values() if r.data.tags.get("hpo.role") == "trial"}:
-        snapshot = [
+        snapshots[algorithm] = [
             k
             for k in objects(client, f"{study}/{algorithm}/")
             if re.fullmatch(r"[^/]+/experiment_state-[^/]*\.json", k.removeprefix(study + "/"))
         ]
-        assert len(snapshot) == 1, (algorithm, snapshot)
-        known = {json.loads(trial)["trial_id"] for trial, _ in json.loads(text_of(client, snapshot[0]))["trial_data"]}
-        assert {
-            r.data.tags["ray.trial_id"]
-            for r in stopped.values()
-            if r.data.tags.get("hpo.role") == "trial" and r.data.tags["algorithm"] == algorithm
-        } <= known, algorithm
-    _, parents = runs(tmp_path, name, "study")
-    assert [p.info.status for p in parents] == ["KILLED"]
-    assert not [r for r in stopped.values() if r.info.status == "RUNNING"]
-    trial_runs = [r for r in stopped.values() if r.data.tags.get("hpo.role") == "trial"]
-    assert any(r.info.status == "KILLED" for r in trial_runs)
-    for run_id in running:  # what was running when the signal came ended KILLED (or had just finished)
-        run_ = stopped[run_id]
-        assert run_.info.status == "KILLED" or (
-            run_.info.status == "FINISHED" and run_.info.end_time <= signalled_ms + 1000
-        )
-
+        state = json.loads(text_of(client, snapshots[algorithm][0])) if snapshots[algorithm] else {"trial_data": []}
+        known[algorithm] = {json.loads(trial)["trial_id"] for trial, _ in state["trial_data"]}
+    stop = Stop(
+        driver.returncode,
+        out.read_text(),
+        left,
+        stopped,
+        running,
+        signalled_ms,
+        set(objects(client, study + "/")),
+        snapshots,
+        known,
+    )
     resumed = run(cmd, env)  # the same command continues the study from the bucket
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    client_, trials = runs(tmp_path, name, "trial")
+    return tmp, name, cmd, stop, resumed
+
+
+def test_a_study_on_s3_stores_its_spec_summary_and_tune_results_in_the_bucket(s3, finished):
+    env, client = s3
+    tmp, name, cmd, _, proc = finished
+    study = f"{PREFIX}/{name}"
+    keys = objects(client, study + "/")
+    dry = run(cmd + ["--dry-run"], env, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert json.loads(text_of(client, f"{study}/spec.json")) == json.loads(dry.stdout)["study"]
+    assert json.loads(text_of(client, f"{study}/spec.json"))["storage_path"] == STORAGE
+    summary = text_of(client, f"{study}/summary.md")
+    verdict = summary.splitlines()[2].strip("*")
+    assert "95% CI" in verdict and verdict in proc.stdout.splitlines()
+    csv_rows = text_of(client, f"{study}/summary.csv").strip().splitlines()[1:]
+    assert f"Summary: {STORAGE}/{name}/summary.md" in proc.stdout.splitlines()
+    # Tune's experiments: their state (what a resume restores from) and every trial's checkpoint
+    for experiment in ("maml", "hypermaml", "replicates"):
+        assert any(k.startswith(f"{study}/{experiment}/experiment_state-") for k in keys), experiment
+        assert any(k.startswith(f"{study}/{experiment}/trial_") and "/checkpoint_" in k for k in keys), experiment
+    for algorithm in ("maml", "hypermaml"):
+        assert len({k.split("/")[4] for k in keys if k.startswith(f"{study}/{algorithm}/trial_")}) == 3
+
+    _, parents = runs(tmp, name, "study")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert parents[0].data.tags["verdict"] == verdict and parents[0].data.tags["verdict.kind"]
+    assert parents[0].data.params["storage_path"] == STORAGE
+    _, trials = runs(tmp, name, "trial")
+    assert sorted(r.data.tags["algorithm"] for r in trials) == ["hypermaml"] * 3 + ["maml"] * 3
+    assert all(r.info.status == "FINISHED" for r in trials)
+    _, replicates = runs(tmp, name, "replicate")
+    assert len(replicates) == len(csv_rows) == 4  # per algorithm its top trial x 2 seeds
+    assert all(r.info.status == "FINISHED" and 0 <= r.data.metrics["test_acc"] <= 100 for r in replicates)
+    _, summaries = runs(tmp, name, "summary")
+    assert len(summaries) == 1 and summaries[0].info.status == "FINISHED"
+    # the Optuna studies, kept on the driver's machine (the cache folder) since the results are remote
+    db = f"sqlite:///{os.environ['HYPERMAML_CACHE']}/optuna/{name}.db"
+    for algorithm in ("maml", "hypermaml"):
+        assert len(optuna.load_study(study_name=f"{name}-{algorithm}", storage=db).trials) == 3
+
+
+def test_rerunning_an_s3_study_with_other_settings_exits_2_and_writes_nothing(s3, finished):
+    env, client = s3
+    tmp, name, cmd, _, _ = finished
+    optuna_db = Path(os.environ["HYPERMAML_CACHE"]) / "optuna" / f"{name}.db"
+    bucket_before = objects(client)
+    files_before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in [*tmp.rglob("*"), optuna_db]}
+    proc = run(cmd + ["--trials", "5"], env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "trials 3 -> 5" in proc.stderr and "--resume" in proc.stderr and "--name" in proc.stderr
+    assert objects(client) == bucket_before
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in [*tmp.rglob("*"), optuna_db]} == files_before
+
+
+def test_resuming_a_name_the_bucket_does_not_have_exits_2_with_one_line(s3, omniglot_root, tmp_path):
+    env, client = s3
+    bucket_before = objects(client)
+    proc = run(s3_cmd(omniglot_root, tmp_path, "never-ran", "--resume"), env, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert f"--resume: no study 'never-ran' in {STORAGE}" in proc.stderr
+    assert objects(client) == bucket_before and list(tmp_path.iterdir()) == []
+
+
+def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losing_or_duplicating_runs(s3, finished):
+    _, client = s3
+    tmp, name, _, stop, resumed = finished
+    study = f"{PREFIX}/{name}"
+    assert stop.returncode == 130
+    assert not stop.left, stop.left  # Ray's processes (own process groups, the driver's session) ended with it
+    assert f"interrupted: {name} stopped" in stop.stdout
+    assert f"{study}/summary.md" not in stop.keys
+    # Tune's experiment state in the bucket, what the resume restores, knows every trial that had started
+    for algorithm, snapshots in stop.snapshots.items():
+        assert len(snapshots) == 1, (algorithm, snapshots)
+        assert {
+            r.data.tags["ray.trial_id"]
+            for r in stop.runs.values()
+            if r.data.tags.get("hpo.role") == "trial" and r.data.tags["algorithm"] == algorithm
+        } <= stop.known[algorithm], algorithm
+    assert [r.info.status for r in stop.runs.values() if r.data.tags.get("hpo.role") == "study"] == ["KILLED"]
+    assert not [r for r in stop.runs.values() if r.info.status == "RUNNING"]
+    trial_runs = [r for r in stop.runs.values() if r.data.tags.get("hpo.role") == "trial"]
+    assert any(r.info.status == "KILLED" for r in trial_runs)
+    for run_id in stop.running:  # what was running when the signal came ended KILLED (or had just finished)
+        run_ = stop.runs[run_id]
+        assert run_.info.status == "KILLED" or (
+            run_.info.status == "FINISHED" and run_.info.end_time <= stop.signalled_ms + 1000
+        )
+
+    client_, trials = runs(tmp, name, "trial")  # after the same command continued the study from the bucket
     assert (
         sorted(r.data.tags["algorithm"] for r in trials) == ["hypermaml"] * 3 + ["maml"] * 3
     )  # as many as uninterrupted
@@ -257,14 +280,14 @@ def test_a_driver_stopped_by_sigterm_on_s3_ends_killed_and_resumes_without_losin
         assert trial.info.status == "FINISHED"
     killed = {r.data.tags["ray.trial_id"] for r in trial_runs if r.info.status == "KILLED"}
     assert killed <= {r.data.tags["ray.trial_id"] for r in trials}  # the stopped trials went on in their own runs
-    assert len(all_runs(tmp_path, name, ViewType.ALL)) == len(all_runs(tmp_path, name))  # no run dropped as an orphan
+    assert len(all_runs(tmp, name, ViewType.ALL)) == len(all_runs(tmp, name))  # no run dropped as an orphan
     db = f"sqlite:///{os.environ['HYPERMAML_CACHE']}/optuna/{name}.db"
     for algorithm in ("maml", "hypermaml"):  # Optuna saw each trial once, and none is left RUNNING
         states = [t.state for t in optuna.load_study(study_name=f"{name}-{algorithm}", storage=db).trials]
         assert len(states) == 3 and optuna.trial.TrialState.RUNNING not in states, states
-    _, parents = runs(tmp_path, name, "study")
+    _, parents = runs(tmp, name, "study")
     assert [p.info.status for p in parents] == ["FINISHED"]
-    _, summaries = runs(tmp_path, name, "summary")
+    _, summaries = runs(tmp, name, "summary")
     assert len(summaries) == 1
     assert f"Summary: {STORAGE}/{name}/summary.md" in resumed.stdout.splitlines()
     assert text_of(client, f"{study}/summary.md").splitlines()[2].strip("*") in resumed.stdout.splitlines()

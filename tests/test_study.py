@@ -305,8 +305,29 @@ def test_the_same_seed_gives_the_same_study_under_load(omniglot_root, tmp_path):
     """A smoke study run twice with the same flags and seed (another folder and store each time), the second
     time with two CPU-bound processes beside it at normal priority: the same trials, proposals, early stops,
     episodes and test accuracies, to the digit (the same CPU and threads). Three trials per search proposed
-    one at a time, so that ASHA judges the later ones against the earlier ones."""
-    flags = ("--trials", "3", "--search-batch", "1", "--reference-margin", "0")
+    one at a time, so that ASHA judges the later ones against the earlier ones at its rung (epoch 1 of 2).
+    MAML's space is wide in its learning rates, so that ASHA stops one of them (the built-in spaces' first
+    trial, the published reference, learns slowest in a smoke study and stops nothing after it)."""
+    space = tmp_path / "maml-wide.yaml"
+    space.write_text(
+        "params:\n"
+        "  outer_lr: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}\n"
+        "  inner_lr: {type: float, low: 1.0e-3, high: 1.0, log: true}\n"
+        "constants:\n"
+        "  inner_steps: 1\n"
+    )
+    flags = (
+        "--trials",
+        "3",
+        "--epochs",
+        "2",
+        "--search-batch",
+        "1",
+        "--reference-margin",
+        "0",
+        "--space",
+        f"maml={space}",
+    )
     idle, loaded = tmp_path / "idle", tmp_path / "loaded"
     idle.mkdir()
     loaded.mkdir()
@@ -345,13 +366,14 @@ def test_the_same_seed_gives_the_same_study_under_load(omniglot_root, tmp_path):
 
     before = trials(idle)
     assert len(before) == 6 and trials(loaded) == before
+    assert any(stop for _, _, stop, _ in before.values()), "ASHA stopped no trial: no decision was tested"
     assert len(replicates(idle)) == 4 and replicates(loaded) == replicates(idle)
     verdicts = [[p.data.tags["verdict"] for p in runs(folder, "same", "study")[1]] for folder in (idle, loaded)]
     assert verdicts[0] == verdicts[1] and len(verdicts[0]) == 1
 
 
 def test_killed_driver_resumes_without_losing_or_duplicating_runs(omniglot_root, tmp_path):
-    cmd = study_cmd(omniglot_root, tmp_path, "killed", "--trials", "2", "--reference-margin", "0")
+    cmd = study_cmd(omniglot_root, tmp_path, "killed", "--trials", "2", "--epochs", "2", "--reference-margin", "0")
     driver = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
