@@ -543,6 +543,7 @@ class Cluster:
     env: dict[str, str]  # what every process of the cluster and every authorized client gets
     dashboard: str
     mlflow_uri: str
+    gcs_address: str = ""  # where a node joins
     head_id: str = ""
     worker_id: str = ""
     groups: dict[str, int] = field(default_factory=dict)  # name -> process group id we started
@@ -576,6 +577,24 @@ def _ray_start(cluster: Cluster, name: str, args: list[str]) -> None:
         proc = _start_group(cluster, name, [str(BIN / "ray"), "start", *args], stdout=out, stderr=subprocess.STDOUT)
         # `ray start` returns once its daemons run; they stay in its process group.
         assert proc.wait(120) == 0, log.read_text()[-3000:]
+
+
+# Every node: 1 CPU, no GPU, a small object store.
+NODE_RESOURCES = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=300000000", "--disable-usage-stats"]
+
+
+def _join_worker(cluster: Cluster, name: str, ports: list[int], worker_ports: str) -> None:
+    """Start a worker node `name` (its temp dir root/name) that joins the cluster's head."""
+    _ray_start(
+        cluster,
+        name,
+        [
+            f"--address={cluster.gcs_address}",
+            f"--temp-dir={cluster.root / name}",
+            *NODE_RESOURCES,
+            *_node_ports(ports, worker_ports),
+        ],
+    )
 
 
 def _processes() -> dict[int, tuple[int, int, str, str]]:
@@ -711,12 +730,11 @@ def cluster(image_cache):
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     gcs, dash, client, mlflow_port, *ports = free_ports(16)
-    c = Cluster(root, token, env, f"http://127.0.0.1:{dash}", f"http://127.0.0.1:{mlflow_port}")
+    c = Cluster(root, token, env, f"http://127.0.0.1:{dash}", f"http://127.0.0.1:{mlflow_port}", f"127.0.0.1:{gcs}")
     try:
         # No --node-ip-address=127.0.0.1: Ray 2.60 replaces a loopback address with this machine's IP anyway
         # (services.resolve_ip_for_localhost), and its GCS and raylets listen on all interfaces, guarded by
         # the token. The dashboard (job API) is bound to loopback.
-        common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=300000000", "--disable-usage-stats"]
         _ray_start(
             c,
             "head",
@@ -727,20 +745,11 @@ def cluster(image_cache):
                 f"--dashboard-port={dash}",
                 f"--ray-client-server-port={client}",
                 f"--temp-dir={root / 'head'}",
-                *common,
+                *NODE_RESOURCES,
                 *_node_ports(ports[:6], "21000-21499"),
             ],
         )
-        _ray_start(
-            c,
-            "worker",
-            [
-                f"--address=127.0.0.1:{gcs}",
-                f"--temp-dir={root / 'worker'}",
-                *common,
-                *_node_ports(ports[6:12], "21500-21999"),
-            ],
-        )
+        _join_worker(c, "worker", ports[6:12], "21500-21999")
         (root / "mlflow").mkdir()
         with open(root / "mlflow" / "server.log", "w") as log:
             _start_group(
@@ -972,7 +981,8 @@ def test_job_api_refuses_a_submission_without_the_clusters_token(cluster, tmp_pa
 def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluster, omniglot_root):
     """Three independent searches per algorithm (1 trial each): their trials run at once on both nodes;
     the worker node is killed mid-study, its trial resumes on the head, and nothing is lost or logged
-    twice; each search's Optuna study holds only its own trials."""
+    twice; each search's Optuna study holds only its own trials. A replacement node that joins afterwards
+    runs part of the rest."""
     job = f"cluster-fault-{secrets.token_hex(3)}"
     # No ASHA, so every trial runs all its epochs: a trial caught on the worker is still running when killed.
     proc = submit(
@@ -1013,6 +1023,20 @@ def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluste
                     victim = run.data.tags["ray.trial_id"]
         time.sleep(0.3)
     _kill_node(cluster, "worker", cluster.root / "worker")
+    # A replacement node joins, as a cluster's autoscaler would start one, once the killed node's trial has
+    # resumed on the head: the rest of the study (its replicates) runs on two nodes again.
+    while not any(
+        r.data.tags["ray.trial_id"] == victim and r.data.tags.get("node_id") == cluster.head_id
+        for r in study_runs(cluster, "cluster-fault", "trial")[1]
+    ):
+        assert time.time() < deadline, "the killed node's trial did not resume on the head"
+        time.sleep(0.5)
+    _join_worker(cluster, "replacement", free_ports(6), "22000-22499")
+    deadline = time.time() + 60
+    while not (joined := [n for n in nodes(cluster) if n["state"] == "ALIVE" and not n["is_head_node"]]):
+        assert time.time() < deadline, "the replacement node did not join"
+        time.sleep(1)
+    replacement_id = joined[0]["node_id"]
 
     status, logs = wait_job(cluster, job, timeout=900)
     assert status == "SUCCEEDED", logs[-4000:]
@@ -1062,8 +1086,9 @@ def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluste
         assert run.data.tags["node_id"] == cluster.head_id
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == list(range(1, EPOCHS + 1))
+    assert any(r.data.tags["node_id"] == replacement_id for r in replicates)  # the study used the new node
     alive = [n for n in nodes(cluster) if n["state"] == "ALIVE"]
-    assert [n["node_id"] for n in alive] == [cluster.head_id]
+    assert sorted(n["node_id"] for n in alive) == sorted([cluster.head_id, replacement_id])
     _, parents = study_runs(cluster, "cluster-fault", "study")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     _, summaries = study_runs(cluster, "cluster-fault", "summary")

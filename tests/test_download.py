@@ -166,7 +166,7 @@ def test_smoke_study_without_a_data_root_fetches_omniglot_and_reaches_its_verdic
             "smoke",
             "--download",
             "--trials",
-            "2",
+            "1",
             "--epochs",
             "1",
             "--scheduler",

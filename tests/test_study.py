@@ -511,7 +511,7 @@ def test_unreachable_mlflow_warns_and_the_study_still_runs(omniglot_root, tmp_pa
         "--algorithms",
         "hypermaml",
         "--trials",
-        "2",
+        "1",
         "--epochs",
         "1",
         "--scheduler",
