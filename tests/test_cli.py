@@ -13,6 +13,7 @@ import pytest
 from hypermaml import cli
 from hypermaml.config import ConfigError, HyperMAMLConfig, TrainConfig, from_flat
 from hypermaml.train import main as train_main
+from tests.helpers import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,18 +144,15 @@ def test_a_cuda_device_that_is_not_there_is_one_line_before_anything_is_written(
     ],
 )
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(omniglot_root, tmp_path, capsys, args, message):
-    """Run as main(ARGS) in this process (a new interpreter's imports cost about 2 s a case): an error that
-    is not the one line and exit 2 raises here. test_missing_data_root_is_an_error runs the real process."""
+    """Run as main(ARGS) in this process (run_main); test_missing_data_root_is_an_error runs the real process."""
     out = tmp_path / "never"
-    try:
-        status = train_main(["--data-root", str(omniglot_root), *TINY, *args, "--output", str(out)])
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
+    status, stdout, stderr = run_main(
+        train_main, ["--data-root", str(omniglot_root), *TINY, *args, "--output", str(out)], capsys
+    )
     assert status == 2
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], captured.err
-    assert captured.out == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], stderr
+    assert stdout == ""
     assert not out.exists()
 
 

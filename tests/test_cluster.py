@@ -1025,6 +1025,7 @@ def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluste
     _kill_node(cluster, "worker", cluster.root / "worker")
     # A replacement node joins, as a cluster's autoscaler would start one, once the killed node's trial has
     # resumed on the head: the rest of the study (its replicates) runs on two nodes again.
+    deadline = time.time() + 300
     while not any(
         r.data.tags["ray.trial_id"] == victim and r.data.tags.get("node_id") == cluster.head_id
         for r in study_runs(cluster, "cluster-fault", "trial")[1]

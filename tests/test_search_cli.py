@@ -14,6 +14,7 @@ import yaml
 from hpo.search import build_parser, main
 from hpo.spec import PRESETS, Preset, StudySpec
 from hypermaml import cli
+from tests.helpers import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,15 +68,9 @@ def search(*args, cwd=REPO):
 
 
 def search_here(capsys, *args) -> tuple[int, str]:
-    """(exit status, stderr) of `python -m hpo.search ARGS` run as main(ARGS) in this process: the same code
-    up to the exit, without a new interpreter's imports (about 2 s a case). An error that is not the one
-    line and exit 2 (a traceback) raises here and fails the test. The tests that start the real process
-    (`search`) cover the process's own exit status and output."""
-    try:
-        status = main(list(args))
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr().err
+    """(exit status, stderr) of `python -m hpo.search ARGS` run as main(ARGS) in this process (run_main)."""
+    status, _, stderr = run_main(main, list(args), capsys)
+    return status, stderr
 
 
 def test_every_flag_keeps_its_spelling_and_sets_its_field():

@@ -18,11 +18,14 @@ import optuna
 import pytest
 import torch
 
+from hpo.spec import PRESETS
 from hypermaml import evaluate, load_learner
 from hypermaml.fitting import training_precision
 from tests.readme_commands import run_as_printed
 
 from .studies import REPO, SMOKE, SMOKE_DB, SMOKE_NAME, run_study, runs, smoke_runs, study_cmd
+
+SMOKE_PRESET = PRESETS["smoke"]
 
 
 def test_smoke_study_prints_the_verdict_and_writes_the_summary(smoke):
@@ -88,8 +91,8 @@ def test_mlflow_has_the_study_run_its_trials_replicates_and_summary(smoke):
         assert tags["dataset"] == "omniglot" and tags["way"] == "5" and tags["shot"] == "1"
         assert params["algorithm"] == tags["algorithm"] and params["epochs"] == "3"  # the full config as params
         assert params["seed"] == "0"  # tuning trains with the study seed
-        # the sampled meta-batch is the one trained with, and an epoch is the same 16 episodes for all
-        assert int(params["steps_per_epoch"]) == max(1, 16 // int(params["meta_batch"]))
+        # the sampled meta-batch is the one trained with, and an epoch is the preset's episodes for all
+        assert int(params["steps_per_epoch"]) == max(1, SMOKE_PRESET["episodes_per_epoch"] // int(params["meta_batch"]))
         history = client.get_metric_history(run.info.run_id, "val_acc")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
         # accuracies in points: Ray's reported fractions times 100
@@ -281,14 +284,14 @@ def test_replicates_test_their_own_best_checkpoint_on_identical_episodes(smoke, 
             (tmp / "ray" / SMOKE_NAME / "replicates").glob(f"trial_{run.data.tags['ray.trial_id']}/checkpoint_*")
         )
         learner = load_learner(folder / "best.pt")
-        result = evaluate(learner, "test", 30, seed=0)  # the smoke study's test set: 30 episodes, eval seed 0
+        result = evaluate(learner, "test", SMOKE_PRESET["test_episodes"], seed=0)  # the study's test set, eval seed 0
         stored = np.load(folder / "test_episode_accs.npy")
         assert np.array_equal(result.per_episode.numpy(), stored)
         assert 100 * result.accuracy == pytest.approx(run.data.metrics["test_acc"], abs=1e-4)
         tested[run.data.tags["algorithm"]] = learner.run_config.train
     # the same episodes for both: same split, shape, episode count and eval seed
     shape = {a: (t.way, t.shot, t.query, t.test_episodes, t.eval_seed) for a, t in tested.items()}
-    assert shape["maml"] == shape["hypermaml"] == (5, 1, 5, 30, 0)
+    assert shape["maml"] == shape["hypermaml"] == (5, 1, 5, SMOKE_PRESET["test_episodes"], 0)
 
 
 def test_rerunning_a_name_with_other_settings_exits_2_and_writes_nothing(smoke, omniglot_root):
