@@ -1,11 +1,10 @@
 """What a study will compute, and about how long that takes here: `--dry-run`'s estimate.
 
 The compute is the same on every machine: how many networks the study trains at most, their
-training episodes and FLOPs (the budget, or each algorithm's reference configuration at its full
-episodes). The time is this machine's: one outer step of each algorithm's reference configuration
-(or a sample of its space) is timed here with the trial's threads, and the study's FLOPs are divided
-by that rate times the trials that run at once. Early stopping only lowers both, so they are upper
-bounds.
+training episodes and FLOPs (the budget, or each algorithm's reference configuration, or a sample of
+its space, at its full episodes). The time is this machine's: one outer step of that configuration
+is timed here with the trial's threads, and the study's FLOPs are divided by that rate times the
+trials that run at once. Early stopping only lowers both, so they are upper bounds.
 """
 
 from __future__ import annotations
@@ -32,8 +31,9 @@ TIMED_META_BATCH = 4
 def estimate(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, tuple[dict, str]]) -> dict[str, Any]:
     """The study's compute and its expected wall time on this machine (see the module docstring)."""
     tuning = len(spec.algorithms) * spec.searches * spec.trials
-    # Each search retrains its top configurations, and its reference when that is close enough.
-    replicates = len(spec.algorithms) * spec.searches * (spec.replicate_top + 1) * spec.replicate_seeds
+    # Each search retrains its top configurations, and its reference (if it runs one) when that is close enough.
+    candidates = spec.replicate_top + (1 if references else 0)
+    replicates = len(spec.algorithms) * spec.searches * candidates * spec.replicate_seeds
     episodes = spec.epochs * spec.episodes_per_epoch
     flops, rates = {}, {}
     for algorithm in spec.algorithms:
@@ -52,22 +52,31 @@ def estimate(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, 
             {**to_flat(config), "device": "cpu", "meta_batch": min(TIMED_META_BATCH, config.train.meta_batch)}
         )
         rates[algorithm] = _flops_per_second(timed, max(1, int(spec.cpus_per_trial)))
-    total = (tuning + replicates) / len(spec.algorithms) * sum(flops.values())
+    measured = "its reference configuration" if references else "a sample of its space"
+    # A replicate trains a trial's episodes and FLOPs per epoch, for the replicates' epochs.
+    networks = (tuning + replicates * spec.final_epochs / spec.epochs) / len(spec.algorithms)  # in trials' budgets
+    total = networks * sum(flops.values())
     at_once = max(1, min(spec.max_concurrent, int((os.cpu_count() or 1) // spec.cpus_per_trial)))
-    here = sum((tuning + replicates) / len(spec.algorithms) * flops[a] / rates[a] for a in spec.algorithms) / at_once
+    here = sum(networks * flops[a] / rates[a] for a in spec.algorithms) / at_once
     return {
         "networks": f"at most {tuning} tuning trials and {replicates} replicates",
-        "training episodes per network": f"at most {episodes}",
-        "FLOPs per network": ", ".join(f"{a} at most {f:.3g}" for a, f in flops.items())
+        "training episodes per network": f"at most {episodes}"
         + (
-            " (its FLOP budget, or its reference configuration's full episodes if fewer)"
-            if spec.max_train_flops
-            else " (its reference configuration's full episodes)"
+            f" per trial and {spec.final_epochs * spec.episodes_per_epoch} per replicate"
+            if spec.final_epochs != spec.epochs
+            else ""
         ),
+        "FLOPs per trial": ", ".join(f"{a} at most {f:.3g}" for a, f in flops.items())
+        + (
+            f" (its FLOP budget, or {measured}'s full episodes if fewer)"
+            if spec.max_train_flops
+            else f" ({measured}'s full episodes)"
+        )
+        + (f"; a replicate {spec.final_epochs / spec.epochs:.3g}x that" if spec.final_epochs != spec.epochs else ""),
         "FLOPs in all": f"at most {total:.3g}",
         "this machine's CPUs": (
             f"at most {_duration(here)} of training, {at_once} trial(s) at a time, at the rate one "
-            f"outer step of each reference ran here ({', '.join(f'{a} {r:.3g} FLOP/s' for a, r in rates.items())}, "
+            f"outer step of {'each reference' if references else 'a sample of each space'} ran here ({', '.join(f'{a} {r:.3g} FLOP/s' for a, r in rates.items())}, "
             f"{max(1, int(spec.cpus_per_trial))} thread(s) each); validation, test and start-up come on top"
         ),
         "a GPU": "no GPU rate measured yet (run bash benchmarks/gpu_check.sh on one)",

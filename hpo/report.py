@@ -51,9 +51,14 @@ def budget_clause(spec: StudySpec, outcomes: dict[str, TuneOutcome]) -> str:
     searches = f"{spec.searches} searches, " if spec.searches > 1 else ""
     cap = f" and {spec.max_train_flops:.3g} FLOPs" if spec.max_train_flops else ""
     cap += f" and {spec.max_train_seconds:g} s of training" if spec.max_train_seconds else ""
+    replicated = (
+        f"replicates at {spec.final_epochs / spec.epochs:.3g}x that budget ({spec.final_epochs} epochs)"
+        if spec.final_epochs != spec.epochs
+        else "replicates at that full budget"
+    )
     return (
         f"{searches}{trials} tuning trials ({' vs '.join(outcomes)}) of up to {spec.epochs * spec.episodes_per_epoch} "
-        f"training episodes{cap} each, replicates at that full budget, {spec.dataset} {spec.way}-way {spec.shot}-shot; "
+        f"training episodes{cap} each, {replicated}, {spec.dataset} {spec.way}-way {spec.shot}-shot; "
         f"study seed {spec.seed}"
     )
 

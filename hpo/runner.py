@@ -136,6 +136,7 @@ def run_study(
         f"study {spec.name}: {' vs '.join(spec.algorithms)} on {spec.dataset} {spec.way}-way {spec.shot}-shot, "
         f"{spec.trials} trials x {spec.epochs} epochs per algorithm, then the top {spec.replicate_top}"
         f"{f' (+ reference if within {spec.reference_margin:g} points)' if references else ''} x {spec.replicate_seeds} fresh seeds"
+        f"{f' x {spec.final_epochs} epochs' if spec.final_epochs != spec.epochs else ''}"
     )
     for line in tracker.where():
         say(line)
@@ -494,9 +495,10 @@ def replicate(
     fit: Fit = tune.Tuner.fit,
     verbose: bool = False,
 ) -> list[ReplicateRecord]:
-    """Retrain every search's candidates with that search's fresh seeds at the full trial budget (the
-    same epochs and limits as its tuning trial), one Tune experiment per block of searches (parallel,
-    retried and resumable like the tuning trials), each tested on the study's test episodes."""
+    """Retrain every search's candidates with that search's fresh seeds for the replicates' epochs (a
+    trial's, unless --replicate-epochs; the limits per epoch a trial's), one Tune experiment per block of
+    searches (parallel, retried and resumable like the tuning trials), each tested on the study's test
+    episodes."""
     records: list[ReplicateRecord] = []
     for block in blocks:
         records += _replicate_block(spec, outcomes, tracker, block, fit, verbose)
@@ -517,7 +519,12 @@ def _replicate_block(
         for seed in spec.replicate_seed_list(search):
             for algorithm, outcome in outcomes.items():
                 for rank, trial in candidates(outcome.of_search(search), spec.replicate_top, spec.reference_margin):
-                    settings = {**spec.fixed_settings(algorithm, search), **trial.tuned, "seed": seed}
+                    settings = {
+                        **spec.fixed_settings(algorithm, search),
+                        **trial.tuned,
+                        **spec.replicate_limits(),
+                        "seed": seed,
+                    }
                     settings["steps_per_epoch"] = max(1, spec.episodes_per_epoch // settings["meta_batch"])
                     items.append(
                         {
@@ -538,7 +545,7 @@ def _replicate_block(
     configurations = len(items) // spec.replicate_seeds
     say(
         f"replicate: {len(items)} runs ({configurations} configurations x {spec.replicate_seeds} fresh seeds), "
-        f"{spec.epochs} epochs each, then the test"
+        f"{spec.final_epochs} epochs each, then the test"
     )
     name = _experiment_name(REPLICATES, block)
     experiment = f"{spec.study_dir}/{name}"
@@ -555,7 +562,10 @@ def _replicate_block(
             run_config=_run_config(
                 spec,
                 name,
-                [tracker.replicate_callback(spec.epochs), ProgressLines("replicate", len(items), spec.epochs)],
+                [
+                    tracker.replicate_callback(spec.final_epochs),
+                    ProgressLines("replicate", len(items), spec.final_epochs),
+                ],
                 verbose,
             ),
         )

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         references = {
             a: r
             for a in spec.algorithms
-            if (r := reference_point(a, spec.spaces.get(a), spec.epochs, spec.shot)) is not None
+            if spec.references and (r := reference_point(a, spec.spaces.get(a), spec.epochs, spec.shot)) is not None
         }
     except (ConfigError, DataError, SpaceError) as error:
         return parser.fail(error)

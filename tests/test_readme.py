@@ -153,6 +153,9 @@ def dry_run_of_the_default_study(proc: subprocess.CompletedProcess) -> dict:
     out = json.loads(proc.stdout)
     assert out["study"]["preset"] == "default" and out["study"]["searches"] == 3 and out["study"]["trials"] == 4
     assert set(out["space_samples"]) == {"maml", "hypermaml"}
+    # No published references, so no reference replicates; the replicates train 8 epochs, not 3.
+    assert out["compute"]["networks"] == "at most 24 tuning trials and 12 replicates"
+    assert out["compute"]["training episodes per network"] == "at most 2592 per trial and 6912 per replicate"
     return out
 
 

@@ -147,6 +147,16 @@ def test_the_summary_counts_trials_ended_by_their_training_time_cap_and_states_t
         "episodes and 1.05e+13 FLOPs each, replicates at that full budget, omniglot "
         "5-way 1-shot; study seed 0"
     )
+    longer = dataclasses.replace(flops, replicate_epochs=10)
+    assert budget_clause(longer, outcomes) == (
+        "3 searches, 2/2 tuning trials (maml vs hypermaml) of up to 2400 training "
+        "episodes and 1.05e+13 FLOPs each, replicates at 2x that budget (10 epochs), omniglot "
+        "5-way 1-shot; study seed 0"
+    )
+    assert longer.replicate_limits() == {"epochs": 10, "max_train_flops": 2.1e13, "max_train_seconds": 0.0}
+    assert "replicates: top 1 configurations x 3 fresh seeds, 10 epochs each (2x a trial's episodes and limits)" in (
+        summary_markdown(longer, StudyResults(outcomes, replicates, finalists, comparison, []))
+    )
     assert (
         "training time per network: at most 170 s (an epoch that would pass it does not start; one that reaches it stops there)"
         in "\n".join(lines)

@@ -58,7 +58,7 @@ FLAGS_BEFORE = {
     "--space": "maml=x.py",
 }
 # Flags added since, with a value.
-FLAGS_ADDED = {"--searches": "3", "--search-batch": "4", "--max-train-flops": "1e12"}
+FLAGS_ADDED = {"--searches": "3", "--search-batch": "4", "--max-train-flops": "1e12", "--replicate-epochs": "6"}
 
 
 def search(*args, cwd=REPO):
@@ -75,7 +75,8 @@ def search_here(capsys, *args) -> tuple[int, str]:
 
 def test_every_flag_keeps_its_spelling_and_sets_its_field():
     flags = {**FLAGS_BEFORE, **FLAGS_ADDED}
-    argv = [word for flag, value in flags.items() for word in (flag, value)] + ["--resume", "--dry-run", "--download"]
+    argv = [word for flag, value in flags.items() for word in (flag, value)]
+    argv += ["--resume", "--dry-run", "--download", "--no-references"]
     args = build_parser().parse_args(argv)
     given = cli.given(args, StudySpec)
     assert set(given) == {f.name for f in dataclasses.fields(StudySpec)} - {"spaces"}  # every field has its flag
@@ -90,6 +91,7 @@ def test_every_flag_keeps_its_spelling_and_sets_its_field():
     ) == ("smoke", 60.0, ("maml",), 0.25, 0, 90.0, 3)
     assert (args.space, args.resume, args.dry_run, given["download"]) == (["maml=x.py"], True, True, True)
     assert (given["searches"], given["search_batch"], given["max_train_flops"]) == (3, 4, 1e12)
+    assert (given["replicate_epochs"], given["references"]) == (6, False)
     assert set(PRESETS) == set(get_args(Preset))
 
 
@@ -335,7 +337,7 @@ def test_the_paper_presets_dry_run_prints_its_compute_and_wall_time(omniglot_roo
     assert re.fullmatch(
         r"maml at most [0-9.e+]+, hypermaml at most [0-9.e+]+ \(its reference configuration's full "
         r"episodes\)",
-        compute["FLOPs per network"],
+        compute["FLOPs per trial"],
     ), compute
     assert re.fullmatch(
         r"at most \d+ (min|h) of training, 1 trial\(s\) at a time, .* 2 thread\(s\) each\); .*",
