@@ -53,8 +53,7 @@ def estimate(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, 
         )
         rates[algorithm] = _flops_per_second(timed, max(1, int(spec.cpus_per_trial)))
     measured = "its reference configuration" if references else "a sample of its space"
-    # A replicate trains a trial's episodes and FLOPs per epoch, for the replicates' epochs.
-    networks = (tuning + replicates * spec.final_epochs / spec.epochs) / len(spec.algorithms)  # in trials' budgets
+    networks = (tuning + replicates * spec.replicate_scale) / len(spec.algorithms)  # in trials' budgets
     total = networks * sum(flops.values())
     at_once = max(1, min(spec.max_concurrent, int((os.cpu_count() or 1) // spec.cpus_per_trial)))
     here = sum(networks * flops[a] / rates[a] for a in spec.algorithms) / at_once
@@ -63,7 +62,7 @@ def estimate(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, 
         "training episodes per network": f"at most {episodes}"
         + (
             f" per trial and {spec.final_epochs * spec.episodes_per_epoch} per replicate"
-            if spec.final_epochs != spec.epochs
+            if spec.replicate_scale != 1
             else ""
         ),
         "FLOPs per trial": ", ".join(f"{a} at most {f:.3g}" for a, f in flops.items())
@@ -72,7 +71,7 @@ def estimate(spec: StudySpec, spaces: dict[str, SpaceFn], references: dict[str, 
             if spec.max_train_flops
             else f" ({measured}'s full episodes)"
         )
-        + (f"; a replicate {spec.final_epochs / spec.epochs:.3g}x that" if spec.final_epochs != spec.epochs else ""),
+        + (f"; a replicate {spec.replicate_scale:.3g}x that" if spec.replicate_scale != 1 else ""),
         "FLOPs in all": f"at most {total:.3g}",
         "this machine's CPUs": (
             f"at most {_duration(here)} of training, {at_once} trial(s) at a time, at the rate one "

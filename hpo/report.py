@@ -52,8 +52,8 @@ def budget_clause(spec: StudySpec, outcomes: dict[str, TuneOutcome]) -> str:
     cap = f" and {spec.max_train_flops:.3g} FLOPs" if spec.max_train_flops else ""
     cap += f" and {spec.max_train_seconds:g} s of training" if spec.max_train_seconds else ""
     replicated = (
-        f"replicates at {spec.final_epochs / spec.epochs:.3g}x that budget ({spec.final_epochs} epochs)"
-        if spec.final_epochs != spec.epochs
+        f"replicates at {spec.replicate_scale:.3g}x that budget ({spec.final_epochs} epochs)"
+        if spec.replicate_scale != 1
         else "replicates at that full budget"
     )
     return (

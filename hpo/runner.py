@@ -136,7 +136,7 @@ def run_study(
         f"study {spec.name}: {' vs '.join(spec.algorithms)} on {spec.dataset} {spec.way}-way {spec.shot}-shot, "
         f"{spec.trials} trials x {spec.epochs} epochs per algorithm, then the top {spec.replicate_top}"
         f"{f' (+ reference if within {spec.reference_margin:g} points)' if references else ''} x {spec.replicate_seeds} fresh seeds"
-        f"{f' x {spec.final_epochs} epochs' if spec.final_epochs != spec.epochs else ''}"
+        f"{f' x {spec.final_epochs} epochs' if spec.replicate_scale != 1 else ''}"
     )
     for line in tracker.where():
         say(line)

@@ -177,13 +177,17 @@ class StudySpec:
         """The epochs each retrained configuration (replicate) trains."""
         return self.replicate_epochs or self.epochs
 
+    @property
+    def replicate_scale(self) -> float:
+        """A replicate's budget in trials' budgets: it keeps a trial's episodes and limits per epoch."""
+        return self.final_epochs / self.epochs
+
     def replicate_limits(self) -> dict[str, Any]:
         """A replicate's epochs and training limits: a trial's limits per epoch, for its epochs."""
-        scale = self.final_epochs / self.epochs
         return {
             "epochs": self.final_epochs,
-            "max_train_flops": self.max_train_flops * scale,
-            "max_train_seconds": self.max_train_seconds * scale,
+            "max_train_flops": self.max_train_flops * self.replicate_scale,
+            "max_train_seconds": self.max_train_seconds * self.replicate_scale,
         }
 
     def replicate_seed_list(self, search: int = 0) -> list[int]:
@@ -218,8 +222,8 @@ class StudySpec:
             "validation episodes": f"{self.val_episodes} (the same fixed set for every trial)",
             "replicates": f"top {self.replicate_top} configurations x {self.replicate_seeds} fresh seeds, "
             + (
-                f"{self.final_epochs} epochs each ({self.final_epochs / self.epochs:.3g}x a trial's episodes and limits)"
-                if self.final_epochs != self.epochs
+                f"{self.final_epochs} epochs each ({self.replicate_scale:.3g}x a trial's episodes and limits)"
+                if self.replicate_scale != 1
                 else "a trial's full budget each"
             ),
             "test": f"{self.test_repeats * self.test_episodes} episodes (the same for every replicate of both algorithms)",
