@@ -17,9 +17,8 @@ import torch
 
 from hypermaml import from_flat, step_flops, to_flat
 from hypermaml.allocator import keep_heap_warm
-from hypermaml.datasets import CHANNELS, IMAGE_SIZE
-from hypermaml.episodes import Episodes
 from hypermaml.fitting import outer_step, resolve_device, start_training
+from hypermaml.flops import synthetic_batch
 
 from .spaces import SpaceFn, sample_space
 from .spec import StudySpec
@@ -89,15 +88,7 @@ def _duration(seconds: float) -> str:
 def _flops_per_second(config, threads: int) -> float:
     """FLOPs per second of this configuration's outer step here, with the threads of one trial, on
     random images of the episodes' shape."""
-    t = config.train
-    shape = (CHANNELS[t.dataset], IMAGE_SIZE[t.dataset], IMAGE_SIZE[t.dataset])
-    generator = torch.Generator().manual_seed(0)
-
-    def part(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.arange(t.way).repeat_interleave(per_class).expand(t.meta_batch, -1).contiguous()
-        return torch.rand(t.meta_batch, t.way * per_class, *shape, generator=generator), labels
-
-    episodes = Episodes(*part(t.shot), *part(t.training_query))
+    episodes = synthetic_batch(config, torch.Generator().manual_seed(0))
     keep_heap_warm()  # as fit does: without it every step pays the kernel's page faults
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -51,7 +51,7 @@ def step_flops(config: RunConfig, epoch: int | None = None) -> int:
     epoch = t.epochs - 1 if epoch is None else epoch
     with torch.device("meta"):
         learner = build_learner(config, CHANNELS[t.dataset], IMAGE_SIZE[t.dataset])
-        episodes = _meta_batch(config)
+        episodes = synthetic_batch(config)
     with flop_counter() as counter:
         loss, _ = learner.meta_loss(episodes, epoch)
         loss.backward()
@@ -126,17 +126,18 @@ def _conv_backward_flops(
     return flops
 
 
-def _meta_batch(config: RunConfig) -> Episodes:
-    """A meta-training batch of the configured shape (shapes only: call under torch.device("meta"))."""
+def synthetic_batch(config: RunConfig, generator: torch.Generator | None = None) -> Episodes:
+    """A meta-training batch of the configured shape: random images, each task's classes in order.
+    Under torch.device("meta") it holds shapes only (FLOP counting); with a generator, the same
+    images every call (timing an outer step)."""
     t = config.train
     shape = (CHANNELS[t.dataset], IMAGE_SIZE[t.dataset], IMAGE_SIZE[t.dataset])
-    support, query = t.way * t.shot, t.way * t.training_query
-    return Episodes(
-        torch.zeros(t.meta_batch, support, *shape),
-        torch.zeros(t.meta_batch, support, dtype=torch.long),
-        torch.zeros(t.meta_batch, query, *shape),
-        torch.zeros(t.meta_batch, query, dtype=torch.long),
-    )
+
+    def part(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(t.way).repeat_interleave(per_class).expand(t.meta_batch, -1).contiguous()
+        return torch.rand(t.meta_batch, t.way * per_class, *shape, generator=generator), labels
+
+    return Episodes(*part(t.shot), *part(t.training_query))
 
 
 def _phase(config: RunConfig, epoch: int) -> tuple[bool, bool]:
