@@ -1034,7 +1034,15 @@ def test_three_searches_run_side_by_side_and_survive_a_killed_worker_node(cluste
         time.sleep(0.5)
     _join_worker(cluster, "replacement", free_ports(6), "22000-22499")
     deadline = time.time() + 60
-    while not (joined := [n for n in nodes(cluster) if n["state"] == "ALIVE" and not n["is_head_node"]]):
+    # The killed node can still be listed ALIVE until the head's health checks of it time out: the new
+    # node is the one with another id.
+    while not (
+        joined := [
+            n
+            for n in nodes(cluster)
+            if n["state"] == "ALIVE" and n["node_id"] not in (cluster.head_id, cluster.worker_id)
+        ]
+    ):
         assert time.time() < deadline, "the replacement node did not join"
         time.sleep(1)
     replacement_id = joined[0]["node_id"]
